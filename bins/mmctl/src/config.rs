@@ -1,0 +1,95 @@
+//! mmctl's configuration: its own `[dev]` section, plus the addresses of the services it
+//! supervises, read from the same file and environment the services read, so both agree.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mm_shared::config::LogConfig;
+use mm_shared::protocol::addresses;
+use serde::{Deserialize, Serialize};
+
+/// `[dev]`: how `mmctl dev` and `mmctl demo` run the local stack.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevSection {
+    /// Client port of the nats-server it starts.
+    pub nats_port: u16,
+    /// HTTP monitoring port of that nats-server (`/varz`, `/jsz`).
+    pub nats_monitor_port: u16,
+    /// Port of the redis-server it starts.
+    pub redis_port: u16,
+    /// Where nats-server keeps JetStream data and the demo writes its report
+    /// (project-local and git-ignored).
+    pub data_dir: PathBuf,
+    /// Where the project's binaries are; default: beside mmctl itself.
+    pub bin_dir: Option<PathBuf>,
+    /// Restart a child that dies (with backoff).
+    pub restart: bool,
+    /// How long a child may take to stop after SIGTERM before it is killed.
+    #[serde(with = "mm_shared::duration")]
+    pub stop_timeout: Duration,
+    /// How long a child may take to become ready.
+    #[serde(with = "mm_shared::duration")]
+    pub ready_timeout: Duration,
+}
+
+impl Default for DevSection {
+    fn default() -> Self {
+        Self {
+            nats_port: addresses::NATS_PORT,
+            nats_monitor_port: addresses::NATS_MONITOR_PORT,
+            redis_port: addresses::REDIS_PORT,
+            data_dir: PathBuf::from(".mm"),
+            bin_dir: None,
+            restart: true,
+            stop_timeout: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The gateway's address, as the gateway reads it (`[gateway] listen`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayView {
+    pub listen: SocketAddr,
+}
+
+impl Default for GatewayView {
+    fn default() -> Self {
+        Self { listen: addresses::GATEWAY }
+    }
+}
+
+/// A service's admin address, as it reads it (`[<service>] admin_listen`). Its default
+/// comes from [`Config::default`], the layer figment starts from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminView {
+    pub admin_listen: SocketAddr,
+}
+
+/// Everything mmctl reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub dev: DevSection,
+    pub gateway: GatewayView,
+    pub matchmaker: AdminView,
+    pub orchestrator: AdminView,
+    pub harness: AdminView,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            dev: DevSection::default(),
+            gateway: GatewayView::default(),
+            matchmaker: AdminView { admin_listen: addresses::MATCHMAKER_ADMIN },
+            orchestrator: AdminView { admin_listen: addresses::ORCHESTRATOR_ADMIN },
+            harness: AdminView { admin_listen: addresses::HARNESS_ADMIN },
+            log: LogConfig::default(),
+        }
+    }
+}

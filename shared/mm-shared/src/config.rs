@@ -1,0 +1,336 @@
+//! Configuration: built-in defaults, then an optional TOML file, then `MM_<SECTION>__<KEY>`
+//! environment variables, each layer overriding the one before.
+//!
+//! Every service has one typed config struct made of sections (`[nats]`, `[redis]`,
+//! `[log]`, and its own, such as `[gateway]`). Sections reject keys they do not know, so a
+//! typo fails at start instead of being ignored; the top level accepts other services'
+//! sections, so one file (or one environment) can configure the whole stack.
+//!
+//! A bad value fails with a message that names the key and where it came from:
+//! `config key `nats.request_timeout` (environment variable MM_NATS__REQUEST_TIMEOUT): ...`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::{Figment, Source};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable the services read.
+pub const ENV_PREFIX: &str = "MM_";
+/// Separator between section and key in environment variable names.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--config` named a file that is not there.
+    #[error("config file {} does not exist", path.display())]
+    MissingFile { path: PathBuf },
+    /// One or more values were invalid; the message names every offending key.
+    #[error("invalid configuration:\n{}", problems.join("\n"))]
+    Invalid { problems: Vec<String> },
+}
+
+/// Values set on the command line (`--players 500`), applied over every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides(Vec<(String, figment::value::Value)>);
+
+impl Overrides {
+    /// Sets `key` (dotted, like `harness.players`) to `value`.
+    pub fn set(&mut self, key: &str, value: impl Serialize) -> &mut Self {
+        match figment::value::Value::serialize(value) {
+            Ok(value) => self.0.push((key.to_owned(), value)),
+            Err(err) => tracing::warn!("ignoring override {key}: {err}"),
+        }
+        self
+    }
+}
+
+/// Loads `T` from its defaults, the optional TOML `file`, and the `MM_` environment.
+pub fn load<T>(file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    load_with(file, &Overrides::default())
+}
+
+/// Like [`load`], with command-line `overrides` on top.
+pub fn load_with<T>(file: Option<&Path>, overrides: &Overrides) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    if let Some(path) = file
+        && !path.is_file()
+    {
+        return Err(ConfigError::MissingFile { path: path.to_owned() });
+    }
+    let mut figment = figment::<T>(file);
+    for (key, value) in &overrides.0 {
+        figment = figment.merge(Serialized::global(key, value.clone()));
+    }
+    extract(figment)
+}
+
+/// The layered figment behind [`load`], for callers that add layers of their own.
+pub fn figment<T: Serialize + Default>(file: Option<&Path>) -> Figment {
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment.merge(Env::prefixed(ENV_PREFIX).split(ENV_SEPARATOR))
+}
+
+/// Extracts `T` from a figment, turning figment's errors into [`ConfigError`].
+pub fn extract<T: DeserializeOwned>(figment: Figment) -> Result<T, ConfigError> {
+    figment
+        .extract()
+        .map_err(|errors| ConfigError::Invalid { problems: errors.into_iter().map(describe).collect() })
+}
+
+/// One line per problem: the key, where its value came from, and what was wrong.
+fn describe(error: figment::Error) -> String {
+    let path = &error.path;
+    let key = path.join(".");
+    let origin = match error.metadata.as_ref() {
+        Some(meta) => match &meta.source {
+            Some(Source::File(file)) => format!("in file {}", file.display()),
+            _ if meta.name.contains("environment") => format!(
+                "environment variable {ENV_PREFIX}{}",
+                path.iter().map(|part| part.to_uppercase()).collect::<Vec<_>>().join(ENV_SEPARATOR)
+            ),
+            // Built-in defaults are always valid, so a bad serialized value came from
+            // a command-line flag.
+            _ if meta.name.contains("figment::value") => "command line".to_owned(),
+            _ => meta.name.to_string(),
+        },
+        None => "unknown source".to_owned(),
+    };
+    if key.is_empty() {
+        format!("  ({origin}): {}", error.kind)
+    } else {
+        format!("  config key `{key}` ({origin}): {}", error.kind)
+    }
+}
+
+/// `[nats]`: how a service reaches NATS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated: `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Default deadline of a request/reply call.
+    #[serde(with = "crate::duration")]
+    pub request_timeout: Duration,
+    /// Deadline of one connection attempt; attempts repeat until connected or shut down.
+    #[serde(with = "crate::duration")]
+    pub connect_timeout: Duration,
+    /// User name when the server requires one (the `nats/` config gives each service its own).
+    pub user: Option<String>,
+    /// Password for `user`. Never printed by `--print-config`.
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            request_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            user: None,
+            password: None,
+        }
+    }
+}
+
+/// `[redis]`: how a service reaches Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://127.0.0.1:6379/` (a database number may follow the slash).
+    pub url: String,
+    /// Deadline of one connection attempt.
+    #[serde(with = "crate::duration")]
+    pub connect_timeout: Duration,
+    /// Deadline of one command's reply. The redis crate's default (500 ms) also cuts
+    /// blocking commands short, so services that block say so explicitly.
+    #[serde(with = "crate::duration")]
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/".to_owned(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event (the default).
+    #[default]
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `[log]`: what is logged and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json` (`--log-json` also selects JSON).
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,matchmaker=debug`; `RUST_LOG` overrides it.
+    /// The default quiets async-nats, whose connection events `mm_shared::nats` logs itself.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, filter: "info,async_nats=warn".to_owned() }
+    }
+}
+
+#[cfg(test)]
+// figment::Jail's closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+    use std::net::SocketAddr;
+
+    /// A service config shaped like the real ones: its own section plus shared ones.
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default)]
+    struct Example {
+        example: ExampleSection,
+        nats: NatsConfig,
+        log: LogConfig,
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct ExampleSection {
+        listen: SocketAddr,
+        workers: u16,
+    }
+
+    impl Default for ExampleSection {
+        fn default() -> Self {
+            Self { listen: "127.0.0.1:9000".parse().expect("valid"), workers: 4 }
+        }
+    }
+
+    fn load_in(jail: &Jail, file: Option<&str>) -> Result<Example, ConfigError> {
+        load(file.map(|name| jail.directory().join(name)).as_deref())
+    }
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        Jail::expect_with(|jail| {
+            let defaults = load_in(jail, None).expect("defaults load");
+            assert_eq!(defaults, Example::default());
+
+            jail.create_file(
+                "mm.toml",
+                r#"
+                [example]
+                workers = 8
+                [nats]
+                url = "nats://10.0.0.1:4222"
+                request_timeout = "750ms"
+                [gateway]           # another service's section: ignored here
+                listen = "0.0.0.0:1"
+                "#,
+            )?;
+            let from_file = load_in(jail, Some("mm.toml")).expect("file loads");
+            assert_eq!(from_file.example.workers, 8);
+            assert_eq!(from_file.example.listen, ExampleSection::default().listen);
+            assert_eq!(from_file.nats.url, "nats://10.0.0.1:4222");
+            assert_eq!(from_file.nats.request_timeout, Duration::from_millis(750));
+
+            jail.set_env("MM_EXAMPLE__WORKERS", "16");
+            jail.set_env("MM_NATS__REQUEST_TIMEOUT", "2000");
+            jail.set_env("MM_LOG__FORMAT", "json");
+            jail.set_env("MM_UNRELATED", "ignored");
+            let from_env = load_in(jail, Some("mm.toml")).expect("env loads");
+            assert_eq!(from_env.example.workers, 16, "env beats file");
+            assert_eq!(from_env.nats.url, "nats://10.0.0.1:4222", "file beats default");
+            assert_eq!(from_env.nats.request_timeout, Duration::from_secs(2));
+            assert_eq!(from_env.log.format, LogFormat::Json);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn command_line_overrides_beat_everything() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MM_EXAMPLE__WORKERS", "16");
+            let mut overrides = Overrides::default();
+            overrides.set("example.workers", 32u16);
+            let config: Example = load_with(None, &overrides).expect("loads");
+            assert_eq!(config.example.workers, 32);
+            overrides.set("example.workers", "lots");
+            let message = load_with::<Example>(None, &overrides).expect_err("bad").to_string();
+            assert!(message.contains("`example.workers` (command line)"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MM_EXAMPLE__WORKERS", "many");
+            let message = load_in(jail, None).expect_err("must fail").to_string();
+            assert!(message.contains("`example.workers`"), "{message}");
+            assert!(message.contains("MM_EXAMPLE__WORKERS"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_file_value_names_key_and_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[nats]\nrequest_timeout = \"soon\"\n")?;
+            let message = load_in(jail, Some("bad.toml")).expect_err("must fail").to_string();
+            assert!(message.contains("`nats.request_timeout`"), "{message}");
+            assert!(message.contains("bad.toml"), "{message}");
+            assert!(message.contains("invalid duration `soon`"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn typo_in_a_known_section_is_rejected() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MM_NATS__URLL", "nats://x");
+            let message = load_in(jail, None).expect_err("must fail").to_string();
+            assert!(message.contains("`nats.urll`"), "{message}");
+            assert!(message.contains("unknown field"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_file_is_an_error_not_a_silent_default() {
+        Jail::expect_with(|jail| {
+            let err = load_in(jail, Some("nope.toml")).expect_err("must fail");
+            assert!(matches!(err, ConfigError::MissingFile { .. }), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn password_is_not_printed() {
+        let config = NatsConfig { password: Some("hunter2".into()), ..NatsConfig::default() };
+        let text = toml::to_string(&config).expect("serializes");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}

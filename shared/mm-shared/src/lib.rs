@@ -1,0 +1,29 @@
+//! What every service of the matchmaking simulation needs, written once.
+//!
+//! | module | gives |
+//! |---|---|
+//! | [`config`] | figment layering: defaults → TOML file → `MM_<SECTION>__<KEY>` env |
+//! | [`telemetry`] | tracing logs, the Prometheus recorder, process metrics, the admin router |
+//! | [`nats`] | connect with retry, JSON request/reply with typed errors, micro endpoints |
+//! | [`redis`] | a reconnecting Redis connection with timeouts |
+//! | [`protocol`] | subject, bucket and key names; every message and KV value as a serde type |
+//! | [`shutdown`] | SIGINT/SIGTERM turned into one cancellation token |
+//! | [`service`] | the start-up every binary shares (args, config, logs, metrics, admin server) |
+//! | [`probe`] | tiny blocking TCP/HTTP checks for supervisors and tests |
+//! | [`process`] | child processes that die with their parent |
+
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod duration;
+pub mod nats;
+pub mod probe;
+pub mod process;
+pub mod protocol;
+pub mod redis;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+
+/// The version every binary reports in `/healthz`, logs and `mm_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,433 @@
+//! NATS: connecting, calling services, and serving micro-service endpoints.
+//!
+//! - [`connect`] retries the first connection until the server answers (services may
+//!   start before NATS does) and then reconnects forever; every connection event is
+//!   logged and counted in `mm_nats_connection_events_total{event}`.
+//! - [`request_json`] is one JSON request/reply with a deadline and a typed error:
+//!   timeout, no responders, or the service's own error code.
+//! - [`serve_endpoint`] turns a micro-service endpoint into typed handler calls, answering
+//!   bad input (empty, not JSON, oversized) with a 4xx micro error and never panicking.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::service::endpoint::Endpoint;
+use async_nats::service::{self, NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, RequestErrorKind};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NatsConfig;
+
+/// Largest request body a service endpoint accepts; larger ones get a 413.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// How long [`serve_endpoint`] waits for in-flight handlers after shutdown.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why [`connect`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Shutdown was requested before NATS answered.
+    #[error("shut down while waiting for NATS at {url}")]
+    Cancelled { url: String },
+    /// A mistake retrying cannot fix: a malformed URL or refused credentials.
+    #[error("cannot connect to NATS at {url} (config key `nats.url`/`nats.user`): {reason}")]
+    Fatal { url: String, reason: String },
+}
+
+/// Connects to NATS, retrying the first connection with backoff until it succeeds or
+/// `shutdown` fires; afterwards the client reconnects on its own, without limit.
+pub async fn connect(
+    config: &NatsConfig,
+    client_name: &str,
+    shutdown: &CancellationToken,
+) -> Result<Client, ConnectError> {
+    describe_metrics();
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1u32;
+    loop {
+        match options(config, client_name).connect(config.url.as_str()).await {
+            Ok(client) => {
+                tracing::info!(url = %config.url, "connected to NATS");
+                return Ok(client);
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ConnectErrorKind::ServerParse | ConnectErrorKind::AuthorizationViolation
+                ) =>
+            {
+                return Err(ConnectError::Fatal { url: config.url.clone(), reason: err.to_string() });
+            }
+            Err(err) => {
+                tracing::warn!(
+                    url = %config.url,
+                    attempt,
+                    retry_in = %crate::duration::format(delay),
+                    "NATS not reachable yet: {err}"
+                );
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Err(ConnectError::Cancelled { url: config.url.clone() }),
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+        attempt += 1;
+    }
+}
+
+fn options(config: &NatsConfig, client_name: &str) -> ConnectOptions {
+    let mut options = ConnectOptions::new()
+        .name(client_name)
+        .connection_timeout(config.connect_timeout)
+        .request_timeout(Some(config.request_timeout))
+        .max_reconnects(None)
+        .event_callback(|event| async move { record_event(&event) });
+    if let Some(user) = &config.user {
+        options = options.user_and_password(user.clone(), config.password.clone().unwrap_or_default());
+    }
+    options
+}
+
+fn record_event(event: &Event) {
+    let name = match event {
+        Event::Connected => "connected",
+        Event::Disconnected => "disconnected",
+        Event::LameDuckMode => "lame_duck",
+        Event::Draining => "draining",
+        Event::Closed => "closed",
+        Event::SlowConsumer(_) => "slow_consumer",
+        Event::ServerError(_) => "server_error",
+        Event::ClientError(_) => "client_error",
+    };
+    metrics::counter!("mm_nats_connection_events_total", "event" => name).increment(1);
+    match event {
+        Event::Connected => tracing::info!("NATS connection (re)established"),
+        Event::Draining | Event::Closed => tracing::info!("NATS connection {event}"),
+        _ => tracing::warn!("NATS connection event: {event}"),
+    }
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "mm_nats_connection_events_total",
+        "NATS connection events (connected, disconnected, slow_consumer, ...)."
+    );
+    metrics::describe_counter!(
+        "mm_nats_client_requests_total",
+        "NATS requests this process made, by subject and result (ok, timeout, no_responders, service_error, ...)."
+    );
+    metrics::describe_histogram!(
+        "mm_nats_client_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time from sending a NATS request to its reply, by subject."
+    );
+    metrics::describe_counter!(
+        "mm_nats_service_requests_total",
+        "Requests this process's NATS micro-service endpoints answered, by endpoint and code (200 = success)."
+    );
+    metrics::describe_histogram!(
+        "mm_nats_service_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time a NATS micro-service endpoint took to answer, by endpoint."
+    );
+    metrics::describe_gauge!(
+        "mm_nats_service_in_flight_requests",
+        "Requests a NATS micro-service endpoint is handling right now."
+    );
+}
+
+/// A health check for [`crate::telemetry::admin::Health`]: healthy while connected.
+pub fn health_check(client: Client) -> impl Fn() -> std::future::Ready<Result<String, String>> {
+    move || {
+        std::future::ready(match client.connection_state() {
+            async_nats::connection::State::Connected => Ok("connected".to_owned()),
+            other => Err(format!("NATS {other}")),
+        })
+    }
+}
+
+/// Why a request got no usable reply.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The request could not be serialized (a bug on the caller's side).
+    #[error("could not encode the request for {subject}: {source}")]
+    Encode { subject: String, source: serde_json::Error },
+    /// A service is subscribed but did not answer in time.
+    #[error("no reply from {subject} within {}", crate::duration::format(*timeout))]
+    Timeout { subject: String, timeout: Duration },
+    /// Nothing is subscribed to the subject.
+    #[error("no service answers on {subject}")]
+    NoResponders { subject: String },
+    /// The service answered with an error (micro `Nats-Service-Error-Code` header).
+    #[error("{subject} answered {code}: {message}")]
+    Service { subject: String, code: u16, message: String },
+    /// The reply was not the JSON the caller expected.
+    #[error("could not decode the reply from {subject}: {source}")]
+    Decode { subject: String, source: serde_json::Error },
+    /// The request could not be sent (connection closed, payload over the server's limit).
+    #[error("request to {subject} failed: {reason}")]
+    Transport { subject: String, reason: String },
+}
+
+impl RequestError {
+    /// A short label for metrics and logs: `timeout`, `no_responders`, `service_error`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Encode { .. } => "encode",
+            Self::Timeout { .. } => "timeout",
+            Self::NoResponders { .. } => "no_responders",
+            Self::Service { .. } => "service_error",
+            Self::Decode { .. } => "decode",
+            Self::Transport { .. } => "transport",
+        }
+    }
+}
+
+/// Sends `request` as JSON to `subject` and decodes the JSON reply, within `timeout`.
+pub async fn request_json<Req, Resp>(
+    client: &Client,
+    subject: &str,
+    request: &Req,
+    timeout: Duration,
+) -> Result<Resp, RequestError>
+where
+    Req: Serialize + ?Sized,
+    Resp: DeserializeOwned,
+{
+    let started = Instant::now();
+    let result = request_inner(client, subject, request, timeout).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(err) => err.kind(),
+    };
+    metrics::counter!("mm_nats_client_requests_total", "subject" => subject.to_owned(), "result" => outcome)
+        .increment(1);
+    metrics::histogram!("mm_nats_client_request_duration_seconds", "subject" => subject.to_owned())
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn request_inner<Req, Resp>(
+    client: &Client,
+    subject: &str,
+    request: &Req,
+    timeout: Duration,
+) -> Result<Resp, RequestError>
+where
+    Req: Serialize + ?Sized,
+    Resp: DeserializeOwned,
+{
+    let payload = serde_json::to_vec(request)
+        .map_err(|source| RequestError::Encode { subject: subject.to_owned(), source })?;
+    let request = async_nats::Request::new().payload(payload.into()).timeout(Some(timeout));
+    let reply = client.send_request(subject.to_owned(), request).await.map_err(|err| match err.kind() {
+        RequestErrorKind::TimedOut => RequestError::Timeout { subject: subject.to_owned(), timeout },
+        RequestErrorKind::NoResponders => RequestError::NoResponders { subject: subject.to_owned() },
+        _ => RequestError::Transport { subject: subject.to_owned(), reason: err.to_string() },
+    })?;
+    if let Some(headers) = &reply.headers
+        && let Some(code) = headers.get(NATS_SERVICE_ERROR_CODE)
+    {
+        return Err(RequestError::Service {
+            subject: subject.to_owned(),
+            code: code.as_str().trim().parse().unwrap_or(500),
+            message: headers
+                .get(NATS_SERVICE_ERROR)
+                .map(|value| value.as_str().to_owned())
+                .unwrap_or_default(),
+        });
+    }
+    serde_json::from_slice(&reply.payload)
+        .map_err(|source| RequestError::Decode { subject: subject.to_owned(), source })
+}
+
+/// An error a service endpoint answers with; it travels in the micro error headers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ServiceError {
+    /// HTTP-like: 4xx for the caller's mistakes, 5xx for the service's own failures.
+    pub code: u16,
+    pub message: String,
+}
+
+impl ServiceError {
+    pub fn new(code: u16, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(409, message)
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(413, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, message)
+    }
+}
+
+/// Decodes a request body: empty bodies read as JSON `null` (so `()`/`Option` requests
+/// work), anything else must be JSON of the expected shape and within the size limit.
+pub fn decode_request<Req: DeserializeOwned>(payload: &[u8]) -> Result<Req, ServiceError> {
+    if payload.len() > MAX_REQUEST_BYTES {
+        return Err(ServiceError::too_large(format!(
+            "request of {} bytes is over the limit of {MAX_REQUEST_BYTES} bytes",
+            payload.len()
+        )));
+    }
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return serde_json::from_slice(b"null")
+            .map_err(|_| ServiceError::bad_request("empty request: expected a JSON object"));
+    }
+    serde_json::from_slice(payload).map_err(|err| {
+        let what = if err.is_data() { "unexpected JSON shape" } else { "malformed JSON" };
+        ServiceError::bad_request(format!("{what}: {err}"))
+    })
+}
+
+/// Serves one micro-service endpoint: each request is decoded, handed to `handler` on its
+/// own task (at most `concurrency` at once), and answered with its JSON result or its
+/// [`ServiceError`]. Returns when the endpoint closes or `shutdown` fires, after letting
+/// in-flight handlers finish (up to 10 s).
+pub async fn serve_endpoint<Req, Resp, H, Fut>(
+    mut endpoint: Endpoint,
+    name: &'static str,
+    concurrency: usize,
+    shutdown: CancellationToken,
+    handler: H,
+) where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    H: Fn(Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, ServiceError>> + Send + 'static,
+{
+    describe_metrics();
+    let handler = Arc::new(handler);
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut in_flight = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let request = tokio::select! {
+            request = endpoint.next() => match request {
+                Some(request) => request,
+                None => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let handler = handler.clone();
+        in_flight.spawn(async move {
+            let _permit = permit;
+            answer(request, name, handler.as_ref()).await;
+        });
+        // Reap finished tasks so the set does not grow with the request count.
+        while in_flight.try_join_next().is_some() {}
+    }
+    if let Err(err) = endpoint.stop().await {
+        tracing::debug!(endpoint = name, "unsubscribing: {err}");
+    }
+    let drained =
+        tokio::time::timeout(DRAIN_DEADLINE, async { while in_flight.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(endpoint = name, "handlers still running after {DRAIN_DEADLINE:?}; abandoning them");
+    }
+}
+
+async fn answer<Req, Resp, H, Fut>(request: service::Request, name: &'static str, handler: &H)
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    H: Fn(Req) -> Fut,
+    Fut: Future<Output = Result<Resp, ServiceError>>,
+{
+    let started = Instant::now();
+    let gauge = metrics::gauge!("mm_nats_service_in_flight_requests", "endpoint" => name);
+    gauge.increment(1.0);
+    let outcome = match decode_request::<Req>(&request.message.payload) {
+        Ok(decoded) => handler(decoded).await.and_then(|reply| {
+            serde_json::to_vec(&reply)
+                .map_err(|err| ServiceError::internal(format!("could not encode the reply: {err}")))
+        }),
+        Err(err) => Err(err),
+    };
+    let code = match &outcome {
+        Ok(_) => 200,
+        Err(err) => err.code,
+    };
+    if let Err(err) = &outcome
+        && err.code >= 500
+    {
+        tracing::warn!(endpoint = name, code = err.code, "{}", err.message);
+    }
+    let response = outcome
+        .map(Into::into)
+        .map_err(|err| service::error::Error { status: err.message, code: usize::from(err.code) });
+    if let Err(err) = request.respond(response).await {
+        tracing::warn!(endpoint = name, "could not send the reply: {err}");
+    }
+    gauge.decrement(1.0);
+    metrics::counter!("mm_nats_service_requests_total", "endpoint" => name, "code" => code.to_string())
+        .increment(1);
+    metrics::histogram!("mm_nats_service_request_duration_seconds", "endpoint" => name)
+        .record(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Join {
+        player_id: String,
+    }
+
+    #[test]
+    fn decode_answers_every_bad_payload_with_a_4xx() {
+        let ok: Join = decode_request(br#"{"player_id":"p1"}"#).expect("valid");
+        assert_eq!(ok, Join { player_id: "p1".into() });
+
+        for (payload, code, needle) in [
+            (&b""[..], 400, "empty request"),
+            (&b"  \n"[..], 400, "empty request"),
+            (&b"{not json"[..], 400, "malformed JSON"),
+            (&b"\xff\xfe\x00garbage"[..], 400, "malformed JSON"),
+            (&br#"{"other":1}"#[..], 400, "unexpected JSON shape"),
+            (&br#"[1,2,3]"#[..], 400, "unexpected JSON shape"),
+        ] {
+            let err = decode_request::<Join>(payload).expect_err("must fail");
+            assert_eq!(err.code, code, "{payload:?}");
+            assert!(err.message.contains(needle), "{payload:?}: {}", err.message);
+        }
+        let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
+        assert_eq!(decode_request::<Join>(&huge).expect_err("too big").code, 413);
+    }
+
+    #[test]
+    fn empty_payload_is_fine_for_requests_without_a_body() {
+        let unit: () = decode_request(b"").expect("unit request");
+        assert_eq!(unit, ());
+        let none: Option<Join> = decode_request(b"").expect("optional request");
+        assert_eq!(none, None);
+    }
+}

@@ -1,0 +1,100 @@
+//! Redis: one reconnecting, multiplexed connection per service.
+//!
+//! [`connect`] retries until Redis answers (or shutdown), then hands out a
+//! `ConnectionManager`, which reconnects by itself after a failure. Every command has a
+//! response deadline (`redis.response_timeout`), so a stalled Redis turns into an error
+//! instead of a hung request.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RedisConfig;
+
+/// Why [`connect`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Shutdown was requested before Redis answered.
+    #[error("shut down while waiting for Redis at {url}")]
+    Cancelled { url: String },
+    /// The URL cannot be used, so retrying is pointless.
+    #[error("config key `redis.url`: `{url}` is not a usable Redis URL: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+/// Connects to Redis with retries and returns a reconnecting connection.
+pub async fn connect(
+    config: &RedisConfig,
+    shutdown: &CancellationToken,
+) -> Result<ConnectionManager, ConnectError> {
+    let client = redis::Client::open(config.url.as_str())
+        .map_err(|err| ConnectError::BadUrl { url: config.url.clone(), reason: err.to_string() })?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout))
+        .set_number_of_retries(4)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(2));
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1u32;
+    loop {
+        match ConnectionManager::new_with_config(client.clone(), manager_config.clone()).await {
+            Ok(connection) => {
+                tracing::info!(url = %redacted(&config.url), "connected to Redis");
+                return Ok(connection);
+            }
+            Err(err) => tracing::warn!(
+                url = %redacted(&config.url),
+                attempt,
+                retry_in = %crate::duration::format(delay),
+                "Redis not reachable yet: {err}"
+            ),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Err(ConnectError::Cancelled { url: redacted(&config.url) }),
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+        attempt += 1;
+    }
+}
+
+/// A health check for [`crate::telemetry::admin::Health`]: healthy while `PING` answers.
+pub fn health_check(
+    connection: ConnectionManager,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
+    move || {
+        let mut connection = connection.clone();
+        Box::pin(async move {
+            let pong: Result<String, _> = redis::cmd("PING").query_async(&mut connection).await;
+            pong.map(|_| "PONG".to_owned()).map_err(|err| err.to_string())
+        })
+    }
+}
+
+/// The URL without its password, for logs.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(redacted("redis://:secret@10.0.0.1:6379/0"), "redis://***@10.0.0.1:6379/0");
+        assert_eq!(redacted("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_fails_at_once_naming_the_key() {
+        let config = RedisConfig { url: "http://nope".into(), ..RedisConfig::default() };
+        let err = connect(&config, &CancellationToken::new()).await.expect_err("bad scheme");
+        assert!(err.to_string().contains("redis.url"), "{err}");
+    }
+}

@@ -1,0 +1,23 @@
+//! Histogram buckets, in seconds, chosen here once so that services and dashboards agree.
+//!
+//! Prometheus histograms are only as good as their buckets: each set spans the range its
+//! metric really lives in, with enough resolution around the values people alert on.
+
+/// Request/reply and HTTP latencies: 0.5 ms to 10 s.
+pub const LATENCY: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Waits that take seconds to minutes: time in queue, time to match, time to play,
+/// game-server start-up. 50 ms to 10 min.
+pub const WAIT: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+
+/// Metrics that use a set other than [`LATENCY`]. A histogram not named here gets `LATENCY`.
+pub const BY_METRIC: &[(&str, &[f64])] = &[
+    ("mm_matchmaker_time_in_queue_seconds", WAIT),
+    ("mm_matchmaker_allocation_duration_seconds", WAIT),
+    ("mm_orchestrator_allocation_duration_seconds", WAIT),
+    ("mm_orchestrator_container_start_duration_seconds", WAIT),
+    ("mm_harness_time_to_match_seconds", WAIT),
+    ("mm_harness_time_to_play_seconds", WAIT),
+    ("mm_harness_scenario_duration_seconds", WAIT),
+];
