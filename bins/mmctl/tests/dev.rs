@@ -1,0 +1,156 @@
+//! `mmctl dev` end to end: the real stack comes up, a dead child is restarted, and
+//! stopping mmctl (Ctrl-C, or even SIGKILL) leaves no process behind.
+
+use std::time::Duration;
+
+use mm_shared::probe::{http_get, wait_until};
+use mm_shared::process::{descendants, is_alive, send_signal};
+use mm_testkit::{ServiceProcess, free_port};
+
+/// A `mmctl dev` on free ports.
+struct Dev {
+    mmctl: ServiceProcess,
+    env: Vec<(String, String)>,
+    gateway: String,
+    matchmaker: String,
+    orchestrator: String,
+}
+
+fn ports_env() -> Vec<(String, String)> {
+    let local = || format!("127.0.0.1:{}", free_port());
+    vec![
+        ("MM_DEV__NATS_PORT".into(), free_port().to_string()),
+        ("MM_DEV__NATS_MONITOR_PORT".into(), free_port().to_string()),
+        ("MM_DEV__REDIS_PORT".into(), free_port().to_string()),
+        ("MM_DEV__STOP_TIMEOUT".into(), "5s".into()),
+        ("MM_GATEWAY__LISTEN".into(), local()),
+        ("MM_MATCHMAKER__ADMIN_LISTEN".into(), local()),
+        ("MM_ORCHESTRATOR__ADMIN_LISTEN".into(), local()),
+        ("MM_HARNESS__ADMIN_LISTEN".into(), local()),
+    ]
+}
+
+fn lookup<'a>(env: &'a [(String, String)], key: &str) -> &'a str {
+    env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).expect("key set")
+}
+
+fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+impl Dev {
+    fn start() -> Self {
+        let env = ports_env();
+        let mmctl = ServiceProcess::start("mmctl", &["dev"], &borrowed(&env)).expect("mmctl starts");
+        let mut dev = Dev {
+            gateway: lookup(&env, "MM_GATEWAY__LISTEN").to_owned(),
+            matchmaker: lookup(&env, "MM_MATCHMAKER__ADMIN_LISTEN").to_owned(),
+            orchestrator: lookup(&env, "MM_ORCHESTRATOR__ADMIN_LISTEN").to_owned(),
+            mmctl,
+            env,
+        };
+        let log = dev.mmctl.dir().join("mmctl.log");
+        let up = dev.mmctl.process().wait_ready(Duration::from_secs(60), || {
+            std::fs::read_to_string(&log).is_ok_and(|log| log.contains("the backend is up"))
+        });
+        up.unwrap_or_else(|err| panic!("the stack did not come up: {err}"));
+        dev
+    }
+
+    /// `mmctl status` against this stack.
+    fn status(&self) -> (bool, String) {
+        let binary = mm_testkit::project_bin("mmctl").expect("built");
+        let output = std::process::Command::new(binary)
+            .arg("status")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("runs");
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The stack's processes: (pid, name) of every descendant of mmctl.
+    fn children(&self) -> Vec<(u32, String)> {
+        descendants(self.mmctl.pid()).into_iter().map(|pid| (pid, process_name(pid))).collect()
+    }
+}
+
+fn process_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_owned()
+}
+
+fn healthy(addr: &str) -> bool {
+    http_get(addr, "/healthz", Duration::from_secs(2)).is_ok_and(|answer| answer.status == 200)
+}
+
+fn all_gone(pids: &[u32]) -> bool {
+    wait_until(Duration::from_secs(15), Duration::from_millis(50), || pids.iter().all(|pid| !is_alive(*pid)))
+}
+
+const STACK: [&str; 5] = ["nats-server", "redis-server", "matchmaker", "orchestrator", "gateway"];
+
+#[test]
+fn dev_runs_the_stack_and_ctrl_c_leaves_nothing() {
+    let mut dev = Dev::start();
+    let children = dev.children();
+    let mut names: Vec<&str> = children.iter().map(|(_, name)| name.as_str()).collect();
+    names.sort_unstable();
+    let mut expected = STACK.to_vec();
+    expected.sort_unstable();
+    assert_eq!(names, expected, "mmctl dev runs exactly the stack");
+    for addr in [&dev.gateway, &dev.matchmaker, &dev.orchestrator] {
+        assert!(healthy(addr), "{addr} is healthy");
+    }
+    let (ok, table) = dev.status();
+    assert!(ok, "mmctl status is happy with a running stack:\n{table}");
+    assert!(table.contains("matchmaker") && table.contains("redis: PONG"), "{table}");
+    let log = dev.mmctl.log();
+    for prefix in ["nats         | ", "redis        | ", "matchmaker   | ", "gateway      | "] {
+        assert!(log.contains(prefix), "log lines are prefixed by service ({prefix:?}):\n{log}");
+    }
+
+    let status = dev.mmctl.interrupt(Duration::from_secs(30)).expect("mmctl stops on Ctrl-C");
+    assert!(status.success(), "{status}");
+    let pids: Vec<u32> = children.iter().map(|(pid, _)| *pid).collect();
+    assert!(all_gone(&pids), "left behind: {:?}", dev.children());
+    let (ok, table) = dev.status();
+    assert!(!ok, "mmctl status notices the stack is gone:\n{table}");
+}
+
+#[test]
+fn a_child_that_dies_is_restarted() {
+    let mut dev = Dev::start();
+    let (victim, _) = dev.children().into_iter().find(|(_, name)| name == "matchmaker").expect("matchmaker runs");
+    send_signal(victim, libc::SIGKILL).expect("kill -9");
+    let back = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        let again = dev.children().into_iter().any(|(pid, name)| name == "matchmaker" && pid != victim);
+        again && healthy(&dev.matchmaker)
+    });
+    assert!(back, "matchmaker was not restarted; log:\n{}", dev.mmctl.log());
+    assert!(dev.mmctl.log().contains("matchmaker died after"), "the death is reported");
+    let status = dev.mmctl.interrupt(Duration::from_secs(30)).expect("stops");
+    assert!(status.success());
+}
+
+#[test]
+fn killing_mmctl_takes_its_children_down() {
+    let mut dev = Dev::start();
+    let pids: Vec<u32> = dev.children().into_iter().map(|(pid, _)| pid).collect();
+    assert_eq!(pids.len(), STACK.len());
+    dev.mmctl.process().stop_with(libc::SIGKILL, Duration::from_secs(5));
+    assert!(all_gone(&pids), "children outlived a SIGKILLed mmctl");
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error_and_starts_nothing() {
+    let env = ports_env();
+    let gateway = lookup(&env, "MM_GATEWAY__LISTEN").to_owned();
+    let _squatter = std::net::TcpListener::bind(&gateway).expect("bind the gateway's port first");
+    let mut mmctl = ServiceProcess::start("mmctl", &["dev"], &borrowed(&env)).expect("starts");
+    let exited = wait_until(Duration::from_secs(20), Duration::from_millis(50), || mmctl.process().exited().is_some());
+    assert!(exited, "mmctl must give up at once");
+    let status = mmctl.process().exited().expect("exited");
+    assert_eq!(status.code(), Some(1));
+    let log = mmctl.log();
+    assert!(log.contains("already in use") && log.contains("gateway.listen"), "{log}");
+    assert!(descendants(mmctl.pid()).is_empty());
+}
