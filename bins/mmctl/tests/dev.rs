@@ -119,7 +119,8 @@ fn dev_runs_the_stack_and_ctrl_c_leaves_nothing() {
 #[test]
 fn a_child_that_dies_is_restarted() {
     let mut dev = Dev::start();
-    let (victim, _) = dev.children().into_iter().find(|(_, name)| name == "matchmaker").expect("matchmaker runs");
+    let (victim, _) =
+        dev.children().into_iter().find(|(_, name)| name == "matchmaker").expect("matchmaker runs");
     send_signal(victim, libc::SIGKILL).expect("kill -9");
     let back = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
         let again = dev.children().into_iter().any(|(pid, name)| name == "matchmaker" && pid != victim);
@@ -146,7 +147,8 @@ fn a_taken_port_is_a_clear_error_and_starts_nothing() {
     let gateway = lookup(&env, "MM_GATEWAY__LISTEN").to_owned();
     let _squatter = std::net::TcpListener::bind(&gateway).expect("bind the gateway's port first");
     let mut mmctl = ServiceProcess::start("mmctl", &["dev"], &borrowed(&env)).expect("starts");
-    let exited = wait_until(Duration::from_secs(20), Duration::from_millis(50), || mmctl.process().exited().is_some());
+    let exited =
+        wait_until(Duration::from_secs(20), Duration::from_millis(50), || mmctl.process().exited().is_some());
     assert!(exited, "mmctl must give up at once");
     let status = mmctl.process().exited().expect("exited");
     assert_eq!(status.code(), Some(1));
