@@ -39,6 +39,10 @@ test *args: setup
     fi
     just lint
 
+# The benchmarks (release builds): every crate's `[[bench]]` target prints its figures and ratios.
+bench *args: setup
+    cargo bench --workspace {{ args }}
+
 # Format check and clippy with warnings as errors.
 lint:
     cargo fmt --all --check
