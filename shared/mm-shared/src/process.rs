@@ -18,15 +18,18 @@ pub fn die_with_parent(command: &mut Command) -> &mut Command {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
+        let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
         // SAFETY: the closure runs in the child between fork and exec, where only
         // async-signal-safe calls are allowed; prctl and getppid are both.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                // The parent may already have died between fork and prctl.
-                if libc::getppid() == 1 {
+                // The parent may have died between fork and prctl; then the child was
+                // re-parented and must not start. (Compare with the real parent's pid:
+                // the parent may itself be PID 1, in a container.)
+                if libc::getppid() != parent {
                     return Err(io::Error::other("parent exited before the child started"));
                 }
                 Ok(())
