@@ -79,6 +79,9 @@ pub mod subjects {
     pub fn harness_stats(instance: &str) -> String {
         format!("harness.stats.{instance}")
     }
+
+    /// Every harness instance's stats (for `nats sub` and `mmctl fleet`).
+    pub const HARNESS_STATS_ALL: &str = "harness.stats.*";
 }
 
 /// JetStream KV buckets.
@@ -87,8 +90,13 @@ pub mod buckets {
     pub const SERVERS: &str = "servers";
     /// One key per orchestrator node, value [`super::NodeEntry`].
     pub const NODES: &str = "nodes";
-    /// One key per harness instance.
+    /// One key per harness instance (key = instance id, value
+    /// [`super::HarnessInstance`]), plus [`HARNESS_CONTROL_KEY`].
     pub const HARNESS: &str = "harness";
+    /// The key in [`HARNESS`] holding the fleet's control state
+    /// ([`super::HarnessControl`]), so a late joiner learns it. Instance ids never
+    /// contain a dot, so it cannot clash with one.
+    pub const HARNESS_CONTROL_KEY: &str = "fleet.control";
 }
 
 /// Redis keys (the seed project's names).
@@ -96,9 +104,54 @@ pub mod keys {
     /// The default queue: a list of ticket ids, oldest at the head.
     pub const QUEUE_DEFAULT: &str = "queue:default";
 
+    /// Prefix of `ticket:{id}`: the matchmaker's Lua scripts build ticket keys from it.
+    pub const TICKET_PREFIX: &str = "ticket:";
+
     /// A ticket's JSON.
     pub fn ticket(ticket_id: &str) -> String {
-        format!("ticket:{ticket_id}")
+        format!("{TICKET_PREFIX}{ticket_id}")
+    }
+
+    /// Join-order counter of `queue:default`: the `seq` of its next ticket.
+    pub const QUEUE_DEFAULT_SEQ: &str = "queue:default:seq";
+
+    /// Leases of in-flight batches: a sorted set of batch ids scored by lease deadline
+    /// (Unix ms, Redis clock).
+    pub const LEASES_DEFAULT: &str = "leases:default";
+
+    /// One in-flight batch: the set of ticket ids a matcher popped and is allocating for.
+    pub fn lease(batch_id: &str) -> String {
+        format!("lease:{batch_id}")
+    }
+
+    /// A player's account: JSON with the password's salt and salted hash.
+    pub fn player(player_id: &str) -> String {
+        format!("player:{player_id}")
+    }
+
+    /// The id of the player's latest ticket (joining again returns it while it searches).
+    pub fn player_ticket(player_id: &str) -> String {
+        format!("player:{player_id}:ticket")
+    }
+
+    /// The player's store balance (an integer; absent until the first purchase).
+    pub fn player_balance(player_id: &str) -> String {
+        format!("player:{player_id}:balance")
+    }
+
+    /// The player's recent purchases, newest last (JSON per entry, capped).
+    pub fn player_purchases(player_id: &str) -> String {
+        format!("player:{player_id}:purchases")
+    }
+
+    /// A purchase made with a client idempotency key: the stored reply, replayed on retry.
+    pub fn purchase(player_id: &str, idempotency_key: &str) -> String {
+        format!("purchase:{player_id}:{idempotency_key}")
+    }
+
+    /// A session token → the player id it belongs to (expires with the session).
+    pub fn session(token: &str) -> String {
+        format!("session:{token}")
     }
 
     /// A match's JSON.
@@ -112,6 +165,97 @@ pub const MATCH_SIZE: usize = 10;
 
 // ---------------------------------------------------------------------------------------
 // Sessions
+
+/// Limits on what players and clients send: checked by the gateway and again by every
+/// service, so a bad id is a 400 wherever it enters.
+pub mod limits {
+    /// Longest player, ticket, offer or purchase id.
+    pub const MAX_ID_LEN: usize = 64;
+    /// Longest password (hashing cost stays bounded).
+    pub const MAX_PASSWORD_LEN: usize = 256;
+    /// Longest client idempotency key.
+    pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+    /// A session token: 32 random bytes as lowercase hex.
+    pub const TOKEN_LEN: usize = 64;
+
+    /// Checks an id: 1 to [`MAX_ID_LEN`] characters of `A-Z a-z 0-9 _ - .` and `@`.
+    ///
+    /// No `*`, `>` or whitespace, so an id is always safe inside a NATS subject or a
+    /// Redis key. `what` names the field in the error.
+    pub fn check_id(what: &str, value: &str) -> Result<(), String> {
+        check_chars(what, value, MAX_ID_LEN, |c| c.is_ascii_alphanumeric() || "_-.@".contains(c))
+    }
+
+    /// Checks a ticket id: like [`check_id`] but without `.` and `@`, because a ticket id
+    /// is one token of the subject `events.ticket.<id>`.
+    pub fn check_ticket_id(value: &str) -> Result<(), String> {
+        check_chars("ticket id", value, MAX_ID_LEN, |c| c.is_ascii_alphanumeric() || "_-".contains(c))
+    }
+
+    /// Checks an idempotency key: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] characters of
+    /// `A-Z a-z 0-9 _ - . :`.
+    pub fn check_idempotency_key(value: &str) -> Result<(), String> {
+        check_chars("idempotency key", value, MAX_IDEMPOTENCY_KEY_LEN, |c| {
+            c.is_ascii_alphanumeric() || "_-.:".contains(c)
+        })
+    }
+
+    /// Checks a password: 1 to [`MAX_PASSWORD_LEN`] bytes.
+    pub fn check_password(value: &str) -> Result<(), String> {
+        match value.len() {
+            0 => Err("password must not be empty".to_owned()),
+            len if len > MAX_PASSWORD_LEN => {
+                Err(format!("password is {len} bytes long; at most {MAX_PASSWORD_LEN} are allowed"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Is this the shape of a session token (64 lowercase hex digits)?
+    pub fn is_token(value: &str) -> bool {
+        value.len() == TOKEN_LEN && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
+
+    fn check_chars(
+        what: &str,
+        value: &str,
+        max: usize,
+        allowed: impl Fn(char) -> bool,
+    ) -> Result<(), String> {
+        if value.is_empty() {
+            return Err(format!("{what} must not be empty"));
+        }
+        if value.len() > max {
+            return Err(format!("{what} is {} characters long; at most {max} are allowed", value.len()));
+        }
+        match value.chars().find(|c| !allowed(*c)) {
+            Some(bad) => Err(format!("{what} contains {bad:?}, which is not allowed")),
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn ids_that_could_reach_a_subject_or_key_are_refused() {
+            assert!(check_id("player id", "ana.smith@example").is_ok());
+            for bad in ["", "a b", "a*", "a>", "a:b", "ü", &"x".repeat(MAX_ID_LEN + 1)] {
+                assert!(check_id("player id", bad).is_err(), "{bad:?}");
+            }
+            assert!(check_ticket_id("0b9f6c1e-8d7a-4c1b-9e3f-2a5d7c9e1f00").is_ok());
+            assert!(check_ticket_id("a.b").is_err(), "a dot would split the event subject");
+            assert!(check_idempotency_key("order:42").is_ok());
+            assert!(check_idempotency_key("order 42").is_err());
+            assert!(check_password("").is_err());
+            assert!(check_password(&"p".repeat(MAX_PASSWORD_LEN + 1)).is_err());
+            assert!(is_token(&"ab".repeat(32)));
+            assert!(!is_token(&"AB".repeat(32)));
+            assert!(!is_token("ab"));
+        }
+    }
+}
 
 /// `session.login` request (and the body of `POST /login`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +389,12 @@ pub struct Ticket {
     /// Failed allocation attempts so far.
     #[serde(default)]
     pub attempts: u32,
+    /// When a still-searching ticket expires (Unix ms, Redis clock).
+    #[serde(default)]
+    pub expires_at: u64,
+    /// Join order in its queue: the queue is always sorted by it, oldest at the head.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl Ticket {
@@ -318,6 +468,9 @@ pub struct PurchaseReply {
 // Orchestrator
 
 /// `orchestrator.allocate` request: a game server for one match.
+///
+/// Allocation is idempotent per match: the game id is derived from `matchId`, so a retry
+/// for a match whose server is still live gets that same server back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AllocateRequest {
@@ -337,21 +490,74 @@ pub struct AllocateReply {
     pub address: String,
 }
 
-/// A game server's life, as the allocation runner drives it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// `orchestrator.node.<id>.place` request: the allocator asks one node to run a game
+/// server. The node answers with an [`AllocateReply`] once the server is ready, or with a
+/// micro error: 409 when it has no room (the allocator then tries the next node), 503
+/// when its driver failed. A node that cannot have the server ready by `deadline` stops
+/// it and answers 503, so a timed-out request never leaves a server behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaceRequest {
+    pub game_id: String,
+    pub match_id: String,
+    pub player_ids: Vec<String>,
+    /// Unix ms by which the server must be ready.
+    pub deadline: u64,
+}
+
+/// A game server's life, as the allocation runner drives it:
+/// `pending → starting → ready → running → complete | failed | lost`, with
+/// `running → starting` again when the restart policy restarts a server that died early.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServerState {
+    /// Accepted by a node; resources and a port reserved.
+    #[default]
     Pending,
+    /// The driver started it; waiting for its `/healthz`.
     Starting,
+    /// `/healthz` answers; the allocation reply is on its way.
     Ready,
+    /// Handed to its match: players may connect.
     Running,
+    /// Its game ended (the entry is deleted right after).
     Complete,
+    /// It died and the restart policy gave up (the entry is deleted right after).
     Failed,
+    /// Its node lost track of it (the entry is deleted right after).
     Lost,
 }
 
-/// A live game server in KV bucket `servers` (key = game id).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+impl ServerState {
+    /// Every state, in life order.
+    pub const ALL: [ServerState; 7] =
+        [Self::Pending, Self::Starting, Self::Ready, Self::Running, Self::Complete, Self::Failed, Self::Lost];
+
+    /// The lowercase name used in JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Running => "running",
+            Self::Complete => "complete",
+            Self::Failed => "failed",
+            Self::Lost => "lost",
+        }
+    }
+
+    /// True for the states a server ends in.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Complete | Self::Failed | Self::Lost)
+    }
+}
+
+/// A live game server in KV bucket `servers` (key = game id). Only orchestrators write it.
+///
+/// What the gateway's game proxy needs is all here: it checks that the player is in
+/// `playerIds`, then opens `ws://{address}/connect?player=<playerId>` with the header
+/// `Authorization: Bearer {secret}` (see [`game_server`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerEntry {
     pub game_id: String,
@@ -360,6 +566,7 @@ pub struct ServerEntry {
     pub state: ServerState,
     /// `host:port` the game server listens on.
     pub address: String,
+    /// Unix ms when the server was first started.
     pub started_at: u64,
     #[serde(default)]
     pub player_ids: Vec<String>,
@@ -369,6 +576,24 @@ pub struct ServerEntry {
     /// Restarts after an early exit.
     #[serde(default)]
     pub restarts: u32,
+    /// The per-match secret a connection presents as `Authorization: Bearer <secret>`.
+    #[serde(default)]
+    pub secret: String,
+    /// Unix ms when the game ends (kept across restarts).
+    #[serde(default)]
+    pub ends_at: u64,
+    /// Unix ms of the last state change.
+    #[serde(default)]
+    pub updated_at: u64,
+    /// What the server holds on its node (`servers` is 1).
+    #[serde(default)]
+    pub resources: Resources,
+    /// The driver's handle: a container id, or a process id.
+    #[serde(default)]
+    pub handle: String,
+    /// Why it ended (final states), or why it was last restarted.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// Resources of a node: what it declares, or what is in use.
@@ -380,8 +605,10 @@ pub struct Resources {
     pub servers: u64,
 }
 
-/// An orchestrator node in KV bucket `nodes` (key = node id).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An orchestrator node in KV bucket `nodes` (key = node id), rewritten on every
+/// heartbeat and whenever its use changes; deleted when the node stops cleanly. A node
+/// whose `heartbeatAt` is older than the readers' node timeout is down.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeEntry {
     pub node: String,
@@ -395,6 +622,40 @@ pub struct NodeEntry {
     pub ports_used: u64,
     pub heartbeat_at: u64,
     pub started_at: u64,
+    /// What the driver said at the last check ("podman 4.3.1, rootless", or why it is unhealthy).
+    #[serde(default)]
+    pub driver_status: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+/// What the orchestrator hands a game server, and what a game server's clients present.
+pub mod game_server {
+    /// The WebSocket path on a game server.
+    pub const CONNECT_PATH: &str = "/connect";
+    /// The query parameter naming the connecting player.
+    pub const PLAYER_PARAM: &str = "player";
+
+    /// Podman labels on every game-server container (`podman ps --filter label=mm.game-id`).
+    pub mod labels {
+        pub const GAME_ID: &str = "mm.game-id";
+        pub const NODE: &str = "mm.node";
+    }
+
+    /// Environment of a game server (its `[game]` config keys).
+    pub mod env {
+        pub const LISTEN: &str = "MM_GAME__LISTEN";
+        pub const GAME_ID: &str = "MM_GAME__GAME_ID";
+        pub const MATCH_ID: &str = "MM_GAME__MATCH_ID";
+        /// Unix ms when the game ends.
+        pub const ENDS_AT: &str = "MM_GAME__ENDS_AT";
+        pub const SECRET: &str = "MM_GAME__SECRET";
+        /// The match's players, as a list: `["p1","p2"]`.
+        pub const PLAYERS: &str = "MM_GAME__PLAYERS";
+        pub const LOG_FORMAT: &str = "MM_LOG__FORMAT";
+        /// tokio's own variable: a game server needs few threads.
+        pub const WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -410,6 +671,201 @@ pub struct HarnessControl {
     /// Scenario name → executions per idle player per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rates: Option<std::collections::BTreeMap<String, f64>>,
+    /// Forget the fleet target and rates set so far (applied before the other fields):
+    /// each instance goes back to its own `--players` and configured rates.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
+}
+
+impl HarnessControl {
+    /// Applies `change` on top of this state, the way every instance applies a
+    /// `harness.control` message: `reset` first, then each field that is present.
+    pub fn apply(&mut self, change: &HarnessControl) {
+        if change.reset {
+            *self = HarnessControl::default();
+        }
+        if let Some(target) = change.fleet_target {
+            self.fleet_target = Some(target);
+        }
+        if let Some(rates) = &change.rates {
+            self.rates
+                .get_or_insert_with(Default::default)
+                .extend(rates.iter().map(|(k, v)| (k.clone(), *v)));
+        }
+    }
+}
+
+/// The harness's scenarios, in the order they are shown (the keys of
+/// [`HarnessStats::scenarios`] and of the report's `scenarios`).
+pub const HARNESS_SCENARIOS: [&str; 6] =
+    ["login", "matchmaking", "in_game", "fetch_store", "store_purchase", "logout"];
+
+/// A live harness instance in KV bucket `harness` (key = instance id), refreshed on
+/// every heartbeat and deleted when the instance stops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HarnessInstance {
+    pub instance: String,
+    pub host: String,
+    pub pid: u32,
+    pub version: String,
+    /// The gateway its players talk to.
+    pub gateway: String,
+    pub started_at: u64,
+    pub heartbeat_at: u64,
+    /// Players this instance keeps alive now: its share of the fleet target, or its own
+    /// `--players` when no fleet target is set.
+    pub target: u64,
+    /// Players alive now.
+    pub players: u64,
+}
+
+/// `harness.stats.<instance>` payload, once a second. Counters are cumulative since the
+/// instance started and histograms hold every value recorded so far, so stats from any
+/// number of instances merge by adding them up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HarnessStats {
+    pub instance: String,
+    pub host: String,
+    /// When these stats were taken.
+    pub at: u64,
+    pub started_at: u64,
+    /// This instance's target now.
+    pub target: u64,
+    /// The fleet target, when one is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_target: Option<u64>,
+    pub players: HarnessPlayers,
+    /// Scenario name → its numbers.
+    pub scenarios: std::collections::BTreeMap<String, HarnessScenarioStats>,
+    /// Matchmaking join → `matched`, in microseconds.
+    pub time_to_match_us: HistogramData,
+    /// Matchmaking join → first echo from the game server, in microseconds.
+    pub time_to_play_us: HistogramData,
+    /// How late the compositor's ticks ran, in microseconds.
+    pub tick_lag_us: HistogramData,
+    /// Failures by kind (`timeout`, `http_5xx`, `echo_mismatch`, ...), all scenarios.
+    pub errors: std::collections::BTreeMap<String, u64>,
+}
+
+/// Player counts of one harness instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HarnessPlayers {
+    /// Players alive (logging in, idle or busy).
+    pub alive: u64,
+    pub logging_in: u64,
+    pub idle: u64,
+    pub busy: u64,
+    /// Most players alive at once so far.
+    pub peak: u64,
+}
+
+/// One scenario's numbers on one harness instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HarnessScenarioStats {
+    pub attempted: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Correct refusals that are not errors (a purchase without enough balance: 409).
+    pub rejected: u64,
+    /// Still running when the run ended.
+    pub aborted: u64,
+    /// Executions the compositor wanted but found no idle player for.
+    pub starved: u64,
+    /// Configured rate: executions per idle player per second.
+    pub rate: f64,
+    /// What the compositor aims for now: idle players × rate, per second.
+    pub desired_per_second: f64,
+    /// What it dispatched over the last interval, per second.
+    pub actual_per_second: f64,
+    /// Scenario latency in microseconds.
+    pub latency_us: HistogramData,
+}
+
+/// A histogram as (value, count) pairs, sorted by value: the buckets an HDR histogram
+/// recorded into (each value is its bucket's highest equivalent value). Histograms from
+/// several instances merge by adding counts of equal values, without losing precision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HistogramData(pub Vec<(u64, u64)>);
+
+impl HistogramData {
+    /// How many values were recorded.
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|&(_, count)| count).sum()
+    }
+
+    /// The largest value recorded (0 when empty).
+    pub fn max(&self) -> u64 {
+        self.0.last().map_or(0, |&(value, _)| value)
+    }
+
+    /// The value at quantile `q` (0.0..=1.0): the smallest recorded value with at least
+    /// `q` of all counts at or below it (0 when empty), as HDR histograms define it.
+    pub fn value_at_quantile(&self, q: f64) -> u64 {
+        let total = self.count();
+        if total == 0 {
+            return 0;
+        }
+        // Rounding up to a whole count: q = 0.5 of 3 values is the 2nd.
+        let wanted = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for &(value, count) in &self.0 {
+            seen += count;
+            if seen >= wanted {
+                return value;
+            }
+        }
+        self.max()
+    }
+
+    /// Adds `other`'s counts into this histogram.
+    pub fn merge(&mut self, other: &HistogramData) {
+        let mut merged = std::collections::BTreeMap::new();
+        for &(value, count) in self.0.iter().chain(&other.0) {
+            *merged.entry(value).or_insert(0u64) += count;
+        }
+        self.0 = merged.into_iter().collect();
+    }
+}
+
+#[cfg(test)]
+mod harness_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn control_messages_merge_in_order() {
+        let mut state = HarnessControl::default();
+        state.apply(&serde_json::from_value(json!({"fleetTarget": 100})).expect("json"));
+        state.apply(&serde_json::from_value(json!({"rates": {"matchmaking": 0.5}})).expect("json"));
+        state.apply(&serde_json::from_value(json!({"rates": {"logout": 0.0}})).expect("json"));
+        assert_eq!(state.fleet_target, Some(100), "a message without fleetTarget keeps it");
+        let rates = state.rates.clone().expect("rates");
+        assert_eq!((rates["matchmaking"], rates["logout"]), (0.5, 0.0));
+        state.apply(&serde_json::from_value(json!({"reset": true, "fleetTarget": 7})).expect("json"));
+        assert_eq!(state, HarnessControl { fleet_target: Some(7), rates: None, reset: false });
+        assert_eq!(serde_json::to_value(&state).expect("json"), json!({"fleetTarget": 7}));
+    }
+
+    #[test]
+    fn histogram_data_merges_and_answers_quantiles() {
+        let mut a = HistogramData(vec![(10, 2), (20, 1)]);
+        let b = HistogramData(vec![(5, 1), (20, 1), (40, 1)]);
+        a.merge(&b);
+        assert_eq!(a.0, vec![(5, 1), (10, 2), (20, 2), (40, 1)]);
+        assert_eq!(a.count(), 6);
+        assert_eq!(a.max(), 40);
+        assert_eq!(a.value_at_quantile(0.0), 5);
+        assert_eq!(a.value_at_quantile(0.5), 10, "3rd of 6");
+        assert_eq!(a.value_at_quantile(0.51), 20, "4th of 6");
+        assert_eq!(a.value_at_quantile(1.0), 40);
+        assert_eq!(HistogramData::default().value_at_quantile(0.99), 0);
+        assert_eq!(serde_json::to_value(&b).expect("json"), json!([[5, 1], [20, 1], [40, 1]]));
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -470,9 +926,7 @@ mod tests {
             state: ServerState::Running,
             address: "127.0.0.1:20000".into(),
             started_at: 1,
-            player_ids: vec![],
-            driver: "podman".into(),
-            restarts: 0,
+            ..ServerEntry::default()
         };
         let value = serde_json::to_value(&entry).expect("json");
         for field in ["gameId", "matchId", "node", "state", "address", "startedAt"] {

@@ -11,13 +11,32 @@ pub const LATENCY: &[f64] =
 /// game-server start-up. 50 ms to 10 min.
 pub const WAIT: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 
+/// Timer lateness, where what matters is a fraction of a millisecond against a 50 ms
+/// alarm: 0.1 ms to 1 s.
+pub const LAG: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// HTTP requests that may long-poll: [`LATENCY`] plus 30 s and 60 s, so a status request
+/// that waited for its ticket lands in a bucket instead of `+Inf`.
+pub const HTTP: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Starting a game server (container or process) until it answers: fine steps around
+/// the 0.1-0.5 s a start takes, up to the 30 s a start may be allowed. 10 ms to 30 s.
+pub const STARTUP: &[f64] =
+    &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
+
 /// Metrics that use a set other than [`LATENCY`]. A histogram not named here gets `LATENCY`.
 pub const BY_METRIC: &[(&str, &[f64])] = &[
     ("mm_matchmaker_time_in_queue_seconds", WAIT),
-    ("mm_matchmaker_allocation_duration_seconds", WAIT),
-    ("mm_orchestrator_allocation_duration_seconds", WAIT),
-    ("mm_orchestrator_container_start_duration_seconds", WAIT),
+    ("mm_matchmaker_allocation_duration_seconds", STARTUP),
+    ("mm_gateway_http_request_duration_seconds", HTTP),
+    ("mm_gateway_long_poll_wait_seconds", WAIT),
+    ("mm_orchestrator_allocation_duration_seconds", STARTUP),
+    ("mm_orchestrator_container_start_duration_seconds", STARTUP),
+    ("mm_orchestrator_server_ready_duration_seconds", STARTUP),
     ("mm_harness_time_to_match_seconds", WAIT),
     ("mm_harness_time_to_play_seconds", WAIT),
     ("mm_harness_scenario_duration_seconds", WAIT),
+    ("mm_harness_tick_lag_seconds", LAG),
 ];

@@ -1,0 +1,160 @@
+//! The player API (`CONTRACT.md`): every route is one NATS request to a micro service.
+//!
+//! | route | service |
+//! |---|---|
+//! | `POST /login` | `session.login` |
+//! | `POST /logout` | `session.logout` |
+//! | `POST /matchmaking/join` | `matchmaking.join` |
+//! | `GET /matchmaking/status?ticketId&waitMs` | `matchmaking.status` (+ long-poll) |
+//! | `DELETE /matchmaking/cancel?ticketId` | `matchmaking.cancel` |
+//! | `GET /store/offers` | `store.offers` |
+//! | `POST /store/purchase` | `store.purchase` |
+//!
+//! Player routes take `Authorization: Bearer <token>` (checked by `session.verify`)
+//! before anything else, so an anonymous request learns nothing about ids.
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router, middleware};
+use mm_shared::protocol::{
+    CancelReply, JoinReply, JoinRequest, LoginReply, LoginRequest, Offer, PurchaseReply, PurchaseRequest,
+    TicketRequest, TicketView, TokenRequest, limits, subjects,
+};
+use serde::Deserialize;
+
+use crate::auth::Player;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, QueryParams};
+use crate::state::AppState;
+
+/// Header a client may send to make a purchase safe to retry.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The routes. Add new ones here: the layers in [`router`] then cover them too.
+fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/matchmaking/join", post(join))
+        .route("/matchmaking/status", get(status))
+        .route("/matchmaking/cancel", delete(cancel))
+        .route("/store/offers", get(offers))
+        .route("/store/purchase", post(purchase))
+}
+
+/// The whole player API with its body limit, JSON fallbacks and metrics.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    routes()
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::track))
+        .with_state(state)
+}
+
+async fn login(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<LoginRequest>,
+) -> Result<Json<LoginReply>, ApiError> {
+    limits::check_id("id", &request.id).map_err(ApiError::bad_request)?;
+    limits::check_password(&request.password).map_err(ApiError::bad_request)?;
+    state.call(subjects::SESSION_LOGIN, &request).await.map(Json)
+}
+
+async fn logout(State(state): State<AppState>, player: Player) -> Result<StatusCode, ApiError> {
+    let () = state.call(subjects::SESSION_LOGOUT, &TokenRequest { token: player.token }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn join(State(state): State<AppState>, player: Player) -> Result<Json<JoinReply>, ApiError> {
+    state.call(subjects::MATCHMAKING_JOIN, &JoinRequest { player_id: player.id }).await.map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusQuery {
+    ticket_id: String,
+    /// Milliseconds to wait for the ticket to stop searching (0: answer now).
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn status(
+    State(state): State<AppState>,
+    player: Player,
+    QueryParams(query): QueryParams<StatusQuery>,
+) -> Result<Json<TicketView>, ApiError> {
+    limits::check_ticket_id(&query.ticket_id).map_err(ApiError::bad_request)?;
+    let wait = Duration::from_millis(query.wait_ms).min(state.long_poll_max());
+    let request = TicketRequest { player_id: player.id, ticket_id: query.ticket_id };
+    crate::long_poll::status(&state, request, wait).await.map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CancelQuery {
+    ticket_id: String,
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    player: Player,
+    QueryParams(query): QueryParams<CancelQuery>,
+) -> Result<Json<CancelReply>, ApiError> {
+    limits::check_ticket_id(&query.ticket_id).map_err(ApiError::bad_request)?;
+    let request = TicketRequest { player_id: player.id, ticket_id: query.ticket_id };
+    state.call(subjects::MATCHMAKING_CANCEL, &request).await.map(Json)
+}
+
+async fn offers(State(state): State<AppState>) -> Result<Json<Vec<Offer>>, ApiError> {
+    state.call(subjects::STORE_OFFERS, &()).await.map(Json)
+}
+
+/// `POST /store/purchase` body: the seed's `offer_id`, and optionally the idempotency key
+/// (also accepted as the `Idempotency-Key` header).
+#[derive(Debug, Deserialize)]
+struct PurchaseBody {
+    offer_id: String,
+    #[serde(rename = "idempotencyKey", default)]
+    idempotency_key: Option<String>,
+}
+
+async fn purchase(
+    State(state): State<AppState>,
+    player: Player,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PurchaseBody>,
+) -> Result<Json<PurchaseReply>, ApiError> {
+    limits::check_id("offer_id", &body.offer_id).map_err(ApiError::bad_request)?;
+    let header = match headers.get(IDEMPOTENCY_KEY) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::bad_request("the Idempotency-Key header must be plain text"))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let idempotency_key = match (header, body.idempotency_key) {
+        (Some(header), Some(field)) if header != field => {
+            return Err(ApiError::bad_request("the Idempotency-Key header and idempotencyKey field differ"));
+        }
+        (header, field) => header.or(field),
+    };
+    if let Some(key) = &idempotency_key {
+        limits::check_idempotency_key(key).map_err(ApiError::bad_request)?;
+    }
+    let request = PurchaseRequest { player_id: player.id, offer_id: body.offer_id, idempotency_key };
+    state.call(subjects::STORE_PURCHASE, &request).await.map(Json)
+}
+
+async fn unknown_route(uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route {}", uri.path()))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
+}

@@ -1,0 +1,42 @@
+//! `Authorization: Bearer <token>`: the player behind a request, as `session.verify` says.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use mm_shared::protocol::{SessionInfo, TokenRequest, limits, subjects};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The logged-in player making the request.
+pub struct Player {
+    pub id: String,
+    pub token: String,
+}
+
+impl FromRequestParts<AppState> for Player {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(parts)?;
+        // A token that cannot be one is refused here, without asking anyone.
+        if !limits::is_token(token) {
+            return Err(ApiError::unauthorized("invalid or expired token"));
+        }
+        let request = TokenRequest { token: token.to_owned() };
+        let session: SessionInfo = state.call(subjects::SESSION_VERIFY, &request).await?;
+        Ok(Player { id: session.player_id, token: request.token })
+    }
+}
+
+fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+    let missing =
+        || ApiError::unauthorized("missing `Authorization: Bearer <token>` header (log in at POST /login)");
+    let value = parts.headers.get(AUTHORIZATION).ok_or_else(missing)?;
+    let value = value.to_str().map_err(|_| ApiError::unauthorized("invalid or expired token"))?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or_else(missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(missing());
+    }
+    Ok(token.trim())
+}

@@ -1,0 +1,87 @@
+//! HTTP metrics: requests by route *template* (`/matchmaking/status`, never a raw path
+//! with ids in it), method and status; latency; requests in flight.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+use crate::state::AppState;
+
+pub fn describe() {
+    describe_counter!(
+        "mm_gateway_http_requests_total",
+        "HTTP requests answered, by route template, method and status code."
+    );
+    describe_histogram!(
+        "mm_gateway_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer an HTTP request (long-polls included), by route template and method."
+    );
+    describe_gauge!("mm_gateway_http_requests_in_flight", "HTTP requests being answered right now.");
+    describe_gauge!("mm_gateway_long_polls_waiting", "Status long-polls waiting for their ticket to change.");
+    describe_histogram!(
+        "mm_gateway_long_poll_wait_seconds",
+        Unit::Seconds,
+        "How long status long-polls waited, by outcome: changed, timeout, shutdown, closed."
+    );
+}
+
+/// Holds a gauge up while alive; decrements even if the future holding it is dropped.
+pub struct GaugeGuard(metrics::Gauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Middleware: records every request under its route template.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = method_label(request.method());
+    let _in_flight =
+        (state.request_started(), GaugeGuard::new(metrics::gauge!("mm_gateway_http_requests_in_flight")));
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics::histogram!("mm_gateway_http_request_duration_seconds", "route" => route.clone(), "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        "mm_gateway_http_requests_total",
+        "route" => route,
+        "method" => method,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}
+
+/// Standard methods by name; anything else (extension methods) as `other`, so a client
+/// cannot create label values.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}

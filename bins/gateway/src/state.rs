@@ -1,0 +1,101 @@
+//! What every handler shares: the NATS connection and the request limits.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use mm_shared::nats::request_json;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+
+/// Shared by all handlers; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Set once NATS is connected; until then player requests get a 503. The HTTP server
+    /// starts first so that `/healthz` can say what it is waiting for.
+    nats: OnceLock<Client>,
+    /// Deadline of each NATS request (`nats.request_timeout`).
+    request_timeout: Duration,
+    /// Longest `waitMs` a status request may wait (`gateway.long_poll_max`).
+    long_poll_max: Duration,
+    /// Cancelled on shutdown: long-polls answer at once.
+    shutdown: CancellationToken,
+    /// Requests being answered; NATS is drained only once they are done.
+    in_flight: AtomicUsize,
+}
+
+impl AppState {
+    pub fn new(request_timeout: Duration, long_poll_max: Duration, shutdown: CancellationToken) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                nats: OnceLock::new(),
+                request_timeout,
+                long_poll_max,
+                shutdown,
+                in_flight: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Hands over the NATS connection once it is up.
+    pub fn connected(&self, nats: Client) {
+        let _ = self.inner.nats.set(nats);
+    }
+
+    pub fn nats(&self) -> Result<&Client, ApiError> {
+        self.inner.nats.get().ok_or_else(|| ApiError::unavailable("the gateway is still connecting to NATS"))
+    }
+
+    pub fn long_poll_max(&self) -> Duration {
+        self.inner.long_poll_max
+    }
+
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub fn request_started(&self) -> InFlight {
+        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// Waits (up to `limit`) until no request is in flight: at shutdown, so that requests
+    /// already inside finish their NATS calls before the connection is drained.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.inner.in_flight.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// One request/reply to a micro service, its failures turned into HTTP errors.
+    pub async fn call<Req, Resp>(&self, subject: &str, request: &Req) -> Result<Resp, ApiError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        Ok(request_json(self.nats()?, subject, request, self.inner.request_timeout).await?)
+    }
+}
+
+/// A request in flight; dropping it (even by cancellation) ends it.
+pub struct InFlight(AppState);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,38 @@
+//! Test support shared by the gateway's tests and bench.
+
+use futures_util::StreamExt;
+use mm_shared::protocol::{AllocateReply, AllocateRequest, subjects};
+
+/// Returns once the server has processed everything this client sent before, its
+/// subscriptions included (`flush` only empties the client's buffer).
+pub async fn synced(client: &async_nats::Client) {
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client.publish(inbox, "".into()).await.expect("publish");
+    tokio::time::timeout(std::time::Duration::from_secs(5), echo.next())
+        .await
+        .expect("echo within 5 s")
+        .expect("echo");
+}
+
+/// Stand-in orchestrator: every allocation succeeds at once.
+pub async fn allocator(nats_url: &str) -> tokio::task::JoinHandle<()> {
+    let client = async_nats::connect(nats_url).await.expect("nats");
+    let mut requests = client.subscribe(subjects::ORCHESTRATOR_ALLOCATE).await.expect("subscribe");
+    synced(&client).await;
+    tokio::spawn(async move {
+        while let Some(message) = requests.next().await {
+            let Some(reply) = message.reply else { continue };
+            let request: AllocateRequest =
+                serde_json::from_slice(&message.payload).expect("allocate request");
+            let game_id = format!("game-{}", request.match_id);
+            let answer = AllocateReply {
+                url: format!("ws://127.0.0.1:8080/game/{game_id}/connect"),
+                game_id,
+                node: "test".into(),
+                address: "127.0.0.1:20000".into(),
+            };
+            let _ = client.publish(reply, serde_json::to_vec(&answer).expect("json").into()).await;
+        }
+    })
+}

@@ -1,0 +1,274 @@
+//! The matchmaker's configuration: `[matchmaker]`, `[matcher]`, `[session]`, `[store]`,
+//! plus the shared `[nats]`, `[redis]` and `[log]` sections.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mm_shared::config::{LogConfig, NatsConfig, RedisConfig};
+use mm_shared::protocol::{Offer, addresses, limits};
+use mm_shared::service::ServiceConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything the matchmaker binary reads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub matchmaker: MatchmakerSection,
+    pub matcher: MatcherConfig,
+    pub session: SessionConfig,
+    pub store: StoreConfig,
+    pub nats: NatsConfig,
+    pub redis: RedisConfig,
+    pub log: LogConfig,
+}
+
+impl ServiceConfig for Config {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
+impl Config {
+    /// Checks what the types cannot: relations between values. The message names the keys.
+    pub fn validate(&self) -> Result<(), String> {
+        self.matcher.validate()?;
+        self.store.validate()?;
+        if self.matchmaker.ticket_ttl.is_zero() || self.matchmaker.ticket_retention.is_zero() {
+            return Err(
+                "config keys `matchmaker.ticket_ttl` and `matchmaker.ticket_retention` must be above zero"
+                    .to_owned(),
+            );
+        }
+        if self.session.ttl < Duration::from_secs(1) {
+            return Err("config key `session.ttl` must be at least 1s".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// `[matchmaker]`: the process and its tickets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MatchmakerSection {
+    /// Where `/metrics` and `/healthz` are served.
+    pub admin_listen: SocketAddr,
+    /// Requests each micro-service endpoint handles at once in this process.
+    pub endpoint_concurrency: usize,
+    /// A ticket still searching this long after it joined becomes `expired`.
+    #[serde(with = "mm_shared::duration")]
+    pub ticket_ttl: Duration,
+    /// How long a ticket (and a match) stays readable after its last change.
+    #[serde(with = "mm_shared::duration")]
+    pub ticket_retention: Duration,
+}
+
+impl MatchmakerSection {
+    pub fn tickets(&self) -> TicketSettings {
+        TicketSettings { ttl: self.ticket_ttl, retention: self.ticket_retention }
+    }
+}
+
+impl Default for MatchmakerSection {
+    fn default() -> Self {
+        Self {
+            admin_listen: addresses::MATCHMAKER_ADMIN,
+            endpoint_concurrency: 256,
+            ticket_ttl: TicketSettings::default().ttl,
+            ticket_retention: TicketSettings::default().retention,
+        }
+    }
+}
+
+/// How long tickets live (`matchmaker.ticket_ttl`, `matchmaker.ticket_retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TicketSettings {
+    pub ttl: Duration,
+    pub retention: Duration,
+}
+
+impl Default for TicketSettings {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(600), retention: Duration::from_secs(3600) }
+    }
+}
+
+/// `[matcher]`: the workers that form matches and allocate their servers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MatcherConfig {
+    /// Run the matcher in this process (the services run either way).
+    pub enabled: bool,
+    /// Loops popping batches from the queue in this process.
+    pub workers: usize,
+    /// Allocations this process waits for at once (across its workers).
+    pub max_allocations: usize,
+    /// Deadline of one `orchestrator.allocate` request.
+    #[serde(with = "mm_shared::duration")]
+    pub allocate_timeout: Duration,
+    /// How long popped tickets belong to their matcher; after it, any matcher's reaper
+    /// returns them to the queue. Must be longer than `allocate_timeout`.
+    #[serde(with = "mm_shared::duration")]
+    pub lease: Duration,
+    /// Failed allocations a ticket survives; the next failure makes it `failed`.
+    /// "No orchestrator answers" does not count: tickets wait for one instead.
+    pub max_attempts: u32,
+    /// Pause after the first failed allocation; it doubles per failure in a row.
+    #[serde(with = "mm_shared::duration")]
+    pub retry_backoff_min: Duration,
+    #[serde(with = "mm_shared::duration")]
+    pub retry_backoff_max: Duration,
+    /// How often an idle worker looks at the queue when no join in this process woke it.
+    #[serde(with = "mm_shared::duration")]
+    pub idle_poll: Duration,
+    /// How often expired leases and tickets are looked for, and queue gauges refreshed.
+    #[serde(with = "mm_shared::duration")]
+    pub reap_interval: Duration,
+}
+
+impl Default for MatcherConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            workers: 1,
+            max_allocations: 64,
+            allocate_timeout: Duration::from_secs(10),
+            lease: Duration::from_secs(30),
+            max_attempts: 5,
+            retry_backoff_min: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(5),
+            idle_poll: Duration::from_millis(100),
+            reap_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl MatcherConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.lease <= self.allocate_timeout {
+            return Err(format!(
+                "config key `matcher.lease` ({}) must be longer than `matcher.allocate_timeout` ({}), \
+                 or tickets would be taken from a matcher still waiting for its allocation",
+                mm_shared::duration::format(self.lease),
+                mm_shared::duration::format(self.allocate_timeout)
+            ));
+        }
+        if self.workers == 0 || self.max_allocations == 0 || self.max_attempts == 0 {
+            return Err(
+                "config keys `matcher.workers`, `matcher.max_allocations` and `matcher.max_attempts` \
+                 must be at least 1"
+                    .to_owned(),
+            );
+        }
+        if self.retry_backoff_min > self.retry_backoff_max {
+            return Err("config key `matcher.retry_backoff_min` must not exceed `matcher.retry_backoff_max`"
+                .to_owned());
+        }
+        if self.idle_poll.is_zero() || self.reap_interval.is_zero() {
+            return Err(
+                "config keys `matcher.idle_poll` and `matcher.reap_interval` must be above zero".to_owned()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `[session]`: login tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// A token unused this long stops working (each use starts the period again).
+    #[serde(with = "mm_shared::duration")]
+    pub ttl: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(3600) }
+    }
+}
+
+/// `[store]`: the catalogue and the players' money.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// What a player's balance is before their first purchase.
+    pub starting_balance: u64,
+    /// How long a purchase made with an idempotency key can be replayed with it.
+    #[serde(with = "mm_shared::duration")]
+    pub idempotency_ttl: Duration,
+    /// Purchases kept per player in `player:{id}:purchases`.
+    pub history: u32,
+    /// The catalogue (`[[store.offers]]` with `id`, `name`, `price`).
+    pub offers: Vec<Offer>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        let offer = |id: &str, name: &str, price| Offer { id: id.to_owned(), name: name.to_owned(), price };
+        Self {
+            starting_balance: 5000,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            history: 100,
+            offers: vec![
+                offer("skin-vandal-prime", "Prime Vandal", 1775),
+                offer("skin-phantom-oni", "Oni Phantom", 1775),
+                offer("player-card-dawn", "Dawn Player Card", 375),
+                offer("spray-gg", "GG Spray", 325),
+                offer("battle-pass", "Battle Pass", 1000),
+            ],
+        }
+    }
+}
+
+impl StoreConfig {
+    fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for offer in &self.offers {
+            limits::check_id("offer id", &offer.id)
+                .map_err(|err| format!("config key `store.offers`: {err}"))?;
+            if !seen.insert(offer.id.as_str()) {
+                return Err(format!("config key `store.offers`: offer id `{}` appears twice", offer.id));
+            }
+            // Lua numbers are doubles: stay where they are exact integers.
+            if offer.price > MAX_AMOUNT {
+                return Err(format!(
+                    "config key `store.offers`: price of `{}` is over {MAX_AMOUNT}",
+                    offer.id
+                ));
+            }
+        }
+        if self.starting_balance > MAX_AMOUNT {
+            return Err(format!("config key `store.starting_balance` is over {MAX_AMOUNT}"));
+        }
+        Ok(())
+    }
+}
+
+/// Largest price or balance: 2^53, where Lua's doubles stop being exact integers.
+pub const MAX_AMOUNT: u64 = 1 << 53;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_relations_are_checked() {
+        Config::default().validate().expect("defaults are valid");
+
+        let mut config = Config::default();
+        config.matcher.lease = config.matcher.allocate_timeout;
+        assert!(config.validate().expect_err("lease too short").contains("matcher.lease"));
+
+        let mut config = Config::default();
+        config.store.offers.push(config.store.offers[0].clone());
+        assert!(config.validate().expect_err("duplicate").contains("appears twice"));
+    }
+
+    #[test]
+    fn ticket_keys_live_in_the_matchmaker_section() {
+        let config: MatchmakerSection =
+            toml::from_str("ticket_ttl = \"5m\"\nticket_retention = \"10m\"").expect("parses");
+        assert_eq!(config.tickets().ttl, Duration::from_secs(300));
+        assert_eq!(config.tickets().retention, Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,93 @@
+//! The matchmaker: tickets and the queue in Redis, matches of ten, over NATS.
+//!
+//! One process hosts three NATS micro services and the matcher:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`matchmaking`] | `matchmaking.join/status/cancel`: tickets for players |
+//! | [`matcher`] | pops batches, asks `orchestrator.allocate`, commits matches; the reaper |
+//! | [`tickets`] | every Redis change to tickets, the queue and leases (Lua scripts) |
+//! | [`session`] | `session.login/verify/logout`: accounts and tokens |
+//! | [`store`] | `store.offers/purchase`: catalogue, balances, idempotent purchases |
+//! | [`events`] | `events.ticket.<id>`, `events.match.created` |
+//!
+//! Every endpoint subscribes in its service's queue group, so any number of matchmaker
+//! processes share the load; every Redis change is one atomic script, so they never
+//! step on each other.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod events;
+pub mod matcher;
+pub mod matchmaking;
+pub mod metrics;
+pub mod micro;
+pub mod session;
+pub mod store;
+pub mod tickets;
+
+use std::sync::Arc;
+
+use async_nats::Client;
+use redis::aio::ConnectionManager;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::events::Events;
+use crate::matcher::{Fifo, Matcher};
+use crate::micro::MicroService;
+use crate::tickets::TicketStore;
+
+/// The services and matcher of one process, running until `shutdown`.
+pub struct Running {
+    services: Vec<MicroService>,
+    matcher: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits for the services to finish their requests and the matcher its allocations
+    /// (call after `shutdown` was cancelled).
+    pub async fn finish(self) {
+        for service in self.services {
+            service.finish().await;
+        }
+        if let Some(matcher) = self.matcher
+            && let Err(err) = matcher.await
+        {
+            tracing::warn!("matcher task ended abnormally: {err}");
+        }
+    }
+}
+
+/// Starts the `session`, `matchmaking` and `store` services and (if enabled) the matcher.
+pub async fn start(
+    nats: &Client,
+    redis: ConnectionManager,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    metrics::describe();
+    let concurrency = config.matchmaker.endpoint_concurrency.max(1);
+    let tickets = TicketStore::new(redis.clone(), config.matchmaker.tickets());
+    let wake = Arc::new(Notify::new());
+    let mut services = Vec::new();
+    let sessions = session::Sessions::new(redis.clone(), config.session.ttl);
+    services.push(session::serve(nats, sessions, concurrency, shutdown.clone()).await?);
+    let matchmaking = matchmaking::Matchmaking::new(tickets.clone(), Events::new(nats.clone()), wake.clone());
+    services.push(matchmaking::serve(nats, matchmaking, concurrency, shutdown.clone()).await?);
+    let store = store::Store::new(redis, config.store.clone());
+    services.push(store::serve(nats, store, concurrency, shutdown.clone()).await?);
+    let matcher = config.matcher.enabled.then(|| {
+        let matcher =
+            Arc::new(Matcher::new(tickets, nats.clone(), Arc::new(Fifo), config.matcher.clone(), wake));
+        tokio::spawn(matcher.run(shutdown))
+    });
+    if matcher.is_none() {
+        tracing::info!("matcher disabled (matcher.enabled = false): serving requests only");
+    }
+    Ok(Running { services, matcher })
+}

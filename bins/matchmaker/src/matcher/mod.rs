@@ -1,0 +1,426 @@
+//! The matcher: forms matches from the queue and gets each a game server.
+//!
+//! ```text
+//! pop (Lua: ≥10 queued → window of the oldest into a lease with a deadline)
+//!  → match function proposes groups of 10; the rest go back to the queue head
+//!  → per group: orchestrator.allocate (NATS request with a deadline)
+//!     ok        → commit (Lua: all ten still searching? → matched + match record)
+//!                 → events.ticket.<id> ×10, events.match.created
+//!     failure   → give back to the queue head in join order; attempt counted,
+//!                 `failed` after matcher.max_attempts; this process backs off
+//!     no orchestrator → give back without counting; back off until one answers
+//! reaper (every reap_interval): leases past their deadline → back to the queue;
+//!          overdue tickets at the queue head → expired; gauges
+//! ```
+//!
+//! Any number of matchers may run, in one process and across many: a pop moves tickets
+//! out of the queue atomically, so no two matchers hold the same ticket; a matcher that
+//! dies holding a lease only delays its tickets until the lease expires.
+
+mod function;
+mod reaper;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use mm_shared::nats::{RequestError, request_json};
+use mm_shared::protocol::{
+    AllocateReply, AllocateRequest, MATCH_SIZE, MatchCreated, MatchRecord, ServerAssignment, Ticket, now_ms,
+    subjects,
+};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use function::{Fifo, MatchFunction, Proposal, check_proposal};
+pub use reaper::Reaped;
+
+use crate::config::MatcherConfig;
+use crate::events::Events;
+use crate::metrics::{TicketEvent, tickets};
+use crate::tickets::{Committed, GiveBack, StoreError, TicketStore};
+
+/// Tickets popped into one lease, grouped by the match function.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub id: String,
+    pub groups: Vec<Vec<Ticket>>,
+}
+
+/// How one group ended.
+#[derive(Debug, Clone)]
+pub enum Settled {
+    /// A match: its record, as written.
+    Matched(MatchRecord),
+    /// The allocation failed; the tickets went back (or failed, out of attempts).
+    Requeued { reason: String, counted: bool, failed: usize },
+    /// A ticket was cancelled during the allocation; the rest went back. The server
+    /// allocated for them is unused.
+    Abandoned,
+    /// The lease expired before the commit; the reaper had returned the tickets.
+    LeaseLost,
+    /// Redis failed mid-way; the lease's expiry will return the tickets.
+    StoreFailed(String),
+}
+
+/// One matcher: its pipeline state and what it talks to.
+pub struct Matcher {
+    tickets: TicketStore,
+    nats: Client,
+    events: Events,
+    function: Arc<dyn MatchFunction>,
+    config: MatcherConfig,
+    /// Failed allocations in a row; sets the backoff before the next pop.
+    failures: AtomicU32,
+    /// Batches this matcher may have in flight at once.
+    allocations: Arc<Semaphore>,
+    /// Notified when a ticket joins in this process.
+    wake: Arc<Notify>,
+}
+
+impl Matcher {
+    pub fn new(
+        tickets: TicketStore,
+        nats: Client,
+        function: Arc<dyn MatchFunction>,
+        config: MatcherConfig,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let allocations = Arc::new(Semaphore::new(config.max_allocations.max(1)));
+        Self {
+            events: Events::new(nats.clone()),
+            tickets,
+            nats,
+            function,
+            config,
+            failures: AtomicU32::new(0),
+            allocations,
+            wake,
+        }
+    }
+
+    /// Runs the popping loops and the reaper until `shutdown`, then waits for the
+    /// allocations in flight (each bounded by `matcher.allocate_timeout`).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tracing::info!(
+            function = self.function.name(),
+            workers = self.config.workers,
+            lease = %mm_shared::duration::format(self.config.lease),
+            "matcher running"
+        );
+        let mut loops = JoinSet::new();
+        for _ in 0..self.config.workers {
+            loops.spawn(self.clone().pop_loop(shutdown.clone()));
+        }
+        loops.spawn(self.clone().reap_loop(shutdown.clone()));
+        while loops.join_next().await.is_some() {}
+    }
+
+    async fn pop_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut in_flight = JoinSet::new();
+        // Redis failures in a row: they back the loop off and thin out its logs.
+        let mut store_errors = 0u32;
+        loop {
+            let delay = self.backoff();
+            if !delay.is_zero() && sleep_or_shutdown(delay, &shutdown).await {
+                break;
+            }
+            let permit = tokio::select! {
+                permit = self.allocations.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = shutdown.cancelled() => break,
+            };
+            // Registered before the pop, so a join between the pop and the wait wakes us.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let formed = self.form_batch().await;
+            if formed.is_ok() {
+                store_errors = 0;
+            }
+            match formed {
+                Ok(Some(batch)) => {
+                    let matcher = self.clone();
+                    in_flight.spawn(async move {
+                        let _permit = permit;
+                        matcher.settle_batch(batch).await;
+                    });
+                    while in_flight.try_join_next().is_some() {}
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        () = &mut woken => {}
+                        () = tokio::time::sleep(self.config.idle_poll) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+                Err(err) => {
+                    drop(permit);
+                    store_errors = store_errors.saturating_add(1);
+                    if store_errors.is_power_of_two() {
+                        tracing::warn!(failures = store_errors, "cannot pop from the queue: {err}");
+                    }
+                    metrics::counter!("mm_matchmaker_redis_errors_total", "operation" => "pop").increment(1);
+                    let pause =
+                        backoff_delay(store_errors, self.config.idle_poll, self.config.retry_backoff_max);
+                    if sleep_or_shutdown(pause, &shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        while in_flight.join_next().await.is_some() {}
+    }
+
+    async fn reap_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.reap_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut store_errors = 0u32;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            match self.reap().await {
+                Ok(_) => store_errors = 0,
+                Err(err) => {
+                    store_errors = store_errors.saturating_add(1);
+                    if store_errors.is_power_of_two() {
+                        tracing::warn!(failures = store_errors, "reaper: {err}");
+                    }
+                    metrics::counter!("mm_matchmaker_redis_errors_total", "operation" => "reap").increment(1);
+                }
+            }
+        }
+    }
+
+    /// Pops a window of the oldest tickets into a new lease and groups them; tickets no
+    /// group took go straight back. `None` when fewer than ten are queued.
+    pub async fn form_batch(&self) -> Result<Option<Batch>, StoreError> {
+        let batch_id = uuid::Uuid::new_v4().to_string();
+        let popped =
+            self.tickets.pop(&batch_id, MATCH_SIZE, self.function.window(), self.config.lease).await?;
+        if !popped.expired.is_empty() {
+            tickets(TicketEvent::Expired, popped.expired.len());
+            self.events.tickets_changed(&popped.expired).await;
+        }
+        if popped.tickets.is_empty() {
+            return Ok(None);
+        }
+        let proposal = check_proposal(popped.tickets.len(), self.function.propose(&popped.tickets));
+        if proposal.rejected_groups > 0 {
+            tracing::warn!(
+                function = self.function.name(),
+                rejected = proposal.rejected_groups,
+                "match function proposed invalid groups; their tickets go back to the queue"
+            );
+        }
+        let mut candidates: Vec<Option<Ticket>> = popped.tickets.into_iter().map(Some).collect();
+        if !proposal.leftover.is_empty() {
+            let leftover: Vec<String> = proposal
+                .leftover
+                .iter()
+                .filter_map(|&index| candidates[index].as_ref().map(|ticket| ticket.id.clone()))
+                .collect();
+            self.tickets.give_back(&batch_id, &leftover, GiveBack::Release).await?;
+        }
+        let groups = proposal
+            .groups
+            .iter()
+            .map(|group| group.iter().filter_map(|&index| candidates[index].take()).collect())
+            .collect();
+        Ok(Some(Batch { id: batch_id, groups }))
+    }
+
+    /// Allocates and settles every group of the batch concurrently (one lease covers all).
+    pub async fn settle_batch(&self, batch: Batch) -> Vec<Settled> {
+        let Batch { id, groups } = batch;
+        futures_util::future::join_all(groups.into_iter().map(|group| self.settle(&id, group))).await
+    }
+
+    /// Gets a server for one group and makes it a match, or gives its tickets back.
+    pub async fn settle(&self, batch_id: &str, group: Vec<Ticket>) -> Settled {
+        let match_id = uuid::Uuid::new_v4().to_string();
+        let request = AllocateRequest {
+            match_id: match_id.clone(),
+            player_ids: group.iter().map(|ticket| ticket.player_id.clone()).collect(),
+        };
+        let gauge = metrics::gauge!("mm_matchmaker_allocations_in_flight");
+        gauge.increment(1.0);
+        let started = Instant::now();
+        let reply: Result<AllocateReply, RequestError> =
+            request_json(&self.nats, subjects::ORCHESTRATOR_ALLOCATE, &request, self.config.allocate_timeout)
+                .await;
+        gauge.decrement(1.0);
+        let result = match &reply {
+            Ok(_) => "ok",
+            Err(RequestError::NoResponders { .. }) => "no_responders",
+            Err(RequestError::Service { code: 503, .. }) => "unavailable",
+            Err(RequestError::Timeout { .. }) => "timeout",
+            Err(RequestError::Service { code: 400..=499, .. }) => "rejected",
+            Err(_) => "error",
+        };
+        metrics::counter!("mm_matchmaker_allocations_total", "result" => result).increment(1);
+        metrics::histogram!("mm_matchmaker_allocation_duration_seconds", "result" => result)
+            .record(started.elapsed().as_secs_f64());
+        match reply {
+            Ok(server) => self.commit(batch_id, match_id, group, server).await,
+            Err(err) => {
+                // An absent or overloaded orchestrator is nobody's fault: wait for it
+                // without using up the tickets' attempts.
+                let counted = !matches!(result, "no_responders" | "unavailable");
+                self.give_back(batch_id, &group, err.to_string(), counted).await
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        batch_id: &str,
+        match_id: String,
+        group: Vec<Ticket>,
+        server: AllocateReply,
+    ) -> Settled {
+        let record = MatchRecord {
+            id: match_id,
+            ticket_ids: group.iter().map(|ticket| ticket.id.clone()).collect(),
+            player_ids: group.iter().map(|ticket| ticket.player_id.clone()).collect(),
+            server: ServerAssignment { url: server.url, game_id: server.game_id },
+            created_at: now_ms(),
+        };
+        match self.tickets.commit(batch_id, &record).await {
+            Ok(Committed::Matched(matched)) => {
+                self.failures.store(0, Ordering::Relaxed);
+                let now = now_ms();
+                for ticket in &matched {
+                    metrics::histogram!("mm_matchmaker_time_in_queue_seconds")
+                        .record(now.saturating_sub(ticket.created_at) as f64 / 1000.0);
+                }
+                tickets(TicketEvent::Matched, matched.len());
+                metrics::counter!("mm_matchmaker_matches_total").increment(1);
+                self.events.tickets_changed(&matched).await;
+                self.events
+                    .match_created(&MatchCreated {
+                        match_id: record.id.clone(),
+                        game_id: record.server.game_id.clone(),
+                        server_url: record.server.url.clone(),
+                        player_ids: record.player_ids.clone(),
+                        ticket_ids: record.ticket_ids.clone(),
+                        created_at: record.created_at,
+                    })
+                    .await;
+                tracing::debug!(match_id = %record.id, game_id = %record.server.game_id, "match formed");
+                Settled::Matched(record)
+            }
+            Ok(Committed::Abandoned(returned)) => {
+                tracing::info!(
+                    match_id = %record.id,
+                    game_id = %record.server.game_id,
+                    returned = returned.len(),
+                    "a ticket was cancelled during allocation; the others went back to the queue"
+                );
+                tickets(TicketEvent::Requeued, returned.len());
+                metrics::counter!("mm_matchmaker_allocations_wasted_total", "reason" => "abandoned")
+                    .increment(1);
+                self.wake.notify_waiters();
+                Settled::Abandoned
+            }
+            Ok(Committed::Lost) => {
+                tracing::warn!(match_id = %record.id, "lease expired before the match was committed");
+                metrics::counter!("mm_matchmaker_allocations_wasted_total", "reason" => "lease_lost")
+                    .increment(1);
+                Settled::LeaseLost
+            }
+            Err(err) => {
+                tracing::warn!(match_id = %record.id, "cannot commit the match; the lease will return its tickets: {err}");
+                metrics::counter!("mm_matchmaker_redis_errors_total", "operation" => "commit").increment(1);
+                Settled::StoreFailed(err.to_string())
+            }
+        }
+    }
+
+    async fn give_back(&self, batch_id: &str, group: &[Ticket], reason: String, counted: bool) -> Settled {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        // During an outage every pop fails the same way: log the 1st, 2nd, 4th, 8th...
+        if failures.is_power_of_two() {
+            tracing::warn!(failures, counted, "allocation failed; tickets go back to the queue: {reason}");
+        } else {
+            tracing::debug!(failures, counted, "allocation failed; tickets go back to the queue: {reason}");
+        }
+        let ids: Vec<String> = group.iter().map(|ticket| ticket.id.clone()).collect();
+        let full_reason =
+            format!("no game server after {} attempts; last error: {reason}", self.config.max_attempts);
+        let how = if counted {
+            GiveBack::Failed { reason: &full_reason, max_attempts: self.config.max_attempts }
+        } else {
+            GiveBack::Release
+        };
+        match self.tickets.give_back(batch_id, &ids, how).await {
+            Ok(returned) => {
+                tickets(TicketEvent::Requeued, returned.queued.len());
+                tickets(TicketEvent::Failed, returned.failed.len());
+                self.events.tickets_changed(&returned.failed).await;
+                Settled::Requeued { reason, counted, failed: returned.failed.len() }
+            }
+            Err(err) => {
+                tracing::warn!("cannot give tickets back; the lease will return them: {err}");
+                metrics::counter!("mm_matchmaker_redis_errors_total", "operation" => "give_back")
+                    .increment(1);
+                Settled::StoreFailed(err.to_string())
+            }
+        }
+    }
+
+    /// How long to wait before the next pop: nothing while allocations succeed, then
+    /// `retry_backoff_min` doubling per failure in a row up to `retry_backoff_max`.
+    fn backoff(&self) -> Duration {
+        let failures = self.failures.load(Ordering::Relaxed);
+        backoff_delay(failures, self.config.retry_backoff_min, self.config.retry_backoff_max)
+    }
+
+    /// The lease-expiry reason recorded on tickets that fail through it.
+    fn lease_reason(&self) -> String {
+        format!(
+            "no game server after {} attempts; last: its matcher did not finish within the lease ({})",
+            self.config.max_attempts,
+            mm_shared::duration::format(self.config.lease)
+        )
+    }
+}
+
+fn backoff_delay(failures: u32, min: Duration, max: Duration) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32.checked_shl(failures.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
+    min.saturating_mul(factor).min(max)
+}
+
+/// Sleeps; true if shutdown came first.
+async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => false,
+        () = shutdown.cancelled() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        assert_eq!(backoff_delay(0, min, max), Duration::ZERO);
+        assert_eq!(backoff_delay(1, min, max), min);
+        assert_eq!(backoff_delay(2, min, max), Duration::from_millis(200));
+        assert_eq!(backoff_delay(5, min, max), Duration::from_millis(1600));
+        assert_eq!(backoff_delay(6, min, max), max);
+        assert_eq!(backoff_delay(u32::MAX, min, max), max);
+    }
+}

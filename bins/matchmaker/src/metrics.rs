@@ -1,0 +1,82 @@
+//! The matchmaker's own metrics (the NATS endpoint metrics come from `mm_shared::nats`).
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram};
+
+/// Ticket lifecycle events counted in `mm_matchmaker_tickets_total{event}`.
+#[derive(Debug, Clone, Copy)]
+pub enum TicketEvent {
+    Created,
+    Matched,
+    Cancelled,
+    Expired,
+    Failed,
+    /// Returned to the queue after a failed or abandoned allocation, or an expired lease.
+    Requeued,
+}
+
+impl TicketEvent {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Matched => "matched",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+            Self::Failed => "failed",
+            Self::Requeued => "requeued",
+        }
+    }
+}
+
+pub fn tickets(event: TicketEvent, count: usize) {
+    if count > 0 {
+        counter!("mm_matchmaker_tickets_total", "event" => event.label()).increment(count as u64);
+    }
+}
+
+/// Describes every metric of this binary once at start.
+pub fn describe() {
+    describe_counter!(
+        "mm_matchmaker_tickets_total",
+        "Ticket lifecycle events: created, matched, cancelled, expired, failed, requeued."
+    );
+    describe_counter!("mm_matchmaker_matches_total", "Matches formed (allocated and committed).");
+    describe_histogram!(
+        "mm_matchmaker_time_in_queue_seconds",
+        Unit::Seconds,
+        "Time from joining to being matched, per matched ticket."
+    );
+    describe_histogram!(
+        "mm_matchmaker_allocation_duration_seconds",
+        Unit::Seconds,
+        "Time an orchestrator.allocate request took, by result."
+    );
+    describe_counter!(
+        "mm_matchmaker_allocations_total",
+        "orchestrator.allocate requests by result: ok, timeout, no_responders, unavailable, rejected, error."
+    );
+    describe_counter!(
+        "mm_matchmaker_allocations_wasted_total",
+        "Servers allocated but not used, by reason: abandoned (a ticket was cancelled meanwhile), \
+         lease_lost (the lease expired first)."
+    );
+    describe_counter!(
+        "mm_matchmaker_lease_expirations_total",
+        "Leases whose matcher did not finish in time (crashed or stalled); their tickets went back."
+    );
+    describe_gauge!("mm_matchmaker_queue_depth", "Tickets in queue:default (sampled every reap interval).");
+    describe_gauge!(
+        "mm_matchmaker_leases_in_flight",
+        "Batches popped and awaiting allocation, across all matchers (sampled)."
+    );
+    describe_gauge!("mm_matchmaker_allocations_in_flight", "Allocations this process is waiting for.");
+    describe_counter!(
+        "mm_matchmaker_redis_errors_total",
+        "Redis failures of the matcher's background work, by operation."
+    );
+    describe_counter!("mm_session_logins_total", "Logins by result: registered, ok, wrong_password.");
+    describe_counter!("mm_session_verifications_total", "Token checks by result: ok, unknown.");
+    describe_counter!(
+        "mm_store_purchases_total",
+        "Purchases by result: ok, replayed, insufficient_funds, unknown_offer, key_reused."
+    );
+}

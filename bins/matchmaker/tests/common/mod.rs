@@ -1,0 +1,261 @@
+//! What the matchmaker's integration tests share: real servers, a stand-in orchestrator
+//! (tests only: the product never answers `orchestrator.allocate` itself), and readers of
+//! the Redis state the tests check.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
+use futures_util::StreamExt;
+use mm_shared::config::RedisConfig;
+use mm_shared::protocol::{AllocateReply, AllocateRequest, MatchRecord, Ticket, keys, subjects};
+use mm_testkit::{NatsServer, RedisServer};
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+/// A fresh nats-server and redis-server, and a connection to the Redis.
+pub struct Servers {
+    pub nats: NatsServer,
+    pub redis: RedisServer,
+    pub connection: ConnectionManager,
+}
+
+pub async fn servers() -> Servers {
+    let nats = NatsServer::start().expect("nats-server");
+    let redis = RedisServer::start().expect("redis-server");
+    let connection = self::redis(&redis.url()).await;
+    Servers { nats, redis, connection }
+}
+
+pub async fn redis(url: &str) -> ConnectionManager {
+    let config = RedisConfig { url: url.to_owned(), ..RedisConfig::default() };
+    mm_shared::redis::connect(&config, &CancellationToken::new()).await.expect("redis connects")
+}
+
+pub async fn nats(url: &str) -> async_nats::Client {
+    async_nats::connect(url).await.expect("nats connects")
+}
+
+/// Returns once the server has processed everything this client sent before, its
+/// subscriptions included (`flush` only empties the client's buffer): a message to a
+/// fresh inbox of its own comes back only after them.
+pub async fn synced(client: &async_nats::Client) {
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client.publish(inbox, "".into()).await.expect("publish");
+    tokio::time::timeout(Duration::from_secs(5), echo.next()).await.expect("echo within 5 s").expect("echo");
+}
+
+/// What the stand-in orchestrator does with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// A server, after the given delay.
+    Server(Duration),
+    /// A micro error with this code.
+    Fail(u16),
+    /// No reply at all (the matcher times out).
+    Silent,
+}
+
+/// A responder on `orchestrator.allocate` that decides per request (numbered from 0).
+pub struct Allocator {
+    requests: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+impl Allocator {
+    pub async fn start(nats_url: &str, decide: impl Fn(u64) -> Answer + Send + Sync + 'static) -> Self {
+        let client = nats(nats_url).await;
+        let mut requests_sub = client.subscribe(subjects::ORCHESTRATOR_ALLOCATE).await.expect("subscribe");
+        synced(&client).await;
+        let requests = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let (counter, stopped) = (requests.clone(), stop.clone());
+        let decide = Arc::new(decide);
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = requests_sub.next() => match message {
+                        Some(message) => message,
+                        None => break,
+                    },
+                    () = stopped.cancelled() => break,
+                };
+                let number = counter.fetch_add(1, Ordering::SeqCst);
+                let (client, decide) = (client.clone(), decide.clone());
+                tokio::spawn(async move {
+                    let Some(reply) = message.reply else { return };
+                    let request: AllocateRequest =
+                        serde_json::from_slice(&message.payload).expect("allocate request");
+                    match decide(number) {
+                        Answer::Server(delay) => {
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            let game_id = format!("game-{}", request.match_id);
+                            let server = AllocateReply {
+                                url: format!("ws://127.0.0.1:8080/game/{game_id}/connect"),
+                                game_id,
+                                node: "test-node".into(),
+                                address: "127.0.0.1:20000".into(),
+                            };
+                            let payload = serde_json::to_vec(&server).expect("json");
+                            let _ = client.publish(reply, payload.into()).await;
+                        }
+                        Answer::Fail(code) => {
+                            let mut headers = HeaderMap::new();
+                            headers.insert(NATS_SERVICE_ERROR, "no capacity (test)");
+                            headers.insert(NATS_SERVICE_ERROR_CODE, code.to_string().as_str());
+                            let _ = client.publish_with_headers(reply, headers, "".into()).await;
+                        }
+                        Answer::Silent => {}
+                    }
+                });
+            }
+        });
+        Self { requests, stop }
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Allocator {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn queue(redis: &ConnectionManager) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg(keys::QUEUE_DEFAULT)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis.clone())
+        .await
+        .expect("LRANGE")
+}
+
+pub async fn lease_count(redis: &ConnectionManager) -> u64 {
+    redis::cmd("ZCARD").arg(keys::LEASES_DEFAULT).query_async(&mut redis.clone()).await.expect("ZCARD")
+}
+
+pub async fn ticket(redis: &ConnectionManager, id: &str) -> Option<Ticket> {
+    let raw: Option<String> =
+        redis::cmd("GET").arg(keys::ticket(id)).query_async(&mut redis.clone()).await.expect("GET");
+    raw.map(|raw| serde_json::from_str(&raw).expect("ticket JSON"))
+}
+
+pub async fn tickets(redis: &ConnectionManager, ids: &[String]) -> HashMap<String, Ticket> {
+    let mut found = HashMap::new();
+    for chunk in ids.chunks(500) {
+        let keys: Vec<String> = chunk.iter().map(|id| keys::ticket(id)).collect();
+        let raws: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut redis.clone()).await.expect("MGET");
+        for (id, raw) in chunk.iter().zip(raws) {
+            if let Some(raw) = raw {
+                found.insert(id.clone(), serde_json::from_str(&raw).expect("ticket JSON"));
+            }
+        }
+    }
+    found
+}
+
+/// Every match record in Redis.
+pub async fn matches(redis: &ConnectionManager) -> Vec<MatchRecord> {
+    let mut connection = redis.clone();
+    let mut keys_found: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys::match_record("*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await
+            .expect("SCAN");
+        keys_found.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut records = Vec::new();
+    for chunk in keys_found.chunks(500) {
+        let raws: Vec<Option<String>> =
+            redis::cmd("MGET").arg(chunk).query_async(&mut connection).await.expect("MGET");
+        records.extend(raws.into_iter().flatten().map(|raw| serde_json::from_str(&raw).expect("match JSON")));
+    }
+    records
+}
+
+/// A matchmaker process on these servers, `env` on top; returns it and its admin address.
+pub fn start_matchmaker(
+    nats: &NatsServer,
+    redis: &RedisServer,
+    env: &[(&str, &str)],
+) -> (mm_testkit::ServiceProcess, String) {
+    let admin = format!("127.0.0.1:{}", mm_testkit::free_port());
+    let (nats_url, redis_url) = (nats.url(), redis.url());
+    let mut all = vec![
+        ("MM_NATS__URL", nats_url.as_str()),
+        ("MM_REDIS__URL", redis_url.as_str()),
+        ("MM_MATCHMAKER__ADMIN_LISTEN", admin.as_str()),
+    ];
+    all.extend_from_slice(env);
+    let mut process = mm_testkit::ServiceProcess::start("matchmaker", &[], &all).expect("matchmaker starts");
+    process.wait_healthy(&admin).expect("matchmaker healthy");
+    (process, admin)
+}
+
+/// Waits until every one of `ids` is `matched`.
+pub async fn all_matched(redis: &ConnectionManager, ids: &[String], timeout: Duration) -> bool {
+    eventually(timeout, || async {
+        tickets(redis, ids)
+            .await
+            .values()
+            .all(|ticket| ticket.status == mm_shared::protocol::TicketStatus::Matched)
+    })
+    .await
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sum of a metric's samples whose labels contain every `labels` pair, from `/metrics`.
+pub fn metric(admin: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let Ok(answer) = mm_shared::probe::http_get(admin, "/metrics", Duration::from_secs(2)) else {
+        return 0.0;
+    };
+    answer
+        .body
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| labels.iter().all(|(key, value)| line.contains(&format!("{key}=\"{value}\""))))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
