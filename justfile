@@ -29,8 +29,28 @@ demo players="1000" duration="60s" *args: setup
     cargo build --workspace --bins --release
     {{ target_dir }}/release/mmctl demo --players {{ players }} --duration {{ duration }} {{ args }}
 
+# The game-server image (`localhost/mm/game-server:latest`): FROM scratch around a static build.
+# The orchestrator's Podman driver runs it; the tests and benchmarks build it first.
+image:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    triple="$(rustc -vV | sed -n 's/^host: //p')"
+    # --target keeps the static build in its own directory: it never invalidates the normal build.
+    RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target "$triple" -p game-server
+    context="$(mktemp -d)"
+    trap 'rm -rf "$context"' EXIT
+    strip -o "$context/game-server" "{{ target_dir }}/$triple/release/game-server" 2>/dev/null \
+        || cp "{{ target_dir }}/$triple/release/game-server" "$context/game-server"
+    previous="$(podman image inspect --format '{{{{.Id}}' localhost/mm/game-server:latest 2>/dev/null || true)"
+    podman build --quiet -f podman/Containerfile.scratch --build-arg BIN=game-server \
+        -t localhost/mm/game-server:latest "$context" >/dev/null
+    # The image it replaced, unless a container still uses it.
+    current="$(podman image inspect --format '{{{{.Id}}' localhost/mm/game-server:latest)"
+    if [ -n "$previous" ] && [ "$previous" != "$current" ]; then podman rmi "$previous" >/dev/null 2>&1 || true; fi
+    echo "image localhost/mm/game-server:latest ($(podman image inspect --format '{{{{.Size}}' localhost/mm/game-server:latest) bytes)"
+
 # Every test in the workspace (real nats-server, redis-server and Podman), then format and lint checks.
-test *args: setup
+test *args: setup image
     cargo build --workspace --bins
     if cargo nextest --version >/dev/null 2>&1; then \
         cargo nextest run --workspace --config-file .ci/nextest.toml {{ args }}; \
@@ -40,7 +60,9 @@ test *args: setup
     just lint
 
 # The benchmarks (release builds): every crate's `[[bench]]` target prints its figures and ratios.
-bench *args: setup
+bench *args: setup image
+    # Benchmarks that start the real services need their release binaries.
+    cargo build --release --workspace --bins
     cargo bench --workspace {{ args }}
 
 # Format check and clippy with warnings as errors.

@@ -1,12 +1,45 @@
 //! The game server: one short-lived process (or container) per match.
 //!
-//! Foundation stage: it loads its config and serves `/metrics` and `/healthz` on its
-//! listen address. The WebSocket game loop, the player check and the game's end are
-//! not built yet (see the orchestrator issue).
+//! It serves, on one address:
+//! - `GET /connect` — the match's WebSocket "game loop": every text and binary frame a
+//!   player sends comes back to them (the seed project's echo);
+//! - `GET /healthz` and `GET /metrics` — the orchestrator waits for `/healthz` before it
+//!   hands the server to the match.
+//!
+//! ## Admission (what the gateway's proxy presents)
+//!
+//! ```text
+//! GET /connect?player=<playerId>
+//! Authorization: Bearer <secret>
+//! Upgrade: websocket
+//! ```
+//!
+//! `secret` is the per-match secret the orchestrator generated and wrote to the match's
+//! `ServerEntry` in KV bucket `servers` (with `address` and `playerIds`); the server
+//! admits a connection only when the bearer secret matches and `player` is one of the
+//! match's players. Refusals are plain HTTP answers before the upgrade, with a JSON body
+//! `{"error": "..."}`: 400 no `player`, 401 missing or wrong secret, 403 a player of
+//! another match, 410 the game is over. With no secret or no player list configured (a
+//! game server started by hand), that part of the check is skipped.
+//!
+//! ## The end of the game
+//!
+//! The game ends at `game.ends_at` (epoch ms, set by the orchestrator so a restarted
+//! server keeps the match's original end) or `game.duration` after start. Then every
+//! socket gets a close frame (1000, "game over"), the server waits briefly for the
+//! players' close replies, and exits 0. SIGTERM does the same with 1001 ("server
+//! shutting down"): in a container the server is PID 1, which gets no default signal
+//! handling, so this is what makes `podman stop` quick.
+//!
+//! The binary is built static for a `FROM scratch` image (`just image`), so it must never
+//! resolve host names: every address it is given is an IP address.
+
+mod game;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use mm_shared::config::LogConfig;
@@ -14,7 +47,9 @@ use mm_shared::protocol::addresses;
 use mm_shared::service::{self, CommonArgs, Service, ServiceConfig};
 use serde::{Deserialize, Serialize};
 
-/// A match's game server: WebSocket echo until the game ends.
+use crate::game::{EndReason, Game};
+
+/// A match's game server: WebSocket echo for the match's players until the game ends.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -22,17 +57,46 @@ struct Args {
     common: CommonArgs,
 }
 
-/// `[game]`
+/// `[game]`: the orchestrator sets every key through `MM_GAME__*` variables.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct GameSection {
-    /// Where `/connect`, `/metrics` and `/healthz` are served.
+    /// Where `/connect`, `/metrics` and `/healthz` are served (an IP address, never a name).
     listen: SocketAddr,
+    /// The game this server runs (for logs).
+    game_id: String,
+    /// The match it belongs to (for logs).
+    match_id: String,
+    /// How long the game lasts from start, when `ends_at` is not set.
+    #[serde(with = "mm_shared::duration")]
+    duration: Duration,
+    /// When the game ends, in Unix epoch milliseconds; 0 means `duration` after start.
+    ends_at: u64,
+    /// The bearer secret a connection must present; empty admits any caller. Never printed.
+    #[serde(skip_serializing)]
+    secret: String,
+    /// The match's players (`MM_GAME__PLAYERS='["p1","p2"]'`); empty admits any player id.
+    players: Vec<String>,
+    /// Largest WebSocket message a player may send.
+    max_message_bytes: usize,
+    /// How long, once the game is over, the server waits for players' close replies.
+    #[serde(with = "mm_shared::duration")]
+    close_timeout: Duration,
 }
 
 impl Default for GameSection {
     fn default() -> Self {
-        Self { listen: addresses::GAME_SERVER }
+        Self {
+            listen: addresses::GAME_SERVER,
+            game_id: String::new(),
+            match_id: String::new(),
+            duration: Duration::from_secs(30),
+            ends_at: 0,
+            secret: String::new(),
+            players: Vec::new(),
+            max_message_bytes: 64 * 1024,
+            close_timeout: Duration::from_secs(2),
+        }
     }
 }
 
@@ -55,7 +119,31 @@ fn main() -> ExitCode {
 }
 
 async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
-    service.serve_admin(service.config.game.listen, "game.listen").await?;
-    service.shutdown.cancelled().await;
+    let config = &service.config.game;
+    let ends_in = match config.ends_at {
+        0 => config.duration,
+        ends_at => Duration::from_millis(ends_at.saturating_sub(mm_shared::protocol::now_ms())),
+    };
+    let game = Arc::new(Game::new(
+        config.secret.clone(),
+        config.players.iter().cloned().collect(),
+        config.max_message_bytes,
+    ));
+    let router = service.admin_router().merge(game::router(game.clone()));
+    let bound = service.serve(config.listen, "game.listen", router).await?;
+    tracing::info!(
+        game_id = %config.game_id,
+        match_id = %config.match_id,
+        %bound,
+        players = config.players.len(),
+        ends_in = %mm_shared::duration::format(ends_in),
+        "game open"
+    );
+    let reason = tokio::select! {
+        () = tokio::time::sleep(ends_in) => EndReason::GameOver,
+        () = service.shutdown.cancelled() => EndReason::Shutdown,
+    };
+    let closed = game.end(reason, config.close_timeout).await;
+    tracing::info!(game_id = %config.game_id, sockets_closed = closed, "game ended: {reason}");
     Ok(())
 }

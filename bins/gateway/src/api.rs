@@ -43,6 +43,7 @@ fn routes() -> Router<AppState> {
         .route("/matchmaking/cancel", delete(cancel))
         .route("/store/offers", get(offers))
         .route("/store/purchase", post(purchase))
+        .route("/game/{game_id}/connect", get(crate::game_proxy::connect))
 }
 
 /// The whole player API with its body limit, JSON fallbacks and metrics.

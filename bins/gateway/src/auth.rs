@@ -18,15 +18,19 @@ impl FromRequestParts<AppState> for Player {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(parts)?;
-        // A token that cannot be one is refused here, without asking anyone.
-        if !limits::is_token(token) {
-            return Err(ApiError::unauthorized("invalid or expired token"));
-        }
-        let request = TokenRequest { token: token.to_owned() };
-        let session: SessionInfo = state.call(subjects::SESSION_VERIFY, &request).await?;
-        Ok(Player { id: session.player_id, token: request.token })
+        verify(state, bearer_token(parts)?).await
     }
+}
+
+/// The player a token belongs to, as `session.verify` says; 401 if none.
+pub async fn verify(state: &AppState, token: &str) -> Result<Player, ApiError> {
+    // A token that cannot be one is refused here, without asking anyone.
+    if !limits::is_token(token) {
+        return Err(ApiError::unauthorized("invalid or expired token"));
+    }
+    let request = TokenRequest { token: token.to_owned() };
+    let session: SessionInfo = state.call(subjects::SESSION_VERIFY, &request).await?;
+    Ok(Player { id: session.player_id, token: request.token })
 }
 
 fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {

@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod error;
 mod extract;
+mod game_proxy;
 mod long_poll;
 mod metrics;
 mod state;

@@ -28,6 +28,20 @@ pub fn describe() {
         Unit::Seconds,
         "How long status long-polls waited, by outcome: changed, timeout, shutdown, closed."
     );
+    describe_counter!(
+        "mm_gateway_game_connects_total",
+        "Game WebSocket connection attempts through the proxy, by result (ok, forbidden, upstream_error, ...)."
+    );
+    describe_histogram!(
+        "mm_gateway_game_connect_duration_seconds",
+        Unit::Seconds,
+        "Time to admit a game WebSocket: token check, KV lookup and dialling the game server."
+    );
+    describe_gauge!("mm_gateway_game_connections", "Game WebSockets being proxied right now.");
+    describe_counter!(
+        "mm_gateway_game_frames_total",
+        "WebSocket frames the game proxy passed on, by direction (to_server, to_client)."
+    );
 }
 
 /// Holds a gauge up while alive; decrements even if the future holding it is dropped.

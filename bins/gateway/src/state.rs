@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use mm_shared::nats::request_json;
+use mm_shared::protocol::{ServerEntry, buckets};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// Requests being answered; NATS is drained only once they are done.
     in_flight: AtomicUsize,
+    /// KV bucket `servers`, opened on first use (it exists once an orchestrator ran).
+    servers: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
 }
 
 impl AppState {
@@ -41,6 +44,7 @@ impl AppState {
                 long_poll_max,
                 shutdown,
                 in_flight: AtomicUsize::new(0),
+                servers: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -88,6 +92,38 @@ impl AppState {
         Resp: DeserializeOwned,
     {
         Ok(request_json(self.nats()?, subject, request, self.inner.request_timeout).await?)
+    }
+}
+
+impl AppState {
+    /// The live game server of `game_id` from KV bucket `servers`, if there is one.
+    pub async fn game_server(&self, game_id: &str) -> Result<Option<ServerEntry>, ApiError> {
+        let nats = self.nats()?.clone();
+        let store = self
+            .inner
+            .servers
+            .get_or_try_init(|| async move {
+                async_nats::jetstream::new(nats).get_key_value(buckets::SERVERS).await
+            })
+            .await
+            .map_err(|err| {
+                ApiError::unavailable(format!(
+                    "KV bucket `{}` is not available (is an orchestrator running?): {err}",
+                    buckets::SERVERS
+                ))
+            })?;
+        let value = tokio::time::timeout(self.inner.request_timeout, store.get(game_id))
+            .await
+            .map_err(|_| {
+                ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, "KV `servers` did not answer in time")
+            })?
+            .map_err(|err| ApiError::unavailable(format!("reading KV `servers`: {err}")))?;
+        match value {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|err| {
+                ApiError::new(axum::http::StatusCode::BAD_GATEWAY, format!("unreadable server entry: {err}"))
+            }),
+        }
     }
 }
 

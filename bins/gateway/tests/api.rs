@@ -4,14 +4,11 @@
 
 mod support;
 
+use support::http::{Answer, Http};
+
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::Method;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use mm_shared::protocol::subjects;
 use mm_testkit::{NatsServer, RedisServer, ServiceProcess, free_port};
 use serde_json::{Value, json};
@@ -54,76 +51,6 @@ impl Backend {
         let mut gateway = ServiceProcess::start("gateway", &[], &env).expect("gateway starts");
         gateway.wait_healthy(&addr).expect("gateway healthy");
         Self { nats, _redis: redis, _matchmaker: matchmaker, gateway, addr }
-    }
-}
-
-/// A small HTTP client: every answer as (status, headers, JSON body or null).
-struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
-    base: String,
-}
-
-struct Answer {
-    status: u16,
-    headers: hyper::HeaderMap,
-    body: Value,
-}
-
-impl Http {
-    fn new(addr: &str) -> Self {
-        Self { client: Client::builder(TokioExecutor::new()).build_http(), base: format!("http://{addr}") }
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-    ) -> Answer {
-        let mut request = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(Full::new(Bytes::from(body))).expect("request");
-        let response = tokio::time::timeout(Duration::from_secs(40), self.client.request(request))
-            .await
-            .expect("answered")
-            .expect("HTTP");
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.expect("body").to_bytes();
-        let body =
-            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
-        Answer { status, headers, body }
-    }
-
-    async fn get(&self, path: &str, token: Option<&str>) -> Answer {
-        self.send(Method::GET, path, token, &[], Vec::new()).await
-    }
-
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
-        self.send(Method::POST, path, token, &[], body.to_string().into_bytes()).await
-    }
-
-    async fn delete(&self, path: &str, token: Option<&str>) -> Answer {
-        self.send(Method::DELETE, path, token, &[], Vec::new()).await
-    }
-
-    async fn login(&self, id: &str) -> String {
-        let answer = self.post("/login", None, json!({"id": id, "password": format!("pw-{id}")})).await;
-        assert_eq!(answer.status, 200, "{}", answer.body);
-        answer.body["token"].as_str().expect("token").to_owned()
-    }
-
-    async fn join(&self, token: &str) -> String {
-        let answer = self.post("/matchmaking/join", Some(token), Value::Null).await;
-        assert_eq!(answer.status, 200, "{}", answer.body);
-        answer.body["ticketId"].as_str().expect("ticketId").to_owned()
     }
 }
 

@@ -1,4 +1,7 @@
-//! Test support shared by the gateway's tests and bench.
+//! Test support shared by the gateway's tests and bench; each uses a different part.
+#![allow(dead_code)]
+
+pub mod http;
 
 use futures_util::StreamExt;
 use mm_shared::protocol::{AllocateReply, AllocateRequest, subjects};
@@ -36,3 +39,7 @@ pub async fn allocator(nats_url: &str) -> tokio::task::JoinHandle<()> {
         }
     })
 }
+
+/// A WebSocket as the tests dial it.
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

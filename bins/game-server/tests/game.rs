@@ -1,0 +1,136 @@
+//! The game server as the gateway's proxy meets it: admission, echo, and the end of the game.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use mm_testkit::{ServiceProcess, free_port};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+const SECRET: &str = "0123456789abcdef";
+
+struct Game {
+    process: ServiceProcess,
+    addr: String,
+}
+
+/// A game server for players `players` (a figment list literal) that lasts `duration`.
+fn start(duration: &str, players: &str) -> Game {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("MM_GAME__LISTEN", addr.as_str()),
+        ("MM_GAME__GAME_ID", "\"g-test\""),
+        ("MM_GAME__MATCH_ID", "\"m-test\""),
+        ("MM_GAME__DURATION", duration),
+        ("MM_GAME__SECRET", SECRET),
+        ("MM_GAME__PLAYERS", players),
+    ];
+    let mut process = ServiceProcess::start("game-server", &[], &env).expect("starts");
+    process.wait_healthy(&addr).expect("healthy");
+    Game { process, addr }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects as `player` (percent-encoded by the caller) with `secret`; the HTTP status on refusal.
+async fn connect(addr: &str, player: Option<&str>, secret: Option<&str>) -> Result<Socket, u16> {
+    let query = player.map(|player| format!("?player={player}")).unwrap_or_default();
+    let mut request = format!("ws://{addr}/connect{query}").into_client_request().expect("request");
+    if let Some(secret) = secret {
+        request.headers_mut().insert("authorization", format!("Bearer {secret}").parse().expect("header"));
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(WsError::Http(response)) => Err(response.status().as_u16()),
+        Err(other) => panic!("unexpected WebSocket error: {other}"),
+    }
+}
+
+/// Sends a text and a binary frame and checks both come back.
+async fn assert_echo(socket: &mut Socket) {
+    socket.send(Message::text("hello")).await.expect("send text");
+    assert_eq!(socket.next().await.expect("reply").expect("frame"), Message::text("hello"));
+    socket.send(Message::binary(vec![0u8, 1, 2, 255])).await.expect("send binary");
+    assert_eq!(socket.next().await.expect("reply").expect("frame"), Message::binary(vec![0u8, 1, 2, 255]));
+}
+
+/// Reads until the server's close frame; returns its code and reason.
+async fn close_frame(socket: &mut Socket, within: Duration) -> (CloseCode, String) {
+    let read = async {
+        let mut close = None;
+        // Reading on after the close frame sends our close reply and sees the end.
+        while let Some(message) = socket.next().await {
+            match message {
+                Ok(Message::Close(Some(frame))) => close = Some((frame.code, frame.reason.to_string())),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        close.expect("a close frame before the connection ended")
+    };
+    tokio::time::timeout(within, read).await.expect("a close frame in time")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn echoes_for_its_players_then_closes_every_socket_and_exits_at_the_end() {
+    let mut game = start("3s", r#"["p1","p-2.x@y"]"#);
+    let started = Instant::now();
+    let mut p1 = connect(&game.addr, Some("p1"), Some(SECRET)).await.expect("p1 admitted");
+    let mut p2 = connect(&game.addr, Some("p-2.x%40y"), Some(SECRET)).await.expect("p2 admitted");
+    assert_echo(&mut p1).await;
+    assert_echo(&mut p2).await;
+
+    for socket in [&mut p1, &mut p2] {
+        let (code, reason) = close_frame(socket, Duration::from_secs(10)).await;
+        assert_eq!((code, reason.as_str()), (CloseCode::Normal, "game over"));
+    }
+    assert!(started.elapsed() >= Duration::from_secs(2), "the game lasted its duration");
+    let exited = mm_shared::probe::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        game.process.process().exited().is_some()
+    });
+    assert!(exited, "the server exits after its game");
+    let status = game.process.process().exited().expect("exited");
+    assert!(status.success(), "exit 0 after the game: {status}");
+    let log = game.process.log();
+    assert!(log.contains("game ended: its time is up"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refuses_anyone_but_its_players_with_the_secret() {
+    let game = start("30s", r#"["p1","a,b","\u00E9"]"#);
+    assert_eq!(connect(&game.addr, Some("p1"), None).await.err(), Some(401), "no secret");
+    assert_eq!(connect(&game.addr, Some("p1"), Some("wrong")).await.err(), Some(401), "wrong secret");
+    assert_eq!(
+        connect(&game.addr, Some("p3"), Some(SECRET)).await.err(),
+        Some(403),
+        "another match's player"
+    );
+    assert_eq!(connect(&game.addr, None, Some(SECRET)).await.err(), Some(400), "no player");
+    // Player ids with a comma or beyond ASCII come through the environment intact.
+    connect(&game.addr, Some("a%2Cb"), Some(SECRET)).await.expect("a,b admitted");
+    connect(&game.addr, Some("%C3%A9"), Some(SECRET)).await.expect("é admitted");
+
+    let plain =
+        mm_shared::probe::http_get(&game.addr, "/connect?player=p1", Duration::from_secs(2)).expect("get");
+    assert_eq!(plain.status, 401, "the secret is checked before the upgrade");
+    let metrics =
+        mm_shared::probe::http_get(&game.addr, "/metrics", Duration::from_secs(2)).expect("metrics");
+    assert!(metrics.body.contains("mm_game_connections_total"), "{}", metrics.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_sockets_as_going_away_and_exits_zero() {
+    let mut game = start("60s", r#"["p1"]"#);
+    let mut socket = connect(&game.addr, Some("p1"), Some(SECRET)).await.expect("admitted");
+    assert_echo(&mut socket).await;
+    mm_shared::process::send_signal(game.process.pid(), libc::SIGTERM).expect("signal");
+    let (code, reason) = close_frame(&mut socket, Duration::from_secs(5)).await;
+    assert_eq!((code, reason.as_str()), (CloseCode::Away, "server shutting down"));
+    let exited = mm_shared::probe::wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        game.process.process().exited().is_some()
+    });
+    assert!(exited, "the server exits after SIGTERM");
+    let status = game.process.process().exited().expect("exited");
+    assert!(status.success(), "exit 0 after SIGTERM: {status}");
+}

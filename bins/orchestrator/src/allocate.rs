@@ -1,0 +1,317 @@
+//! `orchestrator.allocate`: served by every node in one queue group; whichever node
+//! receives a request places it somewhere.
+//!
+//! 1. The game id comes from the match id (a hash), so allocation is idempotent: a
+//!    retry for a match whose server is live gets that server back.
+//! 2. The live nodes (from a watch of KV `nodes`, this node's own entry taken fresh
+//!    from its books) go through the [`scheduler`]; nothing fits → 503 saying why.
+//! 3. The best node is asked on `orchestrator.node.<id>.place` (this node calls itself
+//!    directly). A node that has filled up meanwhile refuses (409) and the next one is
+//!    asked, as Nomad's plan applier rejects a stale plan; every try shares one deadline.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use mm_shared::nats::{RequestError, ServiceError};
+use mm_shared::protocol::{
+    AllocateReply, AllocateRequest, NodeEntry, PlaceRequest, ServerEntry, ServerState, limits, now_ms,
+    subjects,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+use crate::scheduler;
+
+/// Most players one game server takes.
+pub const MAX_PLAYERS: usize = 100;
+
+/// How often a request for a match whose server is still starting looks again.
+const EXISTING_POLL: Duration = Duration::from_millis(50);
+
+/// The game id of a match: `g` and 24 hex digits of SHA-256(matchId). Safe as a KV key,
+/// a NATS subject token, a container name and a URL path segment.
+pub fn game_id_for(match_id: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, match_id.as_bytes());
+    let hex: String = digest.as_ref()[..12].iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("g{hex}")
+}
+
+/// Checks a match id and its players: 400 for the caller's mistakes.
+pub fn check_request(match_id: &str, player_ids: &[String]) -> Result<(), ServiceError> {
+    limits::check_id("matchId", match_id).map_err(ServiceError::bad_request)?;
+    if player_ids.is_empty() {
+        return Err(ServiceError::bad_request("playerIds must name at least one player"));
+    }
+    if player_ids.len() > MAX_PLAYERS {
+        return Err(ServiceError::bad_request(format!(
+            "playerIds has {} players; a game server takes at most {MAX_PLAYERS}",
+            player_ids.len()
+        )));
+    }
+    let mut seen = HashSet::new();
+    for player in player_ids {
+        limits::check_id("player id", player).map_err(ServiceError::bad_request)?;
+        if !seen.insert(player) {
+            return Err(ServiceError::bad_request(format!("player {player} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+/// The other nodes as KV `nodes` says, kept current by a watch.
+#[derive(Default)]
+pub struct Directory {
+    nodes: RwLock<HashMap<String, NodeEntry>>,
+}
+
+impl Directory {
+    /// Every known node, with `own` (fresh from this node's books) in place of its KV copy.
+    pub fn snapshot(&self, own: NodeEntry) -> Vec<NodeEntry> {
+        let nodes = self.nodes.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut all: Vec<NodeEntry> = nodes.values().filter(|node| node.node != own.node).cloned().collect();
+        all.push(own);
+        all
+    }
+
+    /// Follows KV `nodes` until `shutdown`, watching again after a break.
+    pub async fn follow(self: Arc<Self>, bucket: kv::Store, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match bucket.watch_with_history(">").await {
+                Ok(mut watch) => loop {
+                    let next = tokio::select! {
+                        next = watch.next() => next,
+                        () = shutdown.cancelled() => return,
+                    };
+                    match next {
+                        Some(Ok(entry)) => {
+                            backoff = Duration::from_millis(100);
+                            self.apply(&entry);
+                        }
+                        Some(Err(err)) => {
+                            tracing::warn!("watching KV nodes: {err}");
+                            break;
+                        }
+                        None => break,
+                    }
+                },
+                Err(err) => tracing::warn!("cannot watch KV nodes: {err}"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn apply(&self, entry: &kv::Entry) {
+        let mut nodes = self.nodes.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match entry.operation {
+            kv::Operation::Put => match serde_json::from_slice::<NodeEntry>(&entry.value) {
+                Ok(node) => {
+                    nodes.insert(entry.key.clone(), node);
+                }
+                Err(err) => {
+                    tracing::debug!(key = %entry.key, "ignoring a node entry that does not decode: {err}")
+                }
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                nodes.remove(&entry.key);
+            }
+        }
+    }
+}
+
+/// Serves `orchestrator.allocate` for one node.
+pub struct Allocator {
+    pub node: Arc<Node>,
+    pub nats: async_nats::Client,
+    pub directory: Arc<Directory>,
+}
+
+/// How an allocation went, for the metrics.
+type Labelled<T> = Result<(T, &'static str), (ServiceError, &'static str)>;
+
+impl Allocator {
+    pub async fn allocate(&self, request: AllocateRequest) -> Result<AllocateReply, ServiceError> {
+        let started = Instant::now();
+        let result = self.allocate_inner(request, started).await;
+        let (result_label, reason) = match &result {
+            Ok((_, reason)) => ("ok", *reason),
+            Err((_, reason)) => ("error", *reason),
+        };
+        metrics::counter!("mm_orchestrator_allocations_total", "result" => result_label, "reason" => reason)
+            .increment(1);
+        match result {
+            Ok((reply, reason)) => {
+                // Request to ready, for servers started by this request (not replays).
+                if reason == "placed" {
+                    metrics::histogram!("mm_orchestrator_allocation_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                }
+                Ok(reply)
+            }
+            Err((err, _)) => Err(err),
+        }
+    }
+
+    async fn allocate_inner(&self, request: AllocateRequest, started: Instant) -> Labelled<AllocateReply> {
+        check_request(&request.match_id, &request.player_ids).map_err(|err| (err, "bad_request"))?;
+        let node = &self.node;
+        let game_id = game_id_for(&request.match_id);
+        let deadline = started + node.config.allocate_timeout;
+        let deadline_ms = now_ms() + node.config.allocate_timeout.as_millis() as u64;
+
+        if let Some(reply) = self.existing(&game_id, deadline).await? {
+            return Ok((reply, "existing"));
+        }
+        let own = node.entry();
+        let nodes = self.directory.snapshot(own);
+        let ranked = scheduler::rank(
+            node.config.game.ask(),
+            &nodes,
+            now_ms(),
+            node.config.node_timeout.as_millis() as u64,
+            node.config.scheduler,
+        )
+        .map_err(|refusal| {
+            for (filter, count) in &refusal.rejected {
+                metrics::counter!("mm_orchestrator_rejected_nodes_total", "filter" => filter.label())
+                    .increment(*count as u64);
+            }
+            (ServiceError::unavailable(refusal.to_string()), "no_capacity")
+        })?;
+
+        let place = PlaceRequest {
+            game_id: game_id.clone(),
+            match_id: request.match_id,
+            player_ids: request.player_ids,
+            deadline: deadline_ms,
+        };
+        let mut failures = Vec::new();
+        for candidate in &ranked {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                failures.push(format!("{}: not asked, the deadline passed", candidate.node));
+                break;
+            }
+            let outcome = if candidate.node == node.id {
+                crate::place::place(node.clone(), place.clone()).await
+            } else {
+                let subject = subjects::orchestrator_node_place(&candidate.node);
+                // A little longer than the node's own deadline, so its answer (even "not
+                // ready in time") arrives rather than our timeout.
+                let timeout = remaining + Duration::from_millis(500);
+                mm_shared::nats::request_json(&self.nats, &subject, &place, timeout).await.map_err(|err| {
+                    match err {
+                        RequestError::Service { code, message, .. } => ServiceError::new(code, message),
+                        RequestError::NoResponders { .. } => {
+                            ServiceError::unavailable(format!("{}: not answering (stopped?)", candidate.node))
+                        }
+                        other => ServiceError::unavailable(format!("{}: {other}", candidate.node)),
+                    }
+                })
+            };
+            let attempt = match &outcome {
+                Ok(_) => "placed",
+                Err(err) if err.code == 409 => "refused",
+                Err(err) if err.message.contains("not answering") => "unreachable",
+                Err(_) => "failed",
+            };
+            metrics::counter!("mm_orchestrator_place_attempts_total", "outcome" => attempt).increment(1);
+            match outcome {
+                Ok(reply) => return Ok((reply, "placed")),
+                Err(err) if err.code == 400 => return Err((err, "bad_request")),
+                Err(err) => {
+                    tracing::debug!(%game_id, node = %candidate.node, "placement refused or failed: {}", err.message);
+                    if err.code == 409
+                        && let Some(reply) = self.existing(&game_id, deadline).await?
+                    {
+                        // A concurrent allocation of the same match won the race.
+                        return Ok((reply, "existing"));
+                    }
+                    failures.push(err.message);
+                }
+            }
+        }
+        let timed_out = Instant::now() >= deadline;
+        let message = format!("no node could run the game server: {}", failures.join("; "));
+        Err((ServiceError::unavailable(message), if timed_out { "timeout" } else { "all_refused" }))
+    }
+
+    /// The live server of `game_id`, if there is one; waits (until `deadline`) for one
+    /// that is still starting.
+    async fn existing(
+        &self,
+        game_id: &str,
+        deadline: Instant,
+    ) -> Result<Option<AllocateReply>, (ServiceError, &'static str)> {
+        loop {
+            let entry: Option<ServerEntry> = self
+                .node
+                .store
+                .get_server(game_id)
+                .await
+                .map_err(|err| (ServiceError::unavailable(err.to_string()), "store_unavailable"))?;
+            match entry {
+                None => return Ok(None),
+                Some(entry) if matches!(entry.state, ServerState::Ready | ServerState::Running) => {
+                    return Ok(Some(AllocateReply {
+                        url: self.node.player_url(&entry.game_id),
+                        game_id: entry.game_id,
+                        node: entry.node,
+                        address: entry.address,
+                    }));
+                }
+                // It is ending: the entry goes in a moment, then a new server can start.
+                Some(entry) if entry.state.is_final() => {}
+                Some(_) => {}
+            }
+            if Instant::now() + EXISTING_POLL >= deadline {
+                return Err((
+                    ServiceError::unavailable(format!(
+                        "game {game_id} of this match did not become ready in time"
+                    )),
+                    "timeout",
+                ));
+            }
+            tokio::time::sleep(EXISTING_POLL).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn game_ids_are_stable_safe_and_distinct() {
+        let a = game_id_for("match-1");
+        assert_eq!(a, game_id_for("match-1"));
+        assert_ne!(a, game_id_for("match-2"));
+        assert_eq!(a.len(), 25);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn requests_are_checked() {
+        let players = |n: usize| (0..n).map(|i| format!("p{i}")).collect::<Vec<_>>();
+        assert!(check_request("m1", &players(10)).is_ok());
+        for (match_id, players, needle) in [
+            ("", players(10), "matchId"),
+            ("m 1", players(10), "matchId"),
+            ("m1", vec![], "at least one"),
+            ("m1", players(MAX_PLAYERS + 1), "at most"),
+            ("m1", vec!["p1".into(), "p1".into()], "twice"),
+            ("m1", vec!["p*".into()], "player id"),
+        ] {
+            let err = check_request(match_id, &players).expect_err(needle);
+            assert_eq!(err.code, 400);
+            assert!(err.message.contains(needle), "{needle}: {}", err.message);
+        }
+    }
+}

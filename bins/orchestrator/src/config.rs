@@ -1,0 +1,383 @@
+//! `[orchestrator]` and its subsections: the node, its game servers, its driver.
+//!
+//! ```toml
+//! [orchestrator]
+//! node = "node-a"                 # stable across restarts: containers are adopted by it
+//! driver = "auto"                 # auto | podman | process
+//! port_range = "20000-32000"
+//! public_url = "ws://127.0.0.1:8080"
+//! [orchestrator.capacity]
+//! cpu_millicores = 2000           # 0: 1000 per CPU of this machine
+//! memory_mb = 0                   # 0: this machine's memory
+//! max_servers = 1000
+//! [orchestrator.game]
+//! duration = "30s"
+//! [orchestrator.podman]
+//! socket = "/run/user/1000/podman/podman.sock"
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mm_shared::config::{LogConfig, NatsConfig};
+use mm_shared::protocol::{Resources, addresses};
+use mm_shared::service::ServiceConfig;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::scheduler::{Algorithm, Ask};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub orchestrator: OrchestratorSection,
+    pub nats: NatsConfig,
+    pub log: LogConfig,
+}
+
+impl ServiceConfig for Config {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
+/// Which driver runs game servers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverChoice {
+    /// Podman when its socket answers and has the image; child processes otherwise.
+    #[default]
+    Auto,
+    Podman,
+    Process,
+}
+
+/// What happens to this node's game servers when the orchestrator stops (SIGTERM).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnShutdown {
+    /// Stop them and delete their entries: nothing is left behind (`mmctl dev` Ctrl-C).
+    #[default]
+    Stop,
+    /// Leave containers running; the next start adopts them (rolling restarts). The
+    /// process driver's servers die with the orchestrator regardless.
+    Keep,
+}
+
+/// `[orchestrator]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrchestratorSection {
+    /// Where `/metrics` and `/healthz` are served.
+    pub admin_listen: SocketAddr,
+    /// This node's id: its key in KV `nodes` and its containers' `mm.node` label. Keep it
+    /// stable across restarts (the default is the host name). Letters, digits, `-`, `_`.
+    pub node: String,
+    pub driver: DriverChoice,
+    /// Host ports game servers get, inclusive: `"20000-32000"`.
+    pub port_range: PortRange,
+    /// The host address game servers are published on (ports) and bound to (processes).
+    pub host_ip: IpAddr,
+    /// The address written to KV and handed out, when it differs from `host_ip` (for
+    /// example `host_ip = 0.0.0.0` behind a routable address).
+    pub advertise_ip: Option<IpAddr>,
+    /// The gateway as players reach it; a match's URL is `<public_url>/game/<gameId>/connect`.
+    pub public_url: String,
+    /// `binpack` (fullest node first) or `spread` (emptiest first).
+    pub scheduler: Algorithm,
+    /// How often this node rewrites its KV entry.
+    #[serde(with = "mm_shared::duration")]
+    pub heartbeat_interval: Duration,
+    /// A node whose heartbeat is older than this is down and gets no new servers.
+    #[serde(with = "mm_shared::duration")]
+    pub node_timeout: Duration,
+    /// The longest an allocation may take, request to ready, over every node tried.
+    #[serde(with = "mm_shared::duration")]
+    pub allocate_timeout: Duration,
+    /// `orchestrator.allocate` requests handled at once by this node.
+    pub concurrency: usize,
+    pub on_shutdown: OnShutdown,
+    /// How long stopping this node's servers may take at shutdown; what is left then is
+    /// adopted or removed by the next start.
+    #[serde(with = "mm_shared::duration")]
+    pub shutdown_timeout: Duration,
+    /// Timeout of each call to the Podman API.
+    #[serde(with = "mm_shared::duration")]
+    pub driver_timeout: Duration,
+    pub capacity: CapacitySection,
+    pub game: GameSection,
+    pub restart: RestartSection,
+    pub podman: PodmanSection,
+    pub process: ProcessSection,
+}
+
+impl Default for OrchestratorSection {
+    fn default() -> Self {
+        Self {
+            admin_listen: addresses::ORCHESTRATOR_ADMIN,
+            node: String::new(),
+            driver: DriverChoice::Auto,
+            port_range: PortRange(20000, 32000),
+            host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            advertise_ip: None,
+            public_url: format!("ws://{}", addresses::GATEWAY),
+            scheduler: Algorithm::Binpack,
+            heartbeat_interval: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(5),
+            // Under the matchmaker's 10 s: it gets this clear answer rather than a timeout.
+            allocate_timeout: Duration::from_secs(8),
+            concurrency: 64,
+            on_shutdown: OnShutdown::Stop,
+            shutdown_timeout: Duration::from_secs(8),
+            driver_timeout: Duration::from_secs(10),
+            capacity: CapacitySection::default(),
+            game: GameSection::default(),
+            restart: RestartSection::default(),
+            podman: PodmanSection::default(),
+            process: ProcessSection::default(),
+        }
+    }
+}
+
+/// `[orchestrator.capacity]`: what this node offers. 0 means "detect from this machine".
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapacitySection {
+    pub cpu_millicores: u64,
+    pub memory_mb: u64,
+    /// 0 means 1000.
+    pub max_servers: u64,
+}
+
+impl CapacitySection {
+    /// The declared capacity, with 0s replaced by what this machine has.
+    pub fn resolve(&self) -> Resources {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        Resources {
+            cpu_millicores: if self.cpu_millicores == 0 { cpus * 1000 } else { self.cpu_millicores },
+            memory_mb: if self.memory_mb == 0 { machine_memory_mb().unwrap_or(1024) } else { self.memory_mb },
+            servers: if self.max_servers == 0 { 1000 } else { self.max_servers },
+        }
+    }
+}
+
+fn machine_memory_mb() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// `[orchestrator.game]`: what each game server is given.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GameSection {
+    /// How long a game lasts, from its allocation.
+    #[serde(with = "mm_shared::duration")]
+    pub duration: Duration,
+    /// CPU a server is counted for (a Podman CPU weight, not a hard cap).
+    pub cpu_millicores: u64,
+    /// Memory a server is counted for (and its container's memory limit).
+    pub memory_mb: u64,
+    /// How long a server may take from start until its `/healthz` answers.
+    #[serde(with = "mm_shared::duration")]
+    pub start_timeout: Duration,
+    /// How long after its game's end a server may take to exit before it is stopped.
+    #[serde(with = "mm_shared::duration")]
+    pub end_grace: Duration,
+    /// How long a server may take to stop after SIGTERM before it is killed.
+    #[serde(with = "mm_shared::duration")]
+    pub stop_timeout: Duration,
+    /// tokio worker threads per game server (a game server needs few).
+    pub worker_threads: u32,
+}
+
+impl Default for GameSection {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(30),
+            cpu_millicores: 10,
+            memory_mb: 32,
+            start_timeout: Duration::from_secs(10),
+            end_grace: Duration::from_secs(5),
+            stop_timeout: Duration::from_secs(3),
+            worker_threads: 1,
+        }
+    }
+}
+
+impl GameSection {
+    pub fn ask(&self) -> Ask {
+        Ask { cpu_millicores: self.cpu_millicores, memory_mb: self.memory_mb }
+    }
+}
+
+/// `[orchestrator.restart]`: a server that dies before its game ends is restarted up to
+/// `attempts` times within `interval`, `delay` apart; after that it has failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartSection {
+    pub attempts: u32,
+    #[serde(with = "mm_shared::duration")]
+    pub interval: Duration,
+    #[serde(with = "mm_shared::duration")]
+    pub delay: Duration,
+}
+
+impl Default for RestartSection {
+    fn default() -> Self {
+        Self { attempts: 2, interval: Duration::from_secs(60), delay: Duration::from_millis(250) }
+    }
+}
+
+/// `[orchestrator.podman]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PodmanSection {
+    /// The Podman API socket; default: rootless `$XDG_RUNTIME_DIR/podman/podman.sock`.
+    pub socket: Option<PathBuf>,
+    /// The game-server image (`just image` builds it).
+    pub image: String,
+    /// OCI runtime (`runc`, `crun`); empty: Podman's configured default.
+    pub runtime: String,
+    /// Open files per container; 0: 4096 or this process's hard limit if lower.
+    pub nofile: u64,
+    /// Processes/threads of the container user; 0: 32768 or this process's hard limit if lower.
+    pub nproc: u64,
+    /// Processes/threads per container (where the cgroup allows a limit).
+    pub pids_limit: i64,
+    /// Container changes (create, start, stop, remove) sent to Podman at once.
+    pub parallel: usize,
+}
+
+impl Default for PodmanSection {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            image: "localhost/mm/game-server:latest".to_owned(),
+            runtime: String::new(),
+            nofile: 0,
+            nproc: 0,
+            pids_limit: 128,
+            parallel: 8,
+        }
+    }
+}
+
+impl PodmanSection {
+    /// The configured socket, or the rootless default.
+    pub fn socket_path(&self) -> PathBuf {
+        if let Some(path) = &self.socket {
+            return path.clone();
+        }
+        let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(format!("/run/user/{}", current_uid())));
+        runtime_dir.join("podman/podman.sock")
+    }
+}
+
+#[allow(unsafe_code)]
+fn current_uid() -> u32 {
+    // SAFETY: getuid(2) cannot fail and has no preconditions.
+    unsafe { libc::getuid() }
+}
+
+/// `[orchestrator.process]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessSection {
+    /// The game-server binary; default: `game-server` beside this orchestrator.
+    pub binary: Option<PathBuf>,
+}
+
+impl ProcessSection {
+    pub fn binary_path(&self) -> PathBuf {
+        self.binary.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|dir| dir.join("game-server")))
+                .unwrap_or_else(|| PathBuf::from("game-server"))
+        })
+    }
+}
+
+/// An inclusive port range, written `"20000-32000"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid port range `{text}`: expected LOW-HIGH, like 20000-32000");
+        let (low, high) = text.trim().split_once('-').ok_or_else(bad)?;
+        let low: u16 = low.trim().parse().map_err(|_| bad())?;
+        let high: u16 = high.trim().parse().map_err(|_| bad())?;
+        if low == 0 || high < low {
+            return Err(bad());
+        }
+        Ok(Self(low, high))
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{}-{}", self.0, self.1))
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The node id to use: the configured one, or this machine's host name.
+pub fn node_id(configured: &str) -> Result<String, String> {
+    let id = if configured.is_empty() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .collect()
+    } else {
+        configured.to_owned()
+    };
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(id)
+    } else {
+        Err(format!(
+            "invalid node id `{id}` (config key `orchestrator.node`): use 1-64 letters, digits, `-` or `_`"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_parse_and_print() {
+        assert_eq!("20000-32000".parse::<PortRange>(), Ok(PortRange(20000, 32000)));
+        assert_eq!(" 5 - 5 ".parse::<PortRange>(), Ok(PortRange(5, 5)));
+        for bad in ["", "20000", "9-1", "0-10", "a-b", "1-70000"] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad}");
+        }
+        let toml = toml::to_string(&OrchestratorSection::default()).expect("serializes");
+        assert!(toml.contains("port_range = \"20000-32000\""), "{toml}");
+    }
+
+    #[test]
+    fn node_ids_are_checked() {
+        assert_eq!(node_id("node-a_1"), Ok("node-a_1".to_owned()));
+        assert!(node_id("a.b").is_err());
+        assert!(node_id("a b").is_err());
+        assert!(node_id("").is_ok(), "the host name, cleaned up");
+    }
+}

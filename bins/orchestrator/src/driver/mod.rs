@@ -1,0 +1,147 @@
+//! Drivers: how a node starts, stops and watches game servers.
+//!
+//! One trait, two implementations (like Nomad's task drivers):
+//! - [`podman`]: containers through the Podman REST API (rootless by default);
+//! - [`process`]: child processes of the orchestrator (like Nomad's `raw_exec`), for
+//!   machines without Podman. They die with the orchestrator.
+//!
+//! A driver reports every exit on the [`Exit`] channel it was given; nobody polls a
+//! server to learn that it stopped.
+
+pub mod env;
+pub mod podman;
+pub mod process;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DriverChoice, OrchestratorSection};
+
+/// The port a game server listens on inside its container.
+pub const CONTAINER_PORT: u16 = 7777;
+
+/// Everything a driver needs to start one game server.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub game_id: String,
+    pub match_id: String,
+    pub node: String,
+    pub player_ids: Vec<String>,
+    pub secret: String,
+    /// Host address and port the server is reached on.
+    pub host_ip: IpAddr,
+    pub port: u16,
+    /// Unix ms when the game ends.
+    pub ends_at: u64,
+    pub cpu_millicores: u64,
+    pub memory_mb: u64,
+    pub worker_threads: u32,
+}
+
+/// A game server the driver knows of (for reconciliation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub handle: String,
+    pub game_id: String,
+    pub running: bool,
+}
+
+/// A game server stopped. `code` is its exit code when the driver knows it already.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub game_id: String,
+    pub handle: String,
+    pub code: Option<i64>,
+}
+
+/// Why a driver call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DriverError {
+    /// The driver itself is not usable (Podman down, binary missing): a node problem.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The host port was taken between the check and the start; another port may work.
+    #[error("port {0} is already in use on the host")]
+    PortTaken(u16),
+    /// Anything else about this one server.
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type DriverResult<T> = Result<T, DriverError>;
+
+/// What every driver does. Calls are bounded in time by the driver.
+pub trait Driver: Send + Sync {
+    /// `podman` or `process`.
+    fn name(&self) -> &'static str;
+
+    /// Can it start servers now? `Ok` carries a status line ("podman 4.3.1, rootless").
+    fn check(&self) -> BoxFuture<'_, DriverResult<String>>;
+
+    /// Starts a server; returns its handle (container id, pid).
+    fn start<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, DriverResult<String>>;
+
+    /// Stops a server: SIGTERM, then kill after `timeout`. Fine if it already stopped.
+    fn stop<'a>(&'a self, handle: &'a str, timeout: Duration) -> BoxFuture<'a, DriverResult<()>>;
+
+    /// Forgets a stopped server (removes its container). Fine if it is already gone.
+    fn remove<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, DriverResult<()>>;
+
+    /// Stops a server (SIGTERM, kill after `timeout`) and removes it, in as few calls
+    /// as the driver allows.
+    fn discard<'a>(&'a self, handle: &'a str, timeout: Duration) -> BoxFuture<'a, DriverResult<()>> {
+        Box::pin(async move {
+            self.stop(handle, timeout).await?;
+            self.remove(handle).await
+        })
+    }
+
+    /// A stopped server's exit code, when known.
+    fn exit_code<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, DriverResult<Option<i64>>>;
+
+    /// The last lines a server wrote (for error messages).
+    fn logs_tail<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, String>;
+
+    /// The servers this driver runs for `node`, running or not.
+    fn list<'a>(&'a self, node: &'a str) -> BoxFuture<'a, DriverResult<Vec<Instance>>>;
+
+    /// Starts reporting exits that need watching (Podman's event stream) until `shutdown`.
+    fn watch(&self, _shutdown: CancellationToken) {}
+}
+
+/// Picks and connects the driver the config asks for; `auto` prefers Podman when its
+/// socket answers and has the image, and says why when it falls back.
+pub async fn select(
+    config: &OrchestratorSection,
+    node: &str,
+    exits: mpsc::UnboundedSender<Exit>,
+) -> anyhow::Result<Box<dyn Driver>> {
+    let socket = config.podman.socket_path();
+    match config.driver {
+        DriverChoice::Podman => {
+            let driver = podman::PodmanDriver::connect(config, node, exits).await?;
+            Ok(Box::new(driver))
+        }
+        DriverChoice::Process => Ok(Box::new(process::ProcessDriver::new(config, exits)?)),
+        DriverChoice::Auto => match podman::PodmanDriver::connect(config, node, exits.clone()).await {
+            Ok(driver) => match driver.check().await {
+                Ok(_) => Ok(Box::new(driver)),
+                Err(err) => {
+                    tracing::warn!(
+                        "driver auto: Podman answers at {} but {err}; using processes",
+                        socket.display()
+                    );
+                    Ok(Box::new(process::ProcessDriver::new(config, exits)?))
+                }
+            },
+            Err(err) => {
+                tracing::info!("driver auto: {err}; using processes");
+                Ok(Box::new(process::ProcessDriver::new(config, exits)?))
+            }
+        },
+    }
+}

@@ -1,0 +1,109 @@
+//! The orchestrator's metrics, described once. Label values are bounded: states,
+//! reasons, filters, actions and resource names; `node` is this process's own node id.
+
+use mm_shared::protocol::{Resources, ServerState};
+
+pub fn describe() {
+    metrics::describe_counter!(
+        "mm_orchestrator_allocations_total",
+        "orchestrator.allocate requests answered, by result (ok, error) and reason \
+         (placed, existing, bad_request, no_capacity, all_refused, ...)."
+    );
+    metrics::describe_histogram!(
+        "mm_orchestrator_allocation_duration_seconds",
+        metrics::Unit::Seconds,
+        "orchestrator.allocate, request to ready (the server's /healthz answers), successful ones."
+    );
+    metrics::describe_counter!(
+        "mm_orchestrator_rejected_nodes_total",
+        "Nodes the scheduler rejected when no node fit, by the filter that rejected them \
+         (down, driver_unhealthy, max_servers, cpu, memory, ports)."
+    );
+    metrics::describe_counter!(
+        "mm_orchestrator_placements_total",
+        "Placement requests this node answered, by result (placed, refused, failed) and reason."
+    );
+    metrics::describe_counter!(
+        "mm_orchestrator_place_attempts_total",
+        "Nodes an allocation asked, by outcome (placed, refused, unreachable, failed)."
+    );
+    metrics::describe_histogram!(
+        "mm_orchestrator_container_start_duration_seconds",
+        metrics::Unit::Seconds,
+        "The driver's start of one game server (create + start), by driver."
+    );
+    metrics::describe_histogram!(
+        "mm_orchestrator_server_ready_duration_seconds",
+        metrics::Unit::Seconds,
+        "From the driver's start until the game server's /healthz answers, by driver."
+    );
+    metrics::describe_gauge!("mm_orchestrator_servers", "Live game servers on this node, by state and node.");
+    metrics::describe_counter!(
+        "mm_orchestrator_servers_ended_total",
+        "Game servers that ended on this node, by final state (complete, failed, lost) and node."
+    );
+    metrics::describe_counter!(
+        "mm_orchestrator_restarts_total",
+        "Game servers restarted after dying before their game ended, by node."
+    );
+    metrics::describe_counter!(
+        "mm_orchestrator_reconcile_actions_total",
+        "What start-up reconciliation did, by action (adopted, removed_orphan, removed_expired, \
+         removed_exited, deleted_entry)."
+    );
+    metrics::describe_gauge!("mm_orchestrator_node_cpu_cores", "This node's CPU, by kind (capacity, used).");
+    metrics::describe_gauge!(
+        "mm_orchestrator_node_memory_bytes",
+        metrics::Unit::Bytes,
+        "This node's memory for game servers, by kind (capacity, used)."
+    );
+    metrics::describe_gauge!(
+        "mm_orchestrator_node_servers",
+        "This node's game-server slots, by kind (capacity, used)."
+    );
+    metrics::describe_gauge!(
+        "mm_orchestrator_node_ports",
+        "This node's dynamic host ports, by kind (capacity, used)."
+    );
+    metrics::describe_gauge!(
+        "mm_orchestrator_driver_healthy",
+        "1 while this node's driver can start servers, by driver."
+    );
+    metrics::describe_counter!(
+        "mm_orchestrator_heartbeats_total",
+        "Node entry writes to KV `nodes`, by result (ok, error)."
+    );
+}
+
+/// Moves one server from `from` to `to` in `mm_orchestrator_servers` (`None`: not counted).
+pub fn transition(node: &str, from: Option<ServerState>, to: Option<ServerState>) {
+    if let Some(from) = from.filter(|state| !state.is_final()) {
+        metrics::gauge!("mm_orchestrator_servers", "state" => from.as_str(), "node" => node.to_owned())
+            .decrement(1.0);
+    }
+    if let Some(to) = to.filter(|state| !state.is_final()) {
+        metrics::gauge!("mm_orchestrator_servers", "state" => to.as_str(), "node" => node.to_owned())
+            .increment(1.0);
+    }
+}
+
+/// Sets every live state to 0 once, so the series exist before the first server.
+pub fn init_states(node: &str) {
+    for state in ServerState::ALL.into_iter().filter(|state| !state.is_final()) {
+        metrics::gauge!("mm_orchestrator_servers", "state" => state.as_str(), "node" => node.to_owned())
+            .set(0.0);
+    }
+}
+
+/// The node's capacity and use, in base units.
+pub fn node_usage(capacity: Resources, used: Resources, ports: (u64, u64)) {
+    for (kind, resources) in [("capacity", capacity), ("used", used)] {
+        metrics::gauge!("mm_orchestrator_node_cpu_cores", "kind" => kind)
+            .set(resources.cpu_millicores as f64 / 1000.0);
+        metrics::gauge!("mm_orchestrator_node_memory_bytes", "kind" => kind)
+            .set(resources.memory_mb as f64 * 1024.0 * 1024.0);
+        metrics::gauge!("mm_orchestrator_node_servers", "kind" => kind).set(resources.servers as f64);
+    }
+    metrics::gauge!("mm_orchestrator_node_ports", "kind" => "capacity").set(ports.0 as f64);
+    metrics::gauge!("mm_orchestrator_node_ports", "kind" => "used").set(ports.1 as f64);
+}
