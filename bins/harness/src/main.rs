@@ -1,21 +1,21 @@
-//! The harness: thousands of simulated players against the gateway.
+//! The harness binary: simulated players against the gateway.
 //!
-//! Foundation stage: it takes the contract's flags, loads its config, connects to NATS
-//! and serves `/metrics` and `/healthz` on 127.0.0.1:9464. The player pool, the
-//! compositor and the scenarios are not built yet (see the harness issue): with
-//! `--duration` it waits that long and stops, simulating no one.
+//! `harness --players N --duration 60s --gateway URL --nats URL --report FILE.json`
+//!
+//! Flags map onto config keys (`harness.players`, ...) so that a file, the environment and
+//! the command line all work the same way. The run itself is [`harness::run::Run`].
 
-use std::net::SocketAddr;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
-use mm_shared::config::{LogConfig, NatsConfig};
-use mm_shared::protocol::addresses;
-use mm_shared::service::{self, CommonArgs, Service, ServiceConfig};
-use serde::{Deserialize, Serialize};
+use harness::config::Config;
+use harness::run::{Identity, Options, Run};
+use mm_shared::service::{self, CommonArgs, Service};
 
 /// Simulated players: log in, shop, queue, play, log out.
 #[derive(Debug, Parser)]
@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// Players to keep alive (overrides `harness.players`).
+    /// Players to keep alive (overrides `harness.players`); a fleet target set over
+    /// `harness.control` takes precedence while it is set.
     #[arg(long)]
     players: Option<u64>,
     /// How long to run, like `60s` or `5m` (overrides `harness.duration`).
@@ -38,49 +39,20 @@ struct Args {
     /// Write the run report here as JSON (overrides `harness.report`).
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
-}
-
-/// `[harness]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct HarnessSection {
-    /// Where `/metrics` and `/healthz` are served.
-    admin_listen: SocketAddr,
-    /// Players to keep alive.
-    players: u64,
-    /// How long the run lasts.
-    #[serde(with = "mm_shared::duration")]
-    duration: Duration,
-    /// Gateway base URL.
-    gateway: String,
-    /// Where the JSON report goes (none: not written).
-    report: Option<PathBuf>,
-}
-
-impl Default for HarnessSection {
-    fn default() -> Self {
-        Self {
-            admin_listen: addresses::HARNESS_ADMIN,
-            players: 1000,
-            duration: Duration::from_secs(60),
-            gateway: "http://127.0.0.1:8080".to_owned(),
-            report: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-struct Config {
-    harness: HarnessSection,
-    nats: NatsConfig,
-    log: LogConfig,
-}
-
-impl ServiceConfig for Config {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
+    /// Exit 1 when more than this fraction of finished scenarios failed, like `0.01`
+    /// (overrides `harness.max_error_rate`).
+    #[arg(long, value_name = "FRACTION")]
+    max_error_rate: Option<f64>,
+    /// Exit 1 when time-to-match p99 is over this, like `30s`
+    /// (overrides `harness.max_time_to_match_p99`).
+    #[arg(long, value_parser = mm_shared::duration::parse, value_name = "DURATION")]
+    max_time_to_match_p99: Option<Duration>,
+    /// This instance's id in the fleet (overrides `harness.instance`).
+    #[arg(long)]
+    instance: Option<String>,
+    /// Run without NATS: no fleet, no live control (overrides `harness.standalone`).
+    #[arg(long)]
+    standalone: bool,
 }
 
 fn main() -> ExitCode {
@@ -101,18 +73,52 @@ fn main() -> ExitCode {
     if let Some(report) = &args.report {
         overrides.set("harness.report", report);
     }
+    if let Some(rate) = args.max_error_rate {
+        overrides.set("harness.max_error_rate", rate);
+    }
+    if let Some(p99) = args.max_time_to_match_p99 {
+        overrides.set("harness.max_time_to_match_p99", mm_shared::duration::format(p99));
+    }
+    if let Some(instance) = &args.instance {
+        overrides.set("harness.instance", instance);
+    }
+    if args.standalone {
+        overrides.set("harness.standalone", true);
+    }
     service::main("harness", &args.common, run)
 }
 
 async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     let config = &service.config;
+    config.harness.validate()?;
     service.serve_admin(config.harness.admin_listen, "harness.admin_listen").await?;
-    let nats = service.connect_nats(&config.nats).await?;
-    tracing::warn!("the player simulation is not built yet: this run simulates no players");
-    tokio::select! {
-        () = tokio::time::sleep(config.harness.duration) => {}
-        () = service.shutdown.cancelled() => {}
+    let nats = if config.harness.standalone {
+        tracing::info!("standalone: no fleet membership, control or stats over NATS");
+        None
+    } else {
+        Some(service.connect_nats(&config.nats).await?)
+    };
+    let identity = Identity::from_config(&config.harness);
+    let options = Options { nats: nats.clone(), preseeded: false, progress: config.harness.progress };
+    let started = Run::start(config.harness.clone(), identity, options).await?;
+    started.run_for(config.harness.duration, &service.shutdown).await;
+    let report = started.finish().await;
+    if let Some(nats) = nats {
+        let _ = tokio::time::timeout(Duration::from_secs(2), nats.drain()).await;
     }
-    nats.drain().await?;
+
+    let mut stdout = std::io::stdout().lock();
+    // The table is the command's output, like `--print-config`: it goes to stdout.
+    let _ = writeln!(stdout, "\n{}", report.table());
+    let _ = stdout.flush();
+    if let Some(path) = &config.harness.report {
+        report.write(path).with_context(|| format!("writing the report to {}", path.display()))?;
+        tracing::info!(path = %path.display(), "report written");
+    }
+    let breaches = report.breaches();
+    if !breaches.is_empty() {
+        let what: Vec<&str> = breaches.iter().map(|threshold| threshold.detail.as_str()).collect();
+        anyhow::bail!("the run failed its thresholds: {}", what.join("; "));
+    }
     Ok(())
 }

@@ -5,8 +5,11 @@
 //!   Ctrl-C stops everything (twice: at once) and leaves nothing behind.
 //! - `mmctl demo`: `dev`, plus one harness run against it, then the report.
 //! - `mmctl status`: what each local service's `/healthz` says.
+//! - `mmctl fleet`: the harness fleet (instances, players, rates, merged latencies), and
+//!   its live control (`--target`, `--rate`, `--reset`).
 
 mod config;
+mod fleet;
 mod output;
 mod stack;
 mod status;
@@ -55,6 +58,29 @@ enum Command {
     },
     /// Show what each local service's `/healthz` says; exit 1 if any is not ok.
     Status,
+    /// Show the harness fleet: instances, players, scenario rates, errors, merged
+    /// latency percentiles; with --target/--rate/--reset, first send a harness.control.
+    /// Exits 1 when no instance is live.
+    Fleet {
+        /// NATS URL (default: the local stack's).
+        #[arg(long)]
+        nats: Option<String>,
+        /// How long to listen to `harness.stats.*` before printing.
+        #[arg(long, default_value = "2s", value_parser = mm_shared::duration::parse)]
+        listen: Duration,
+        /// Set the fleet target: players across all instances.
+        #[arg(long)]
+        target: Option<u64>,
+        /// Set a scenario rate, executions per idle player per second (repeatable).
+        #[arg(long = "rate", value_name = "SCENARIO=RATE")]
+        rates: Vec<String>,
+        /// Forget the fleet target and rates: instances go back to their own config.
+        #[arg(long)]
+        reset: bool,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +112,14 @@ fn main() -> ExitCode {
     let pass = PassThrough { config: args.common.config.take(), log_json: args.common.log_json };
     let result = match args.command {
         Command::Status => status::run(&config),
+        Command::Fleet { nats, listen, target, rates, reset, json } => fleet::run(fleet::FleetArgs {
+            nats: nats.unwrap_or_else(|| stack::nats_url(&config)),
+            listen,
+            target,
+            rates,
+            reset,
+            json,
+        }),
         Command::Dev => run_async(dev(config, pass)),
         Command::Demo { players, duration, report } => {
             run_async(demo(config, pass, players, duration, report))

@@ -1,0 +1,513 @@
+//! Scale-out: instances find each other in NATS, share a fleet target, obey one control.
+//!
+//! - **Membership.** Each instance puts its [`HarnessInstance`] under its id in the KV
+//!   bucket `harness` on every heartbeat, and deletes it when it stops. Every instance
+//!   watches the bucket; an instance not heard from for `fleet.stale_after` (by the
+//!   watcher's own clock, so clock skew between machines does not matter) counts as gone,
+//!   and the leader (the lowest live id) deletes its entry. The bucket's `max_age` also
+//!   expires entries nobody refreshes, so a fleet that is gone leaves nothing behind.
+//! - **Control.** `harness.control` messages ([`HarnessControl`]) are applied by every
+//!   instance in the order NATS delivers them. The merged state is kept in the bucket
+//!   under [`buckets::HARNESS_CONTROL_KEY`] (written by the leader), so a late joiner
+//!   starts from it. A joiner subscribes before it reads the state, so nothing published
+//!   in between is lost (applying a message twice changes nothing).
+//! - **Division.** A fleet target is divided among the live instances deterministically:
+//!   ids sorted, each gets `target / n`, and the first `target % n` get one more. Every
+//!   instance computes the same split from the same membership, so no coordination is
+//!   needed; while views differ (for a heartbeat or so after a join) the total is off by
+//!   at most one instance's share.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{Config as KvConfig, Operation, Store};
+use futures_util::StreamExt;
+use mm_shared::protocol::{HarnessControl, HarnessInstance, HarnessStats, buckets, subjects};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Rate, Rates};
+use crate::player::Context;
+use crate::scenario::{SCENARIOS, Scenario};
+
+/// Bucket `max_age`, as a multiple of `stale_after`, when this instance creates it.
+const MAX_AGE_FACTOR: u32 = 3;
+/// Deadline of one KV operation.
+const KV_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the instance should be doing now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Players to keep alive.
+    pub target: u64,
+    pub rates: [Rate; SCENARIOS],
+    /// The fleet target, when one is set.
+    pub fleet_target: Option<u64>,
+    /// Live instances this one knows of (itself included).
+    pub instances: usize,
+}
+
+impl Settings {
+    /// An instance on its own: its configured players and rates.
+    pub fn standalone(players: u64, rates: Rates) -> Self {
+        Self { target: players, rates: rates.to_array(), fleet_target: None, instances: 1 }
+    }
+}
+
+/// Why the instance could not join the fleet.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(
+        "cannot open or create the KV bucket `{bucket}`: {reason} (is JetStream enabled on the NATS server?)"
+    )]
+    Bucket { bucket: &'static str, reason: String },
+    #[error("cannot subscribe to {subject}: {reason}")]
+    Subscribe { subject: &'static str, reason: String },
+    #[error("cannot watch the KV bucket `{bucket}`: {reason}")]
+    Watch { bucket: &'static str, reason: String },
+}
+
+/// This instance's share of `fleet_target` among `members` (sorted ids, itself included).
+pub fn share_of(fleet_target: u64, members: &[&str], me: &str) -> u64 {
+    let count = members.len().max(1) as u64;
+    let position = members.iter().position(|member| *member == me).unwrap_or(0) as u64;
+    let base = fleet_target / count;
+    let remainder = fleet_target % count;
+    base + u64::from(position < remainder)
+}
+
+/// The rates a control state asks for, on top of the configured ones.
+pub fn rates_with(configured: Rates, control: &HarnessControl) -> [Rate; SCENARIOS] {
+    let mut rates = configured.to_array();
+    if let Some(changes) = &control.rates {
+        for (name, per_second) in changes {
+            if let (Some(scenario), Some(rate)) = (Scenario::from_name(name), Rate::per_second(*per_second)) {
+                rates[scenario.index()] = rate;
+            }
+        }
+    }
+    rates
+}
+
+/// Checks a control message before anything of it is applied.
+pub fn check_control(control: &HarnessControl) -> Result<(), String> {
+    for (name, rate) in control.rates.iter().flatten() {
+        if Scenario::from_name(name).is_none() {
+            let known: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+            return Err(format!("unknown scenario `{name}` in rates (known: {})", known.join(", ")));
+        }
+        if Rate::per_second(*rate).is_none() {
+            return Err(format!("rate of `{name}` is {rate}: must be a number of at least 0"));
+        }
+    }
+    Ok(())
+}
+
+/// What the fleet loop needs to know about this instance.
+pub struct Member {
+    pub instance: String,
+    pub host: String,
+    pub started_at: u64,
+}
+
+/// A handle for publishing stats from outside the fleet loop.
+#[derive(Clone)]
+pub struct StatsPublisher {
+    nats: async_nats::Client,
+    subject: String,
+}
+
+impl StatsPublisher {
+    pub async fn publish(&self, stats: &HarnessStats) {
+        match serde_json::to_vec(stats) {
+            Ok(payload) => {
+                if let Err(err) = self.nats.publish(self.subject.clone(), payload.into()).await {
+                    tracing::debug!("publishing stats: {err}");
+                }
+            }
+            Err(err) => tracing::warn!("encoding stats: {err}"),
+        }
+    }
+}
+
+/// The fleet as this instance sees it.
+pub struct Fleet {
+    nats: async_nats::Client,
+    kv: Store,
+    member: Member,
+    context: Arc<Context>,
+    settings: watch::Sender<Settings>,
+    control_messages: async_nats::Subscriber,
+    control: HarnessControl,
+    /// Other live instances: id → when last heard of (by this instance's clock).
+    others: BTreeMap<String, Instant>,
+    /// Whether the last heartbeat failed (log the change, not every failure).
+    heartbeat_failing: bool,
+}
+
+impl Fleet {
+    /// Joins: opens (or creates) the bucket, subscribes to control, reads the control
+    /// state, and registers.
+    pub async fn join(
+        nats: async_nats::Client,
+        member: Member,
+        context: Arc<Context>,
+        settings: watch::Sender<Settings>,
+    ) -> Result<(Self, StatsPublisher), JoinError> {
+        let config = &context.config.fleet;
+        let jetstream = async_nats::jetstream::new(nats.clone());
+        let kv = open_bucket(&jetstream, config.stale_after * MAX_AGE_FACTOR).await?;
+        let control_messages = nats.subscribe(subjects::HARNESS_CONTROL).await.map_err(|err| {
+            JoinError::Subscribe { subject: subjects::HARNESS_CONTROL, reason: err.to_string() }
+        })?;
+        let mut control = HarnessControl::default();
+        match tokio::time::timeout(KV_TIMEOUT, kv.get(buckets::HARNESS_CONTROL_KEY)).await {
+            Ok(Ok(Some(value))) => match serde_json::from_slice::<HarnessControl>(&value) {
+                Ok(state) if check_control(&state).is_ok() => control = state,
+                _ => tracing::warn!("ignoring the unreadable fleet control state in the bucket"),
+            },
+            Ok(Ok(None)) => {}
+            Ok(Err(err)) => tracing::warn!("reading the fleet control state: {err}"),
+            Err(_) => tracing::warn!("reading the fleet control state: no answer within {KV_TIMEOUT:?}"),
+        }
+        if control != HarnessControl::default() {
+            tracing::info!(control = %serde_json::to_string(&control).unwrap_or_default(), "joined with the fleet's control state");
+        }
+        let publisher =
+            StatsPublisher { nats: nats.clone(), subject: subjects::harness_stats(&member.instance) };
+        let mut fleet = Self {
+            nats,
+            kv,
+            member,
+            context,
+            settings,
+            control_messages,
+            control,
+            others: BTreeMap::new(),
+            heartbeat_failing: false,
+        };
+        fleet.recompute();
+        fleet.heartbeat().await;
+        Ok((fleet, publisher))
+    }
+
+    /// Follows the fleet until `stop`, then leaves (deletes this instance's entry).
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), JoinError> {
+        let mut watch = self
+            .kv
+            .watch_with_history(">")
+            .await
+            .map_err(|err| JoinError::Watch { bucket: buckets::HARNESS, reason: err.to_string() })?;
+        let mut heartbeat = tokio::time::interval(self.context.config.fleet.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                message = self.control_messages.next() => match message {
+                    Some(message) => self.on_control(&message.payload).await,
+                    None => break,
+                },
+                entry = watch.next() => match entry {
+                    Some(Ok(entry)) => self.on_entry(&entry),
+                    Some(Err(err)) => tracing::warn!("watching the harness bucket: {err}"),
+                    None => {
+                        tracing::warn!("the harness bucket watch ended; re-watching");
+                        match self.kv.watch_with_history(">").await {
+                            Ok(again) => watch = again,
+                            Err(err) => tracing::warn!("re-watching the harness bucket: {err}"),
+                        }
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    self.expire_stale().await;
+                    self.heartbeat().await;
+                }
+            }
+        }
+        self.leave().await;
+        Ok(())
+    }
+
+    async fn on_control(&mut self, payload: &[u8]) {
+        let change = match serde_json::from_slice::<HarnessControl>(payload) {
+            Ok(change) => change,
+            Err(err) => {
+                metrics::counter!("mm_harness_control_messages_total", "result" => "rejected").increment(1);
+                tracing::warn!(
+                    "ignoring a harness.control message that is not valid JSON of the right shape: {err}"
+                );
+                return;
+            }
+        };
+        if let Err(reason) = check_control(&change) {
+            metrics::counter!("mm_harness_control_messages_total", "result" => "rejected").increment(1);
+            tracing::warn!("ignoring a harness.control message: {reason}");
+            return;
+        }
+        metrics::counter!("mm_harness_control_messages_total", "result" => "applied").increment(1);
+        self.control.apply(&change);
+        tracing::info!(control = %String::from_utf8_lossy(payload), "applied a harness.control message");
+        self.recompute();
+        if self.is_leader() {
+            self.save_control().await;
+        }
+    }
+
+    fn on_entry(&mut self, entry: &async_nats::jetstream::kv::Entry) {
+        if entry.key == buckets::HARNESS_CONTROL_KEY || entry.key == self.member.instance {
+            return;
+        }
+        let changed = match entry.operation {
+            Operation::Delete | Operation::Purge => self.others.remove(&entry.key).is_some(),
+            Operation::Put => {
+                // History (entries older than the watch) may be from instances that died:
+                // judge them by the server's timestamp. Live updates are fresh by definition
+                // (and judging them by timestamps would make clock skew matter).
+                let age = if entry.seen_current { Duration::ZERO } else { age_of(entry) };
+                let stale_after = self.context.config.fleet.stale_after;
+                if age >= stale_after {
+                    false
+                } else {
+                    let seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                    self.others.insert(entry.key.clone(), seen).is_none()
+                }
+            }
+        };
+        if changed {
+            tracing::info!(instances = self.others.len() + 1, "fleet membership changed");
+            self.recompute();
+        }
+    }
+
+    /// Forgets instances not heard from for `stale_after`; the leader also deletes them.
+    async fn expire_stale(&mut self) {
+        let stale_after = self.context.config.fleet.stale_after;
+        let stale: Vec<String> = self
+            .others
+            .iter()
+            .filter(|(_, seen)| seen.elapsed() >= stale_after)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        for id in &stale {
+            self.others.remove(id);
+            tracing::warn!(instance = %id, "harness instance stopped heartbeating; giving its players to the others");
+        }
+        if self.is_leader() {
+            for id in &stale {
+                let _ = tokio::time::timeout(KV_TIMEOUT, self.kv.delete(id)).await;
+            }
+        }
+        self.recompute();
+    }
+
+    fn members(&self) -> Vec<&str> {
+        let mut members: Vec<&str> = self.others.keys().map(String::as_str).collect();
+        members.push(&self.member.instance);
+        members.sort_unstable();
+        members
+    }
+
+    fn is_leader(&self) -> bool {
+        self.members().first().is_some_and(|first| *first == self.member.instance)
+    }
+
+    /// Recomputes this instance's target and rates and passes them on.
+    fn recompute(&self) {
+        let members = self.members();
+        let config = &self.context.config;
+        let target = match self.control.fleet_target {
+            Some(fleet_target) => share_of(fleet_target, &members, &self.member.instance),
+            None => config.players,
+        };
+        let settings = Settings {
+            target,
+            rates: rates_with(config.rates, &self.control),
+            fleet_target: self.control.fleet_target,
+            instances: members.len(),
+        };
+        metrics::gauge!("mm_harness_fleet_instances").set(members.len() as f64);
+        metrics::gauge!("mm_harness_fleet_target").set(self.control.fleet_target.unwrap_or(0) as f64);
+        self.settings.send_if_modified(|current| {
+            if *current == settings {
+                return false;
+            }
+            if current.target != settings.target {
+                tracing::info!(
+                    target = settings.target,
+                    instances = settings.instances,
+                    "player target changed"
+                );
+            }
+            *current = settings;
+            true
+        });
+    }
+
+    async fn heartbeat(&mut self) {
+        let entry = HarnessInstance {
+            instance: self.member.instance.clone(),
+            host: self.member.host.clone(),
+            pid: std::process::id(),
+            version: mm_shared::VERSION.to_owned(),
+            gateway: self.context.gateway.url().as_str().to_owned(),
+            started_at: self.member.started_at,
+            heartbeat_at: mm_shared::protocol::now_ms(),
+            target: self.settings.borrow().target,
+            players: self.context.pool.alive(),
+        };
+        if let Ok(value) = serde_json::to_vec(&entry) {
+            let failure = match tokio::time::timeout(
+                KV_TIMEOUT,
+                self.kv.put(&self.member.instance, value.into()),
+            )
+            .await
+            {
+                Ok(Ok(_)) => None,
+                Ok(Err(err)) => Some(err.to_string()),
+                Err(_) => Some(format!("no answer within {KV_TIMEOUT:?}")),
+            };
+            match (failure, self.heartbeat_failing) {
+                (Some(reason), false) => {
+                    tracing::warn!(
+                        "heartbeat failed: {reason} (the other instances will count this one out)"
+                    );
+                    self.heartbeat_failing = true;
+                }
+                (None, true) => {
+                    tracing::info!("heartbeat works again");
+                    self.heartbeat_failing = false;
+                }
+                _ => {}
+            }
+        }
+        if self.is_leader() {
+            self.save_control().await;
+        }
+    }
+
+    /// Writes the control state for late joiners (the leader's job; refreshed on every
+    /// heartbeat so the bucket's `max_age` does not expire it while the fleet lives).
+    async fn save_control(&self) {
+        if let Ok(value) = serde_json::to_vec(&self.control) {
+            match tokio::time::timeout(KV_TIMEOUT, self.kv.put(buckets::HARNESS_CONTROL_KEY, value.into()))
+                .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => tracing::warn!("saving the fleet control state: {err}"),
+                Err(_) => tracing::warn!("saving the fleet control state: no answer within {KV_TIMEOUT:?}"),
+            }
+        }
+    }
+
+    async fn leave(&self) {
+        match tokio::time::timeout(KV_TIMEOUT, self.kv.delete(&self.member.instance)).await {
+            Ok(Ok(())) => tracing::info!(instance = %self.member.instance, "left the fleet"),
+            Ok(Err(err)) => tracing::warn!("leaving the fleet: {err}"),
+            Err(_) => tracing::warn!("leaving the fleet: no answer within {KV_TIMEOUT:?}"),
+        }
+        let _ = tokio::time::timeout(KV_TIMEOUT, self.nats.flush()).await;
+    }
+}
+
+/// How old an entry is by the server's timestamp and this machine's clock.
+fn age_of(entry: &async_nats::jetstream::kv::Entry) -> Duration {
+    let created_ms = entry.created.unix_timestamp_nanos() / 1_000_000;
+    let now_ms = i128::from(mm_shared::protocol::now_ms());
+    Duration::from_millis(u64::try_from((now_ms - created_ms).max(0)).unwrap_or(u64::MAX))
+}
+
+/// Opens the `harness` bucket, creating it when missing (two instances racing to create
+/// it both succeed: creating an identical stream is idempotent, and a loser re-opens).
+async fn open_bucket(
+    jetstream: &async_nats::jetstream::Context,
+    max_age: Duration,
+) -> Result<Store, JoinError> {
+    let error = |reason: String| JoinError::Bucket { bucket: buckets::HARNESS, reason };
+    if let Ok(Ok(store)) = tokio::time::timeout(KV_TIMEOUT, jetstream.get_key_value(buckets::HARNESS)).await {
+        return Ok(store);
+    }
+    let config = KvConfig {
+        bucket: buckets::HARNESS.to_owned(),
+        description: "harness instances (key = instance id) and the fleet control state".to_owned(),
+        history: 1,
+        max_age,
+        ..KvConfig::default()
+    };
+    match tokio::time::timeout(KV_TIMEOUT, jetstream.create_key_value(config)).await {
+        Ok(Ok(store)) => Ok(store),
+        Ok(Err(create_error)) => {
+            match tokio::time::timeout(KV_TIMEOUT, jetstream.get_key_value(buckets::HARNESS)).await {
+                Ok(Ok(store)) => Ok(store),
+                _ => Err(error(create_error.to_string())),
+            }
+        }
+        Err(_) => Err(error(format!("no answer within {KV_TIMEOUT:?}"))),
+    }
+}
+
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "mm_harness_fleet_instances",
+        "Live harness instances this one knows of, itself included."
+    );
+    metrics::describe_gauge!(
+        "mm_harness_fleet_target",
+        "The fleet target set over harness.control (0: none)."
+    );
+    metrics::describe_counter!(
+        "mm_harness_control_messages_total",
+        "harness.control messages received, by result (applied, rejected)."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_fleet_target_is_divided_deterministically() {
+        let members = ["a", "b", "c"];
+        let shares: Vec<u64> = members.iter().map(|me| share_of(50_000, &members, me)).collect();
+        assert_eq!(shares, vec![16_667, 16_667, 16_666]);
+        let shares: Vec<u64> = members.iter().map(|me| share_of(2, &members, me)).collect();
+        assert_eq!(shares, vec![1, 1, 0], "the remainder goes to the first ids");
+        assert_eq!(share_of(50_000, &["x"], "x"), 50_000);
+        for target in [0, 1, 7, 99, 50_000] {
+            let total: u64 = members.iter().map(|me| share_of(target, &members, me)).sum();
+            assert_eq!(total, target, "shares add up to the target");
+        }
+    }
+
+    #[test]
+    fn control_rates_override_the_configured_ones() {
+        let control = HarnessControl {
+            rates: Some(BTreeMap::from([("matchmaking".to_owned(), 0.5)])),
+            ..HarnessControl::default()
+        };
+        let rates = rates_with(Rates::default(), &control);
+        assert_eq!(rates[Scenario::Matchmaking.index()].as_per_second(), 0.5);
+        assert_eq!(rates[Scenario::Logout.index()], Rates::default().logout);
+    }
+
+    #[test]
+    fn bad_control_messages_are_refused_whole() {
+        let unknown = HarnessControl {
+            rates: Some(BTreeMap::from([("dance".to_owned(), 0.5)])),
+            ..HarnessControl::default()
+        };
+        assert!(check_control(&unknown).expect_err("unknown").contains("unknown scenario `dance`"));
+        let negative = HarnessControl {
+            rates: Some(BTreeMap::from([("logout".to_owned(), -1.0)])),
+            ..HarnessControl::default()
+        };
+        assert!(check_control(&negative).expect_err("negative").contains("at least 0"));
+        assert!(
+            check_control(&HarnessControl { fleet_target: Some(5), ..HarnessControl::default() }).is_ok()
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! The load harness: simulated players against the gateway, driven by a compositor and
+//! controlled as a fleet over NATS.
+//!
+//! | module | does |
+//! |---|---|
+//! | [`config`] | `[harness]` and its sub-tables; exact rates; validation |
+//! | [`compositor`] | pure: rates × idle players × elapsed → executions; dispatch; starvation |
+//! | [`pool`] | alive/target counts and the idle queue players park in |
+//! | [`player`] | one task per player: login → idle ⇄ scenario → follow-ups → idle |
+//! | [`scenarios`] | what each scenario does against the gateway |
+//! | [`http`] | the one shared HTTP client |
+//! | [`stats`] | counters and HDR histograms; the stats message; Prometheus |
+//! | [`fleet`] | KV membership, heartbeat, `harness.control`, target division |
+//! | [`run`] | a run's loops (spawner, compositor clock, stats), drain and stop |
+//! | [`report`] | the JSON report, the human table, thresholds |
+//! | [`progress`] | the live line on a terminal |
+//!
+//! The binary (`main.rs`) is a thin layer over [`run::Run`]; tests and benchmarks use the
+//! same API in-process.
+
+#![deny(unsafe_code)]
+
+pub mod compositor;
+pub mod config;
+pub mod fleet;
+pub mod http;
+pub mod player;
+pub mod pool;
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod scenarios;
+pub mod stats;
