@@ -24,6 +24,10 @@ pub struct DevSection {
     pub data_dir: PathBuf,
     /// Where the project's binaries are; default: beside mmctl itself.
     pub bin_dir: Option<PathBuf>,
+    /// nats-server config file; default: the copy of `nats/nats-server.conf` built into
+    /// mmctl (JetStream, one user per service). Its passwords are read from
+    /// `MM_NATS_<USER>_PASSWORD`, which mmctl sets to fresh random ones at each start.
+    pub nats_config: Option<PathBuf>,
     /// Restart a child that dies (with backoff).
     pub restart: bool,
     /// How long a child may take to stop after SIGTERM before it is killed.
@@ -42,6 +46,7 @@ impl Default for DevSection {
             redis_port: addresses::REDIS_PORT,
             data_dir: PathBuf::from(".mm"),
             bin_dir: None,
+            nats_config: None,
             restart: true,
             stop_timeout: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(30),

@@ -236,7 +236,7 @@ async fn demo(
         name: "harness",
         path: harness_path,
         args,
-        env: vec![],
+        env: stack.credentials.client_env("harness"),
         ready: Ready::Http { addr: config.harness.admin_listen.to_string(), path: "/healthz" },
         restart: false,
     });

@@ -7,6 +7,12 @@
 //!
 //! Each tier must be ready (its health check answers) before the next one starts, so the
 //! logs read in order and the banner at the end means the whole stack answers.
+//!
+//! nats-server runs with `nats/nats-server.conf` (built into mmctl) under the same
+//! per-service users and permissions as compose: each run makes fresh random passwords,
+//! hands them to nats-server as `MM_NATS_<USER>_PASSWORD` and to each service as
+//! `MM_NATS__USER`/`MM_NATS__PASSWORD`. Clients without credentials (the `nats` CLI,
+//! `mmctl fleet`) are the config's `operator`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -43,6 +49,84 @@ impl PassThrough {
 pub struct Stack {
     tiers: Vec<Vec<Supervised>>,
     supervisor: Supervisor,
+    /// This run's NATS passwords, for programs started beside the stack (the demo's harness).
+    pub credentials: NatsCredentials,
+}
+
+/// `nats/nats-server.conf`, which `mmctl dev` runs unless `[dev] nats_config` names another.
+const NATS_CONFIG: &str = include_str!("../../../nats/nats-server.conf");
+
+/// The users `nats/nats-server.conf` defines, one per service plus the operator.
+pub const NATS_USERS: [&str; 5] = ["matchmaker", "gateway", "orchestrator", "harness", "operator"];
+
+/// One run's NATS passwords: random, never written to disk, gone when mmctl stops.
+#[derive(Clone)]
+pub struct NatsCredentials {
+    passwords: Vec<(&'static str, String)>,
+}
+
+impl std::fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsCredentials").field("users", &NATS_USERS).finish_non_exhaustive()
+    }
+}
+
+impl NatsCredentials {
+    /// Fresh passwords from the kernel's random source.
+    pub fn generate() -> anyhow::Result<Self> {
+        let passwords =
+            NATS_USERS.iter().map(|user| Ok((*user, random_password()?))).collect::<anyhow::Result<_>>()?;
+        Ok(Self { passwords })
+    }
+
+    /// `MM_NATS_<USER>_PASSWORD` for every user: what the config file reads.
+    pub fn server_env(&self) -> Vec<(String, String)> {
+        self.passwords
+            .iter()
+            .map(|(user, password)| (format!("MM_NATS_{}_PASSWORD", user.to_uppercase()), password.clone()))
+            .collect()
+    }
+
+    /// `MM_NATS__USER` and `MM_NATS__PASSWORD` for a service connecting as `user`.
+    pub fn client_env(&self, user: &str) -> Vec<(String, String)> {
+        let password = self.passwords.iter().find(|(name, _)| *name == user).map(|(_, pw)| pw.clone());
+        vec![
+            ("MM_NATS__USER".to_owned(), user.to_owned()),
+            ("MM_NATS__PASSWORD".to_owned(), password.unwrap_or_default()),
+        ]
+    }
+}
+
+/// 24 letters and digits, starting with a letter: nats-server's config parser reads an
+/// environment value as a token, and one like `1e5` or `12k` would become a number.
+fn random_password() -> anyhow::Result<String> {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .context("reading /dev/urandom for the NATS passwords")?;
+    Ok(bytes
+        .iter()
+        .enumerate()
+        // 52 letters first: the first character is always one of them. The modulo bias
+        // (256 is not a multiple of 62) costs a fraction of a bit per character.
+        .map(|(i, byte)| char::from(ALPHABET[usize::from(*byte) % if i == 0 { 52 } else { ALPHABET.len() }]))
+        .collect())
+}
+
+/// The nats-server config file for this run: `[dev] nats_config`, or the built-in one
+/// written under the data directory.
+fn nats_config_file(config: &Config) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &config.dev.nats_config {
+        if !path.is_file() {
+            bail!("{} (config key `dev.nats_config`) is not a file", path.display());
+        }
+        return Ok(path.clone());
+    }
+    let path = config.dev.data_dir.join("nats").join("nats-server.conf");
+    std::fs::write(&path, NATS_CONFIG).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// What the stack's children connect to.
@@ -112,13 +196,21 @@ fn check_ports_free(config: &Config) -> anyhow::Result<()> {
 }
 
 /// The programs of each tier, in start order.
-pub fn programs(config: &Config, pass: &PassThrough) -> anyhow::Result<Vec<Vec<Program>>> {
+pub fn programs(
+    config: &Config,
+    pass: &PassThrough,
+    nats_config: &Path,
+    credentials: &NatsCredentials,
+) -> anyhow::Result<Vec<Vec<Program>>> {
     let data = &config.dev.data_dir;
     let restart = config.dev.restart;
     let nats = Program {
         name: "nats",
         path: on_path("nats-server")?,
+        // Flags after the file win over its values: loopback, these ports, this store.
         args: vec![
+            "-c".into(),
+            nats_config.as_os_str().to_owned(),
             "-js".into(),
             "-a".into(),
             "127.0.0.1".into(),
@@ -131,7 +223,7 @@ pub fn programs(config: &Config, pass: &PassThrough) -> anyhow::Result<Vec<Vec<P
             "-n".into(),
             "mm-dev".into(),
         ],
-        env: vec![],
+        env: credentials.server_env(),
         ready: Ready::Http { addr: format!("127.0.0.1:{}", config.dev.nats_monitor_port), path: "/healthz" },
         restart,
     };
@@ -155,13 +247,13 @@ pub fn programs(config: &Config, pass: &PassThrough) -> anyhow::Result<Vec<Vec<P
         restart,
     };
     let env =
-        vec![("MM_NATS__URL".to_owned(), nats_url(config)), ("MM_REDIS__URL".to_owned(), redis_url(config))];
+        [("MM_NATS__URL".to_owned(), nats_url(config)), ("MM_REDIS__URL".to_owned(), redis_url(config))];
     let service = |name: &'static str, ready_addr: String| -> anyhow::Result<Program> {
         Ok(Program {
             name,
             path: project_binary(config, name)?,
             args: pass.args(),
-            env: env.clone(),
+            env: env.iter().cloned().chain(credentials.client_env(name)).collect(),
             ready: Ready::Http { addr: ready_addr, path: "/healthz" },
             restart,
         })
@@ -185,13 +277,14 @@ impl Stack {
         supervisor: Supervisor,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<Stack>> {
-        let programs = programs(config, pass)?;
         check_ports_free(config)?;
         for dir in ["nats", "redis"] {
             let path = config.dev.data_dir.join(dir);
             std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         }
-        let mut stack = Stack { tiers: Vec::new(), supervisor };
+        let credentials = NatsCredentials::generate()?;
+        let programs = programs(config, pass, &nats_config_file(config)?, &credentials)?;
+        let mut stack = Stack { tiers: Vec::new(), supervisor, credentials };
         for tier in programs {
             let running: Vec<Supervised> =
                 tier.into_iter().map(|program| stack.supervisor.start(program)).collect();
@@ -237,5 +330,36 @@ impl Stack {
     /// Where each service answers, for the banner.
     pub fn endpoints(&self) -> Vec<(&'static str, String)> {
         self.tiers.iter().flatten().map(|child| (child.name, child.ready.describe())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_fresh_tokens_nats_reads_as_strings() {
+        let first = NatsCredentials::generate().expect("random source");
+        let second = NatsCredentials::generate().expect("random source");
+        for (user, password) in &first.passwords {
+            assert_eq!(password.len(), 24);
+            assert!(password.starts_with(|c: char| c.is_ascii_alphabetic()), "{user}: {password}");
+            assert!(password.chars().all(|c| c.is_ascii_alphanumeric()), "{user}: {password}");
+        }
+        assert_ne!(first.passwords, second.passwords, "a new run, new passwords");
+        let env = first.client_env("gateway");
+        assert_eq!(env[0], ("MM_NATS__USER".to_owned(), "gateway".to_owned()));
+        assert_eq!(env[1].1, first.passwords[1].1);
+        assert!(first.server_env().iter().any(|(key, _)| key == "MM_NATS_ORCHESTRATOR_PASSWORD"));
+        assert!(!format!("{first:?}").contains(&first.passwords[0].1), "Debug never shows a password");
+    }
+
+    #[test]
+    fn the_built_in_nats_config_defines_every_user() {
+        for user in NATS_USERS {
+            assert!(NATS_CONFIG.contains(&format!("user: {user},")), "{user}");
+            assert!(NATS_CONFIG.contains(&format!("$MM_NATS_{}_PASSWORD", user.to_uppercase())));
+        }
+        assert!(NATS_CONFIG.contains("no_auth_user: operator"));
     }
 }

@@ -92,8 +92,20 @@ fn options(config: &NatsConfig, client_name: &str) -> ConnectOptions {
         .event_callback(|event| async move { record_event(&event) });
     if let Some(user) = &config.user {
         options = options.user_and_password(user.clone(), config.password.clone().unwrap_or_default());
+        if let Some(prefix) = inbox_prefix(user) {
+            options = options.custom_inbox_prefix(prefix);
+        }
     }
     options
+}
+
+/// `_INBOX.<user>`: where this user's replies arrive. `nats/nats-server.conf` lets each
+/// user subscribe only to its own, so no service reads replies meant for another (session
+/// tokens and game-server secrets travel in replies). `None` for a name that is not one
+/// subject token; such a user keeps the shared `_INBOX` prefix.
+pub fn inbox_prefix(user: &str) -> Option<String> {
+    let token = !user.is_empty() && user.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    token.then(|| format!("_INBOX.{user}"))
 }
 
 fn record_event(event: &Event) {
@@ -139,7 +151,7 @@ fn describe_metrics() {
         "Time a NATS micro-service endpoint took to answer, by endpoint."
     );
     metrics::describe_gauge!(
-        "mm_nats_service_in_flight_requests",
+        "mm_nats_service_requests_in_flight",
         "Requests a NATS micro-service endpoint is handling right now."
     );
 }
@@ -362,7 +374,7 @@ where
     Fut: Future<Output = Result<Resp, ServiceError>>,
 {
     let started = Instant::now();
-    let gauge = metrics::gauge!("mm_nats_service_in_flight_requests", "endpoint" => name);
+    let gauge = metrics::gauge!("mm_nats_service_requests_in_flight", "endpoint" => name);
     gauge.increment(1.0);
     let outcome = match decode_request::<Req>(&request.message.payload) {
         Ok(decoded) => handler(decoded).await.and_then(|reply| {
@@ -421,6 +433,15 @@ mod tests {
         }
         let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
         assert_eq!(decode_request::<Join>(&huge).expect_err("too big").code, 413);
+    }
+
+    #[test]
+    fn each_user_gets_its_own_inbox() {
+        assert_eq!(inbox_prefix("gateway").as_deref(), Some("_INBOX.gateway"));
+        assert_eq!(inbox_prefix("node-a_1").as_deref(), Some("_INBOX.node-a_1"));
+        for not_a_token in ["", "a.b", "a b", "a*", "a>", "ü"] {
+            assert_eq!(inbox_prefix(not_a_token), None, "{not_a_token:?}");
+        }
     }
 
     #[test]

