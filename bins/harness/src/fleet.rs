@@ -462,6 +462,10 @@ pub fn describe_metrics() {
         "mm_harness_control_messages_total",
         "harness.control messages received, by result (applied, rejected)."
     );
+    // Present at 0 before the first message, so a dashboard shows "none" rather than "no data".
+    for result in ["applied", "rejected"] {
+        metrics::counter!("mm_harness_control_messages_total", "result" => result).increment(0);
+    }
 }
 
 #[cfg(test)]

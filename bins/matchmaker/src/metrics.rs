@@ -79,4 +79,13 @@ pub fn describe() {
         "mm_store_purchases_total",
         "Purchases by result: ok, replayed, insufficient_funds, unknown_offer, key_reused."
     );
+    // Counters of rare events exist at 0 from the start (Prometheus's advice for known
+    // label values), so dashboards and alerts see them before the first event.
+    counter!("mm_matchmaker_lease_expirations_total").increment(0);
+    for reason in ["abandoned", "lease_lost"] {
+        counter!("mm_matchmaker_allocations_wasted_total", "reason" => reason).increment(0);
+    }
+    for operation in ["pop", "commit", "give_back", "reap"] {
+        counter!("mm_matchmaker_redis_errors_total", "operation" => operation).increment(0);
+    }
 }

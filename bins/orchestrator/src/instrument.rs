@@ -51,19 +51,22 @@ pub fn describe() {
         "What start-up reconciliation did, by action (adopted, removed_orphan, removed_expired, \
          removed_exited, deleted_entry)."
     );
-    metrics::describe_gauge!("mm_orchestrator_node_cpu_cores", "This node's CPU, by kind (capacity, used).");
+    metrics::describe_gauge!(
+        "mm_orchestrator_node_cpu_cores",
+        "This node's CPU for game servers, in cores, by kind (capacity, used) and node."
+    );
     metrics::describe_gauge!(
         "mm_orchestrator_node_memory_bytes",
         metrics::Unit::Bytes,
-        "This node's memory for game servers, by kind (capacity, used)."
+        "This node's memory for game servers, by kind (capacity, used) and node."
     );
     metrics::describe_gauge!(
         "mm_orchestrator_node_servers",
-        "This node's game-server slots, by kind (capacity, used)."
+        "This node's game-server slots, by kind (capacity, used) and node."
     );
     metrics::describe_gauge!(
         "mm_orchestrator_node_ports",
-        "This node's dynamic host ports, by kind (capacity, used)."
+        "This node's dynamic host ports, by kind (capacity, used) and node."
     );
     metrics::describe_gauge!(
         "mm_orchestrator_driver_healthy",
@@ -95,15 +98,32 @@ pub fn init_states(node: &str) {
     }
 }
 
-/// The node's capacity and use, in base units.
-pub fn node_usage(capacity: Resources, used: Resources, ports: (u64, u64)) {
-    for (kind, resources) in [("capacity", capacity), ("used", used)] {
-        metrics::gauge!("mm_orchestrator_node_cpu_cores", "kind" => kind)
-            .set(resources.cpu_millicores as f64 / 1000.0);
-        metrics::gauge!("mm_orchestrator_node_memory_bytes", "kind" => kind)
-            .set(resources.memory_mb as f64 * 1024.0 * 1024.0);
-        metrics::gauge!("mm_orchestrator_node_servers", "kind" => kind).set(resources.servers as f64);
+/// Registers the counters of rare events at 0 (Prometheus's advice for known label
+/// values), so dashboards and alerts have a series, and `rate()` a first sample, before
+/// the first restart or rejection.
+pub fn init_counters(node: &str) {
+    metrics::counter!("mm_orchestrator_restarts_total", "node" => node.to_owned()).increment(0);
+    for filter in crate::scheduler::Filter::ALL {
+        metrics::counter!("mm_orchestrator_rejected_nodes_total", "filter" => filter.label()).increment(0);
     }
-    metrics::gauge!("mm_orchestrator_node_ports", "kind" => "capacity").set(ports.0 as f64);
-    metrics::gauge!("mm_orchestrator_node_ports", "kind" => "used").set(ports.1 as f64);
+    for action in ["adopted", "removed_orphan", "removed_expired", "removed_exited", "deleted_entry"] {
+        metrics::counter!("mm_orchestrator_reconcile_actions_total", "action" => action).increment(0);
+    }
+}
+
+/// The node's capacity and use, in base units, labelled with the node like every other
+/// per-node series (the dashboards group by it).
+pub fn node_usage(node: &str, capacity: Resources, used: Resources, ports: (u64, u64)) {
+    for (kind, resources) in [("capacity", capacity), ("used", used)] {
+        metrics::gauge!("mm_orchestrator_node_cpu_cores", "kind" => kind, "node" => node.to_owned())
+            .set(resources.cpu_millicores as f64 / 1000.0);
+        metrics::gauge!("mm_orchestrator_node_memory_bytes", "kind" => kind, "node" => node.to_owned())
+            .set(resources.memory_mb as f64 * 1024.0 * 1024.0);
+        metrics::gauge!("mm_orchestrator_node_servers", "kind" => kind, "node" => node.to_owned())
+            .set(resources.servers as f64);
+    }
+    metrics::gauge!("mm_orchestrator_node_ports", "kind" => "capacity", "node" => node.to_owned())
+        .set(ports.0 as f64);
+    metrics::gauge!("mm_orchestrator_node_ports", "kind" => "used", "node" => node.to_owned())
+        .set(ports.1 as f64);
 }

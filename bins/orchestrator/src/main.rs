@@ -72,6 +72,7 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     let node_id = config::node_id(&config.node).map_err(anyhow::Error::msg)?;
     instrument::describe();
     instrument::init_states(&node_id);
+    instrument::init_counters(&node_id);
     service.serve_admin(config.admin_listen, "orchestrator.admin_listen").await?;
     let nats = service.connect_nats(&service.config.nats).await?;
     // Healthy only once this node answers placements (start-up reconciles first).

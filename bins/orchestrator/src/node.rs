@@ -238,6 +238,7 @@ impl Node {
             }
             let entry = self.entry();
             crate::instrument::node_usage(
+                &entry.node,
                 entry.capacity,
                 entry.used,
                 (crate::scheduler::port_count(entry.port_range), entry.ports_used),

@@ -61,6 +61,10 @@ pub enum Filter {
 }
 
 impl Filter {
+    /// Every filter, in the order they are applied.
+    pub const ALL: [Filter; 6] =
+        [Self::Down, Self::DriverUnhealthy, Self::MaxServers, Self::Cpu, Self::Memory, Self::Ports];
+
     /// How the filter reads in "3 nodes: 2 out of memory".
     pub fn describe(self) -> &'static str {
         match self {
