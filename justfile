@@ -29,28 +29,25 @@ demo players="1000" duration="60s" *args: setup
     cargo build --workspace --bins --release
     {{ target_dir }}/release/mmctl demo --players {{ players }} --duration {{ duration }} {{ args }}
 
-# The game-server image (`localhost/mm/game-server:latest`): FROM scratch around a static build.
-# The orchestrator's Podman driver runs it; the tests and benchmarks build it first.
-image:
-    #!/usr/bin/env bash
-    set -euo pipefail
-    triple="$(rustc -vV | sed -n 's/^host: //p')"
-    # --target keeps the static build in its own directory: it never invalidates the normal build.
-    RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target "$triple" -p game-server
-    context="$(mktemp -d)"
-    trap 'rm -rf "$context"' EXIT
-    strip -o "$context/game-server" "{{ target_dir }}/$triple/release/game-server" 2>/dev/null \
-        || cp "{{ target_dir }}/$triple/release/game-server" "$context/game-server"
-    previous="$(podman image inspect --format '{{{{.Id}}' localhost/mm/game-server:latest 2>/dev/null || true)"
-    podman build --quiet -f podman/Containerfile.scratch --build-arg BIN=game-server \
-        -t localhost/mm/game-server:latest "$context" >/dev/null
-    # The image it replaced, unless a container still uses it.
-    current="$(podman image inspect --format '{{{{.Id}}' localhost/mm/game-server:latest)"
-    if [ -n "$previous" ] && [ "$previous" != "$current" ]; then podman rmi "$previous" >/dev/null 2>&1 || true; fi
-    echo "image localhost/mm/game-server:latest ($(podman image inspect --format '{{{{.Size}}' localhost/mm/game-server:latest) bytes)"
+# The static release build of every service binary (what the FROM scratch images hold).
+# One cargo call for all of them: building a subset would unify features differently and
+# rebuild the rest next time. `--target` keeps it apart from the normal build.
+static-build:
+    RUSTFLAGS='-C target-feature=+crt-static' cargo build --release \
+        --target "$(rustc -vV | sed -n 's/^host: //p')" \
+        -p gateway -p matchmaker -p orchestrator -p harness -p game-server
+
+# The game-server image (`localhost/mm/game-server:latest`) the orchestrator's Podman driver runs.
+image: static-build
+    bash podman/build-images game-server
+
+# Every image `just up` runs, built without a registry: the services FROM scratch around static
+# binaries, nats-server, redis and prometheus around this host's programs (podman/build-images).
+images: static-build
+    bash podman/build-images all
 
 # Every test in the workspace (real nats-server, redis-server and Podman), then format and lint checks.
-test *args: setup image
+test *args: setup images
     cargo build --workspace --bins
     if cargo nextest --version >/dev/null 2>&1; then \
         cargo nextest run --workspace --config-file .ci/nextest.toml {{ args }}; \
@@ -78,18 +75,43 @@ fmt:
 status:
     {{ target_dir }}/{{ profile }}/mmctl status
 
-# The full stack with Prometheus and Grafana under podman compose.
-up: setup
-    {{ compose }} -f compose.yaml up -d --build
+# The full stack under compose (compose.yaml): nats, redis, gateway, matchmakers, orchestrator
+# (game servers on your Podman), harness, Prometheus, and Grafana where its image can be pulled.
+up *args: setup images
+    #!/usr/bin/env bash
+    set -euo pipefail
+    source podman/compose-env
+    profiles=()
+    if podman image exists "$MM_GRAFANA_IMAGE" || timeout 120 podman pull -q "$MM_GRAFANA_IMAGE" >/dev/null 2>&1; then
+        profiles=(--profile grafana)
+    else
+        echo "just up: $MM_GRAFANA_IMAGE cannot be pulled here (no registry?): running without Grafana"
+    fi
+    {{ compose }} -f compose.yaml "${profiles[@]}" up -d {{ args }}
+    echo
+    echo "gateway     http://127.0.0.1:${MM_GATEWAY_PORT:-8080} (players: http://$MM_HOST_IP:${MM_GATEWAY_PORT:-8080})"
+    echo "prometheus  http://127.0.0.1:${MM_PROMETHEUS_PORT:-9090}"
+    [ ${#profiles[@]} -gt 0 ] && echo "grafana     http://127.0.0.1:${MM_GRAFANA_PORT:-3000}"
+    echo "nats        nats://127.0.0.1:${MM_NATS_PORT:-4222} (no credentials: the operator; try \`nats micro ls\`)"
+    echo "game servers on $MM_PODMAN_SOCKET; \`just logs\`, \`just ps\`, \`just down\`"
 
-# Stop the compose stack.
-down:
-    {{ compose }} -f compose.yaml down
+# Stop the compose stack and remove its containers (volumes stay; `just down -v` removes them too).
+down *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    source podman/compose-env --quiet
+    {{ compose }} -f compose.yaml --profile grafana down {{ args }}
 
-# Follow the compose stack's logs.
+# Follow the compose stack's logs (all services, or the ones named).
 logs *services:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    source podman/compose-env --quiet
     {{ compose }} -f compose.yaml logs -f {{ services }}
 
 # List the compose stack's containers.
 ps:
-    {{ compose }} -f compose.yaml ps
+    #!/usr/bin/env bash
+    set -euo pipefail
+    source podman/compose-env --quiet
+    {{ compose }} -f compose.yaml --profile grafana ps

@@ -39,6 +39,11 @@ pub struct CommonArgs {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Do not start: ask the instance running at HOST:PORT (its admin address) for
+    /// `/healthz` and exit 0 if it answers 200, 1 otherwise. For container health checks:
+    /// the images are `FROM scratch`, with no shell or curl to run.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub healthcheck: Option<String>,
     /// Values the binary's own flags set (`--players 500`), applied over file and env.
     #[arg(skip)]
     pub overrides: config::Overrides,
@@ -143,6 +148,9 @@ where
     F: FnOnce(Arc<Service<C>>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    if let Some(addr) = &args.healthcheck {
+        return healthcheck(name, addr);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -180,6 +188,24 @@ where
         Err(err) => {
             tracing::error!("{err:#}");
             eprintln!("{name}: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long `--healthcheck` waits for `/healthz` (whose own checks have a 1 s deadline).
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `--healthcheck`: one `GET /healthz` of a running instance, answered by the exit code.
+fn healthcheck(name: &str, addr: &str) -> ExitCode {
+    match crate::probe::http_get(addr, "/healthz", HEALTHCHECK_TIMEOUT) {
+        Ok(answer) if answer.status == 200 => ExitCode::SUCCESS,
+        Ok(answer) => {
+            eprintln!("{name}: http://{addr}/healthz answered {}: {}", answer.status, answer.body.trim());
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("{name}: http://{addr}/healthz: {err}");
             ExitCode::FAILURE
         }
     }

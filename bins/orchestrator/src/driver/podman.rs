@@ -245,7 +245,9 @@ impl PodmanDriver {
             "labels": { labels::GAME_ID: spec.game_id, labels::NODE: spec.node },
             "env": environment,
             "portmappings": [{
-                "host_ip": spec.host_ip.to_string(),
+                // An empty host_ip publishes on every address; Podman 4.3 turns a literal
+                // 0.0.0.0 into a DNAT rule for destination 0.0.0.0/32, which nothing matches.
+                "host_ip": if spec.host_ip.is_unspecified() { String::new() } else { spec.host_ip.to_string() },
                 "host_port": spec.port,
                 "container_port": CONTAINER_PORT,
                 "protocol": "tcp",
