@@ -38,8 +38,15 @@ pub async fn connect(
         .set_max_delay(Duration::from_secs(2));
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1u32;
+    let cancelled = || ConnectError::Cancelled { url: redacted(&config.url) };
     loop {
-        match ConnectionManager::new_with_config(client.clone(), manager_config.clone()).await {
+        // One attempt can take several connect timeouts (the manager retries inside it):
+        // shutdown must not wait for it.
+        let attempt_result = tokio::select! {
+            result = ConnectionManager::new_with_config(client.clone(), manager_config.clone()) => result,
+            () = shutdown.cancelled() => return Err(cancelled()),
+        };
+        match attempt_result {
             Ok(connection) => {
                 tracing::info!(url = %redacted(&config.url), "connected to Redis");
                 return Ok(connection);
@@ -53,7 +60,7 @@ pub async fn connect(
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return Err(ConnectError::Cancelled { url: redacted(&config.url) }),
+            () = shutdown.cancelled() => return Err(cancelled()),
         }
         delay = (delay * 2).min(Duration::from_secs(2));
         attempt += 1;
@@ -96,5 +103,39 @@ mod tests {
         let config = RedisConfig { url: "http://nope".into(), ..RedisConfig::default() };
         let err = connect(&config, &CancellationToken::new()).await.expect_err("bad scheme");
         assert!(err.to_string().contains("redis.url"), "{err}");
+    }
+
+    /// A Redis that accepts connections and never answers: the attempt is stuck in its
+    /// 30 s connect timeout, and shutdown must still end the wait.
+    #[tokio::test]
+    async fn shutdown_ends_a_stuck_connect_attempt() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listener");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let config = RedisConfig {
+            url: format!("redis://{addr}/"),
+            connect_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(30),
+        };
+        let shutdown = CancellationToken::new();
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cancel.cancel();
+        });
+        let result = tokio::time::timeout(Duration::from_secs(10), connect(&config, &shutdown))
+            .await
+            .expect("connect returns once shutdown is requested, not after the connect timeout");
+        match result {
+            Err(ConnectError::Cancelled { .. }) => {}
+            Err(other) => panic!("expected Cancelled, got {other}"),
+            Ok(_) => panic!("a Redis that never answers cannot connect"),
+        }
+        accepted.abort();
     }
 }
