@@ -1,6 +1,7 @@
 //! `Authorization: Bearer <token>`: the player behind a request, as `session.verify` says.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use mm_shared::protocol::{SessionInfo, TokenRequest, limits, subjects};
@@ -18,7 +19,10 @@ impl FromRequestParts<AppState> for Player {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        verify(state, bearer_token(parts)?).await
+        let token = bearer_token(&parts.headers).ok_or_else(|| {
+            ApiError::unauthorized("missing `Authorization: Bearer <token>` header (log in at POST /login)")
+        })?;
+        verify(state, token).await
     }
 }
 
@@ -33,14 +37,10 @@ pub async fn verify(state: &AppState, token: &str) -> Result<Player, ApiError> {
     Ok(Player { id: session.player_id, token: request.token })
 }
 
-fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
-    let missing =
-        || ApiError::unauthorized("missing `Authorization: Bearer <token>` header (log in at POST /login)");
-    let value = parts.headers.get(AUTHORIZATION).ok_or_else(missing)?;
-    let value = value.to_str().map_err(|_| ApiError::unauthorized("invalid or expired token"))?;
-    let (scheme, token) = value.trim().split_once(' ').ok_or_else(missing)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(missing());
-    }
-    Ok(token.trim())
+/// The token of an `Authorization: Bearer <token>` header (scheme in any case); `None`
+/// when the header is absent or not of that form.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

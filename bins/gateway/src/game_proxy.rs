@@ -15,15 +15,18 @@
 
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
+use mm_shared::protocol::game_server::{CONNECT_PATH, PLAYER_PARAM};
 use mm_shared::protocol::{ServerEntry, ServerState, limits};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::auth::bearer_token;
 use crate::error::ApiError;
 use crate::extract::QueryParams;
 use crate::state::AppState;
@@ -39,16 +42,19 @@ pub struct ConnectParams {
 }
 
 /// The handler behind `/game/{gameId}/connect`.
+///
+/// The upgrade is taken as a `Result` so that a request that is no WebSocket handshake
+/// still meets the token check first, and is refused in the gateway's JSON form.
 pub async fn connect(
     State(state): State<AppState>,
     Path(game_id): Path<String>,
     QueryParams(params): QueryParams<ConnectParams>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let result = admit(&state, &game_id, params.token.as_deref(), &headers).await;
-    let (player, upstream) = match result {
+    let result = admit(&state, &game_id, params.token.as_deref(), &headers, upgrade).await;
+    let (player, upstream, upgrade) = match result {
         Ok(admitted) => admitted,
         Err(err) => {
             metrics::counter!("mm_gateway_game_connects_total", "result" => refusal_label(err.status))
@@ -66,21 +72,20 @@ pub async fn connect(
     }))
 }
 
-/// Who the player is, whether they belong to the game, and a live upstream socket.
+/// Who the player is, whether they belong to the game, that the request is a WebSocket
+/// handshake, and a live upstream socket (dialled last: only for a request that can use it).
 async fn admit(
     state: &AppState,
     game_id: &str,
     query_token: Option<&str>,
     headers: &HeaderMap,
-) -> Result<(String, Upstream), ApiError> {
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<(String, Upstream, WebSocketUpgrade), ApiError> {
     limits::check_id("gameId", game_id).map_err(ApiError::bad_request)?;
-    let token = match query_token {
-        Some(token) => token.to_owned(),
-        None => bearer(headers).ok_or_else(|| {
-            ApiError::unauthorized("missing token: connect with ?token=<token> (log in at POST /login)")
-        })?,
-    };
-    let player = crate::auth::verify(state, &token).await?;
+    let token = query_token.or_else(|| bearer_token(headers)).ok_or_else(|| {
+        ApiError::unauthorized("missing token: connect with ?token=<token> (log in at POST /login)")
+    })?;
+    let player = crate::auth::verify(state, token).await?;
     let entry = state.game_server(game_id).await?.ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, format!("no live game server for game {game_id}"))
     })?;
@@ -93,20 +98,13 @@ async fn admit(
     if !matches!(entry.state, ServerState::Ready | ServerState::Running) {
         return Err(ApiError::unavailable(format!(
             "game {game_id} is {} and not taking connections",
-            serde_json::to_value(entry.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
+            entry.state.as_str()
         )));
     }
+    // Same status axum would give (400, 405, 426...), in the gateway's JSON form.
+    let upgrade = upgrade.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
     let upstream = dial(&entry, &player.id).await?;
-    Ok((player.id, upstream))
-}
-
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+    Ok((player.id, upstream, upgrade))
 }
 
 /// Opens the WebSocket to the game server as the gateway, on the player's behalf.
@@ -115,7 +113,7 @@ async fn dial(entry: &ServerEntry, player: &str) -> Result<Upstream, ApiError> {
         tracing::warn!(game_id = entry.game_id, address = entry.address, "{what}");
         ApiError::new(StatusCode::BAD_GATEWAY, what)
     };
-    let url = format!("ws://{}/connect?player={player}", entry.address);
+    let url = format!("ws://{}{CONNECT_PATH}?{PLAYER_PARAM}={player}", entry.address);
     let mut request = url
         .as_str()
         .into_client_request()

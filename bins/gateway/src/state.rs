@@ -1,8 +1,7 @@
 //! What every handler shares: the NATS connection and the request limits.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::Client;
 use mm_shared::nats::request_json;
@@ -10,6 +9,8 @@ use mm_shared::protocol::{ServerEntry, buckets};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::error::ApiError;
 
@@ -29,8 +30,8 @@ struct Inner {
     long_poll_max: Duration,
     /// Cancelled on shutdown: long-polls answer at once.
     shutdown: CancellationToken,
-    /// Requests being answered; NATS is drained only once they are done.
-    in_flight: AtomicUsize,
+    /// Requests being answered (one token each); NATS is drained only once they are done.
+    requests: TaskTracker,
     /// KV bucket `servers`, opened on first use (it exists once an orchestrator ran).
     servers: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
 }
@@ -43,7 +44,7 @@ impl AppState {
                 request_timeout,
                 long_poll_max,
                 shutdown,
-                in_flight: AtomicUsize::new(0),
+                requests: TaskTracker::new(),
                 servers: tokio::sync::OnceCell::new(),
             }),
         }
@@ -66,23 +67,18 @@ impl AppState {
         &self.inner.shutdown
     }
 
-    /// Counts a request as in flight until the guard is dropped.
-    pub fn request_started(&self) -> InFlight {
-        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(self.clone())
+    /// Counts a request as in flight until the returned token is dropped (even by
+    /// cancellation).
+    pub fn request_started(&self) -> TaskTrackerToken {
+        self.inner.requests.token()
     }
 
     /// Waits (up to `limit`) until no request is in flight: at shutdown, so that requests
-    /// already inside finish their NATS calls before the connection is drained.
+    /// already inside finish their NATS calls before the connection is drained. Requests
+    /// arriving meanwhile are still counted and waited for.
     pub async fn wait_idle(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while self.inner.in_flight.load(Ordering::SeqCst) > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
+        self.inner.requests.close();
+        tokio::time::timeout(limit, self.inner.requests.wait()).await.is_ok()
     }
 
     /// One request/reply to a micro service, its failures turned into HTTP errors.
@@ -124,14 +120,5 @@ impl AppState {
                 ApiError::new(axum::http::StatusCode::BAD_GATEWAY, format!("unreadable server entry: {err}"))
             }),
         }
-    }
-}
-
-/// A request in flight; dropping it (even by cancellation) ends it.
-pub struct InFlight(AppState);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -9,7 +9,7 @@ use support::http::{Answer, Http};
 use std::time::Duration;
 
 use hyper::Method;
-use mm_shared::protocol::subjects;
+use mm_shared::protocol::{ServerEntry, ServerState, buckets, subjects};
 use mm_testkit::{NatsServer, RedisServer, ServiceProcess, free_port};
 use serde_json::{Value, json};
 
@@ -301,4 +301,41 @@ async fn missing_or_silent_services_are_503_and_504_never_a_hang() {
     support::synced(&client).await;
     let silent = http.post("/login", None, json!({"id": "ana", "password": "pw"})).await;
     assert_error(&silent, 504, "silent service");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_game_connect_that_is_no_websocket_handshake_is_checked_and_refused_in_json() {
+    let backend = Backend::start(true, &[]);
+    let http = Http::new(&backend.addr);
+    let ana = http.login("ana").await;
+
+    // A live game of ana's, as an orchestrator would have written it; nothing listens at
+    // its address, but a plain GET must be refused before the gateway dials it.
+    let client = async_nats::connect(backend.nats.url()).await.expect("nats");
+    let servers = async_nats::jetstream::new(client)
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: buckets::SERVERS.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("bucket");
+    let entry = ServerEntry {
+        game_id: "g-plain".into(),
+        match_id: "m-plain".into(),
+        state: ServerState::Ready,
+        address: format!("127.0.0.1:{}", free_port()),
+        player_ids: vec!["ana".into()],
+        secret: "s".into(),
+        ..ServerEntry::default()
+    };
+    servers.put("g-plain", serde_json::to_vec(&entry).expect("json").into()).await.expect("put");
+
+    let bad_token = http.get(&format!("/game/g-plain/connect?token={}", "f".repeat(64)), None).await;
+    assert_error(&bad_token, 401, "plain GET, a token nobody issued");
+    assert_error(&http.get("/game/g-plain/connect", None).await, 401, "plain GET, no token");
+    let plain = http.get(&format!("/game/g-plain/connect?token={ana}"), None).await;
+    assert!((400..500).contains(&plain.status), "a player of the game, no handshake: {}", plain.status);
+    assert_error(&plain, plain.status, "plain GET by a player of the game");
+    let plain_bearer = http.get("/game/g-plain/connect", Some(&ana)).await;
+    assert_eq!(plain_bearer.status, plain.status, "the bearer header works too: {}", plain_bearer.body);
 }

@@ -229,7 +229,7 @@ impl StoreConfig {
             if !seen.insert(offer.id.as_str()) {
                 return Err(format!("config key `store.offers`: offer id `{}` appears twice", offer.id));
             }
-            // Lua numbers are doubles: stay where they are exact integers.
+            // The purchase script's JSON writes at most 14 digits exactly: see MAX_AMOUNT.
             if offer.price > MAX_AMOUNT {
                 return Err(format!(
                     "config key `store.offers`: price of `{}` is over {MAX_AMOUNT}",
@@ -244,8 +244,13 @@ impl StoreConfig {
     }
 }
 
-/// Largest price or balance: 2^53, where Lua's doubles stop being exact integers.
-pub const MAX_AMOUNT: u64 = 1 << 53;
+/// Largest price or balance: 10^14 - 1, the largest integer of at most 14 digits.
+///
+/// The purchase script keeps amounts in Lua numbers (doubles, exact up to 2^53), but
+/// Redis's `cjson.encode` writes numbers with only 14 significant digits: from 10^14 on a
+/// balance comes out as `1e+14`-style text that no longer reads as a `u64`, after the
+/// player was already charged. Below 10^14 every amount is written exactly.
+pub const MAX_AMOUNT: u64 = 99_999_999_999_999;
 
 #[cfg(test)]
 mod tests {

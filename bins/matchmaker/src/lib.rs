@@ -63,13 +63,15 @@ impl Running {
 }
 
 /// Starts the `session`, `matchmaking` and `store` services and (if enabled) the matcher.
+///
+/// `config` is expected to have passed [`Config::validate`]; the binary checks it at
+/// startup, before it connects to anything.
 pub async fn start(
     nats: &Client,
     redis: ConnectionManager,
     config: &Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    config.validate().map_err(anyhow::Error::msg)?;
     metrics::describe();
     let concurrency = config.matchmaker.endpoint_concurrency.max(1);
     let tickets = TicketStore::new(redis.clone(), config.matchmaker.tickets());

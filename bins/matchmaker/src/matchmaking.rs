@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::Events;
 use crate::metrics::{TicketEvent, tickets};
-use crate::micro::MicroService;
+use crate::micro::{MicroService, unavailable};
 use crate::tickets::{Cancelled, Joined, Status, StoreError, TicketStore};
 
 /// The service's handlers.
@@ -95,7 +95,7 @@ fn no_such_ticket(ticket_id: &str) -> ServiceError {
 /// Redis trouble is the service's problem (503, retry later), never the caller's.
 pub(crate) fn store_error(err: StoreError) -> ServiceError {
     match err {
-        StoreError::Redis(err) => ServiceError::unavailable(format!("storage unavailable: {err}")),
+        StoreError::Redis(err) => unavailable(err),
         StoreError::Corrupt(what) => ServiceError::internal(what),
     }
 }

@@ -94,3 +94,9 @@ impl MicroService {
         let _ = self.service.stop().await;
     }
 }
+
+/// Redis failed: the service cannot answer now (503), the caller may retry. Every
+/// service's Redis errors read the same.
+pub(crate) fn unavailable(err: redis::RedisError) -> ServiceError {
+    ServiceError::unavailable(format!("storage unavailable: {err}"))
+}

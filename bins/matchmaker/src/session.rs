@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mm_shared::duration::millis;
 use mm_shared::nats::ServiceError;
 use mm_shared::protocol::{LoginReply, LoginRequest, SessionInfo, TokenRequest, keys, limits, subjects};
 use redis::aio::ConnectionManager;
@@ -21,7 +22,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::micro::MicroService;
+use crate::micro::{MicroService, unavailable};
 
 /// An account as stored under `player:{id}`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -180,11 +181,6 @@ fn invalid_token() -> ServiceError {
     ServiceError::new(401, "invalid or expired token")
 }
 
-/// Redis failed: the service cannot answer now, the caller may retry.
-pub(crate) fn unavailable(err: redis::RedisError) -> ServiceError {
-    ServiceError::unavailable(format!("storage unavailable: {err}"))
-}
-
 fn password_hash(salt: &[u8], password: &str) -> Vec<u8> {
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
     context.update(salt);
@@ -213,10 +209,6 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..text.len()).step_by(2).map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok()).collect()
-}
-
-pub(crate) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 #[cfg(test)]

@@ -6,16 +6,15 @@
 //! the player's first purchase.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use mm_shared::duration::millis;
 use mm_shared::nats::ServiceError;
 use mm_shared::protocol::{Offer, PurchaseReply, PurchaseRequest, keys, limits, now_ms, subjects};
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StoreConfig;
-use crate::micro::MicroService;
-use crate::session::{millis, unavailable};
+use crate::micro::{MicroService, unavailable};
 
 /// KEYS: balance, idempotency record (unused without a key), purchase history.
 /// ARGV: price, offer id, purchase id, starting balance, idempotency ttl ms, history
@@ -80,7 +79,7 @@ impl Store {
             .arg(&offer.id)
             .arg(uuid::Uuid::new_v4().to_string())
             .arg(self.config.starting_balance)
-            .arg(millis(self.config.idempotency_ttl.max(Duration::from_millis(1))))
+            .arg(millis(self.config.idempotency_ttl))
             .arg(self.config.history.max(1))
             .arg(if key.is_some() { "1" } else { "0" })
             .arg(now_ms())

@@ -413,6 +413,29 @@ async fn purchases_charge_once_per_key_and_refuse_what_cannot_be_bought() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_allowed_balance_survives_the_purchase_record() {
+    // The purchase script writes its record with Redis's cjson (14 significant digits):
+    // a larger balance would come back as `1.2345e+15` text and fail to decode.
+    let nats = NatsServer::start().expect("nats-server");
+    let redis = RedisServer::start().expect("redis-server");
+    let max = matchmaker::config::MAX_AMOUNT.to_string();
+    let (_matchmaker, _admin) = start_matchmaker(&nats, &redis, &[("MM_STORE__STARTING_BALANCE", &max)]);
+    let client = common::nats(&nats.url()).await;
+    let offers: Vec<Offer> = call(&client, subjects::STORE_OFFERS, &()).await.expect("offers");
+    let offer = offers.iter().find(|offer| offer.id == "spray-gg").expect("offer");
+    let request = PurchaseRequest {
+        player_id: "rich".into(),
+        offer_id: offer.id.clone(),
+        idempotency_key: Some("k-rich".into()),
+    };
+
+    let bought: PurchaseReply = call(&client, subjects::STORE_PURCHASE, &request).await.expect("buys");
+    assert_eq!(bought.balance, matchmaker::config::MAX_AMOUNT - offer.price);
+    let replayed: PurchaseReply = call(&client, subjects::STORE_PURCHASE, &request).await.expect("replays");
+    assert_eq!(replayed, bought, "the stored record decodes too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_is_a_503_and_the_services_recover_after_it() {
     let nats = NatsServer::start().expect("nats-server");
     let mut redis = RedisServer::start().expect("redis-server");

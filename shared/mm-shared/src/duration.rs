@@ -48,6 +48,12 @@ pub fn format(duration: Duration) -> String {
     }
 }
 
+/// Whole milliseconds for a Redis expiry (`PX`, `PEXPIRE`) or a script argument: rounded
+/// down, but never 0 (Redis refuses a zero expiry), and saturating at `u64::MAX`.
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 fn trim_float(value: f64) -> String {
     let text = format!("{value:.3}");
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
@@ -119,5 +125,14 @@ mod tests {
         assert_eq!(format(Duration::from_secs(120)), "2m");
         assert_eq!(format(Duration::from_millis(250)), "250ms");
         assert_eq!(format(Duration::from_millis(1500)), "1.5s");
+    }
+
+    #[test]
+    fn millis_is_at_least_one_and_saturates() {
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(millis(Duration::from_micros(2999)), 2);
+        assert_eq!(millis(Duration::ZERO), 1);
+        assert_eq!(millis(Duration::from_micros(10)), 1);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
     }
 }

@@ -54,15 +54,17 @@ pub struct Batch {
 pub enum Settled {
     /// A match: its record, as written.
     Matched(MatchRecord),
-    /// The allocation failed; the tickets went back (or failed, out of attempts).
-    Requeued { reason: String, counted: bool, failed: usize },
+    /// The allocation failed (the reason is logged); the tickets went back, or `failed`
+    /// of them ran out of attempts. `counted` when the failure used up an attempt.
+    Requeued { counted: bool, failed: usize },
     /// A ticket was cancelled during the allocation; the rest went back. The server
     /// allocated for them is unused.
     Abandoned,
     /// The lease expired before the commit; the reaper had returned the tickets.
     LeaseLost,
-    /// Redis failed mid-way; the lease's expiry will return the tickets.
-    StoreFailed(String),
+    /// Redis failed mid-way (the error is logged); the lease's expiry will return the
+    /// tickets.
+    StoreFailed,
 }
 
 /// One matcher: its pipeline state and what it talks to.
@@ -339,7 +341,7 @@ impl Matcher {
             Err(err) => {
                 tracing::warn!(match_id = %record.id, "cannot commit the match; the lease will return its tickets: {err}");
                 metrics::counter!("mm_matchmaker_redis_errors_total", "operation" => "commit").increment(1);
-                Settled::StoreFailed(err.to_string())
+                Settled::StoreFailed
             }
         }
     }
@@ -365,13 +367,13 @@ impl Matcher {
                 tickets(TicketEvent::Requeued, returned.queued.len());
                 tickets(TicketEvent::Failed, returned.failed.len());
                 self.events.tickets_changed(&returned.failed).await;
-                Settled::Requeued { reason, counted, failed: returned.failed.len() }
+                Settled::Requeued { counted, failed: returned.failed.len() }
             }
             Err(err) => {
                 tracing::warn!("cannot give tickets back; the lease will return them: {err}");
                 metrics::counter!("mm_matchmaker_redis_errors_total", "operation" => "give_back")
                     .increment(1);
-                Settled::StoreFailed(err.to_string())
+                Settled::StoreFailed
             }
         }
     }

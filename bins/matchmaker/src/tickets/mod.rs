@@ -26,6 +26,7 @@ mod scripts;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mm_shared::duration::millis;
 use mm_shared::protocol::{MatchRecord, Ticket, keys};
 use redis::aio::ConnectionManager;
 
@@ -124,10 +125,6 @@ pub struct TicketStore {
 impl TicketStore {
     pub fn new(redis: ConnectionManager, settings: TicketSettings) -> Self {
         Self { redis, scripts: Arc::new(Scripts::new()), settings }
-    }
-
-    pub fn settings(&self) -> TicketSettings {
-        self.settings
     }
 
     /// Key lifetime of a searching ticket: its deadline, then the retention period.
@@ -334,20 +331,6 @@ impl TicketStore {
             .await?;
         Ok((depth, leases))
     }
-
-    /// A match record, if it is still kept.
-    pub async fn match_record(&self, match_id: &str) -> Result<Option<MatchRecord>, StoreError> {
-        let raw: Option<String> =
-            redis::cmd("GET").arg(keys::match_record(match_id)).query_async(&mut self.redis.clone()).await?;
-        raw.map(|raw| {
-            serde_json::from_str(&raw).map_err(|err| StoreError::Corrupt(format!("match {match_id}: {err}")))
-        })
-        .transpose()
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 fn decode(raw: &str) -> Result<Ticket, StoreError> {
