@@ -66,7 +66,7 @@ pub async fn connect(
     metrics::histogram!("mm_gateway_game_connect_duration_seconds").record(started.elapsed().as_secs_f64());
     let shutdown = state.shutdown().clone();
     Ok(upgrade.on_upgrade(move |socket| async move {
-        let _open = crate::metrics::GaugeGuard::new(metrics::gauge!("mm_gateway_game_connections"));
+        let _open = mm_shared::telemetry::GaugeGuard::new(metrics::gauge!("mm_gateway_game_connections"));
         let ended = pump(socket, upstream, shutdown).await;
         tracing::debug!(game_id, player, ended, "game connection closed");
     }))

@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use mm_shared::protocol::{TicketRequest, TicketView, subjects};
 
 use crate::error::ApiError;
-use crate::metrics::GaugeGuard;
 use crate::state::AppState;
+use mm_shared::telemetry::GaugeGuard;
 
 /// The ticket's view, after waiting up to `wait` for it to stop searching.
 pub async fn status(

@@ -8,6 +8,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use mm_shared::telemetry::GaugeGuard;
 
 use crate::state::AppState;
 
@@ -42,22 +43,6 @@ pub fn describe() {
         "mm_gateway_game_frames_total",
         "WebSocket frames the game proxy passed on, by direction (to_server, to_client)."
     );
-}
-
-/// Holds a gauge up while alive; decrements even if the future holding it is dropped.
-pub struct GaugeGuard(metrics::Gauge);
-
-impl GaugeGuard {
-    pub fn new(gauge: metrics::Gauge) -> Self {
-        gauge.increment(1.0);
-        Self(gauge)
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
 }
 
 /// Middleware: records every request under its route template.

@@ -8,8 +8,7 @@ use futures_util::StreamExt;
 use mm_testkit::NatsServer;
 use tokio::sync::mpsc;
 
-/// The users the config defines.
-pub const USERS: [&str; 5] = ["matchmaker", "gateway", "orchestrator", "harness", "operator"];
+pub use mm_shared::nats::USERS;
 
 /// The password this test gives `user`.
 pub fn password(user: &str) -> String {
@@ -18,7 +17,7 @@ pub fn password(user: &str) -> String {
 
 /// `MM_NATS_<USER>_PASSWORD` for every user, as nats-server reads them.
 pub fn server_env() -> Vec<(String, String)> {
-    USERS.iter().map(|user| (format!("MM_NATS_{}_PASSWORD", user.to_uppercase()), password(user))).collect()
+    USERS.iter().map(|user| (mm_shared::nats::password_env(user), password(user))).collect()
 }
 
 /// What a service needs to connect as `user` (`MM_NATS__USER`, `MM_NATS__PASSWORD`).

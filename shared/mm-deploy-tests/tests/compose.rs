@@ -120,6 +120,17 @@ fn compose_file_is_accepted_and_keeps_its_promises() {
         assert_eq!(env.get("MM_NATS__URL").map(String::as_str), Some("nats://10.213.7.2:4222"), "{name}");
         assert!(service["image"].as_str().is_some_and(|image| image.starts_with("localhost/mm/")), "{name}");
     }
+    // nats-server gets every user's password, and `just up` makes one for each.
+    let nats_env = env_of(&services["nats"]);
+    let compose_env = std::fs::read_to_string(repo().join("podman/compose-env")).expect("podman/compose-env");
+    for user in mm_shared::nats::USERS {
+        let key = mm_shared::nats::password_env(user);
+        assert!(nats_env.get(&key).is_some_and(|pw| !pw.is_empty()), "nats: {key}");
+        let generated = compose_env
+            .lines()
+            .any(|line| line.trim_start().starts_with("for user in ") && line.contains(&user.to_uppercase()));
+        assert!(generated, "podman/compose-env makes no password for {user}");
+    }
     for name in ["nats", "prometheus"] {
         assert_eq!(env_of(&services[name]).get("GOMAXPROCS"), Some(&whole(cpus(name))), "{name}: GOMAXPROCS");
     }

@@ -211,3 +211,24 @@ async fn services_answer_each_other_through_their_own_inboxes() {
     gateway.client.flush().await.expect("flush");
     gateway.violation(subjects::SESSION_LOGIN).await;
 }
+
+/// The config file defines exactly the users the project's tools know
+/// (`mm_shared::nats::USERS`): a user added on one side only would be refused, or never
+/// given a password.
+#[test]
+fn the_config_defines_exactly_the_known_users() {
+    let config =
+        std::fs::read_to_string(mm_deploy_tests::repo().join("nats/nats-server.conf")).expect("config");
+    let mut defined: Vec<&str> = config
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("{ user: ")?.split(',').next())
+        .collect();
+    defined.sort_unstable();
+    let mut known = mm_shared::nats::USERS.to_vec();
+    known.sort_unstable();
+    assert_eq!(defined, known);
+    for user in mm_shared::nats::USERS {
+        let password = format!("password: ${}", mm_shared::nats::password_env(user));
+        assert!(config.contains(&password), "{user}: {password}");
+    }
+}

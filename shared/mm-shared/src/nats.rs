@@ -99,6 +99,16 @@ fn options(config: &NatsConfig, client_name: &str) -> ConnectOptions {
     options
 }
 
+/// The users `nats/nats-server.conf` defines: one per service, and the operator (who is
+/// also `no_auth_user`). mmctl, compose and the deployment tests all go by this list.
+pub const USERS: [&str; 5] = ["matchmaker", "gateway", "orchestrator", "harness", "operator"];
+
+/// The environment variable nats-server reads `user`'s password from
+/// (`MM_NATS_<USER>_PASSWORD`, as `nats/nats-server.conf` names them).
+pub fn password_env(user: &str) -> String {
+    format!("MM_NATS_{}_PASSWORD", user.to_uppercase())
+}
+
 /// `_INBOX.<user>`: where this user's replies arrive. `nats/nats-server.conf` lets each
 /// user subscribe only to its own, so no service reads replies meant for another (session
 /// tokens and game-server secrets travel in replies). `None` for a name that is not one
@@ -374,8 +384,9 @@ where
     Fut: Future<Output = Result<Resp, ServiceError>>,
 {
     let started = Instant::now();
-    let gauge = metrics::gauge!("mm_nats_service_requests_in_flight", "endpoint" => name);
-    gauge.increment(1.0);
+    let in_flight = crate::telemetry::GaugeGuard::new(
+        metrics::gauge!("mm_nats_service_requests_in_flight", "endpoint" => name),
+    );
     let outcome = match decode_request::<Req>(&request.message.payload) {
         Ok(decoded) => handler(decoded).await.and_then(|reply| {
             serde_json::to_vec(&reply)
@@ -398,7 +409,7 @@ where
     if let Err(err) = request.respond(response).await {
         tracing::warn!(endpoint = name, "could not send the reply: {err}");
     }
-    gauge.decrement(1.0);
+    drop(in_flight);
     metrics::counter!("mm_nats_service_requests_total", "endpoint" => name, "code" => code.to_string())
         .increment(1);
     metrics::histogram!("mm_nats_service_request_duration_seconds", "endpoint" => name)

@@ -30,6 +30,7 @@ use mm_shared::protocol::{
     AllocateReply, AllocateRequest, MATCH_SIZE, MatchCreated, MatchRecord, ServerAssignment, Ticket, now_ms,
     subjects,
 };
+use mm_shared::telemetry::GaugeGuard;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -252,13 +253,12 @@ impl Matcher {
             match_id: match_id.clone(),
             player_ids: group.iter().map(|ticket| ticket.player_id.clone()).collect(),
         };
-        let gauge = metrics::gauge!("mm_matchmaker_allocations_in_flight");
-        gauge.increment(1.0);
+        let in_flight = GaugeGuard::new(metrics::gauge!("mm_matchmaker_allocations_in_flight"));
         let started = Instant::now();
         let reply: Result<AllocateReply, RequestError> =
             request_json(&self.nats, subjects::ORCHESTRATOR_ALLOCATE, &request, self.config.allocate_timeout)
                 .await;
-        gauge.decrement(1.0);
+        drop(in_flight);
         let result = match &reply {
             Ok(_) => "ok",
             Err(RequestError::NoResponders { .. }) => "no_responders",

@@ -101,3 +101,21 @@ pub fn spawn_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
         }
     });
 }
+
+/// Holds a gauge one higher while alive (requests in flight, open sockets). The decrement
+/// is in `Drop`, so it happens however the holder ends: returned, failed, or dropped as a
+/// cancelled future or an aborted task.
+pub struct GaugeGuard(metrics::Gauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
