@@ -10,9 +10,15 @@ use axum::extract::{Query, State, rejection::QueryRejection, ws::rejection::WebS
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use mm_shared::protocol::game_server;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// How much longer than `close_timeout` the end of the game waits for the socket tasks:
+/// each waits `close_timeout` for its player's close reply, then needs a moment to drop
+/// its connection.
+const CLOSE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Why the game stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,15 +60,24 @@ pub struct Game {
     max_message_bytes: usize,
     /// Cancelled when the game ends; every socket loop watches it.
     over: CancellationToken,
-    reason: OnceLock<EndReason>,
+    /// Set by [`Game::end`] before `over` is cancelled.
+    ending: OnceLock<Ending>,
     /// The socket tasks, so the end can wait for their close handshakes.
     sockets: TaskTracker,
+}
+
+/// How the game ended, for the socket loops.
+#[derive(Debug, Clone, Copy)]
+struct Ending {
+    reason: EndReason,
+    /// How long each socket waits for its player's close reply.
+    close_timeout: Duration,
 }
 
 /// Why a connection was refused (before the WebSocket upgrade).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("missing query parameter `player`")]
+    #[error("missing query parameter `{}`", game_server::PLAYER_PARAM)]
     NoPlayer,
     #[error("missing or wrong `Authorization: Bearer <secret>`")]
     Unauthorized,
@@ -100,7 +115,7 @@ impl Game {
             players,
             max_message_bytes,
             over: CancellationToken::new(),
-            reason: OnceLock::new(),
+            ending: OnceLock::new(),
             sockets: TaskTracker::new(),
         }
     }
@@ -123,24 +138,28 @@ impl Game {
         Ok(player.to_owned())
     }
 
-    /// Ends the game: every socket gets the close frame for `reason`; waits up to
-    /// `close_timeout` for them to finish. Returns how many sockets were open.
+    /// Ends the game: every socket gets the close frame for `reason` and waits up to
+    /// `close_timeout` for its player's close reply; this waits for the sockets (with
+    /// [`CLOSE_MARGIN`] to spare). Returns how many sockets were open.
     pub async fn end(&self, reason: EndReason, close_timeout: Duration) -> usize {
-        let _ = self.reason.set(reason);
+        let _ = self.ending.set(Ending { reason, close_timeout });
         let open = self.sockets.len();
         self.over.cancel();
         self.sockets.close();
-        if tokio::time::timeout(close_timeout + Duration::from_millis(500), self.sockets.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(close_timeout + CLOSE_MARGIN, self.sockets.wait()).await.is_err() {
             tracing::warn!("some players did not answer the close frame; dropping their connections");
         }
         open
     }
 
     fn close_frame(&self) -> CloseFrame {
-        self.reason.get().copied().unwrap_or(EndReason::GameOver).close_frame()
+        self.ending.get().map_or(EndReason::GameOver, |ending| ending.reason).close_frame()
+    }
+
+    /// How long a socket waits for its player's close reply once the game is over.
+    fn close_timeout(&self) -> Duration {
+        // `end` sets it before the sockets learn the game is over.
+        self.ending.get().map_or(Duration::ZERO, |ending| ending.close_timeout)
     }
 }
 
@@ -151,11 +170,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// `GET /connect`.
 pub fn router(game: Arc<Game>) -> Router {
-    Router::new().route("/connect", get(connect)).with_state(game)
+    Router::new().route(game_server::CONNECT_PATH, get(connect)).with_state(game)
 }
 
+/// The query of `GET /connect`.
 #[derive(Debug, Deserialize)]
 struct ConnectParams {
+    /// The connecting player: this field's name must stay `game_server::PLAYER_PARAM`
+    /// (the `connect_params_use_the_shared_names` test checks it).
     player: Option<String>,
 }
 
@@ -228,7 +250,7 @@ async fn play(mut socket: WebSocket, game: Arc<Game>, player: String) {
                 if socket.send(Message::Close(Some(game.close_frame()))).await.is_ok() {
                     // Read until the player's close reply (or the deadline), as the
                     // protocol's closing handshake asks.
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    let _ = tokio::time::timeout(game.close_timeout(), async {
                         while let Some(Ok(message)) = socket.recv().await {
                             if matches!(message, Message::Close(_)) {
                                 break;
@@ -290,6 +312,15 @@ mod tests {
         assert_eq!(game.end(EndReason::GameOver, Duration::from_millis(10)).await, 0);
         assert_eq!(game.admit(None, Some("late")), Err(Refusal::GameOver));
         assert_eq!(game.close_frame().code, close_code::NORMAL);
+    }
+
+    #[test]
+    fn connect_params_use_the_shared_names() {
+        let uri: axum::http::Uri =
+            format!("{}?{}=p1", game_server::CONNECT_PATH, game_server::PLAYER_PARAM).parse().expect("uri");
+        let Query(params) = Query::<ConnectParams>::try_from_uri(&uri).expect("parses");
+        assert_eq!(params.player.as_deref(), Some("p1"));
+        assert!(Refusal::NoPlayer.to_string().contains(game_server::PLAYER_PARAM));
     }
 
     #[test]

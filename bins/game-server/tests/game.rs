@@ -17,8 +17,13 @@ struct Game {
 
 /// A game server for players `players` (a figment list literal) that lasts `duration`.
 fn start(duration: &str, players: &str) -> Game {
+    start_with(duration, players, &[])
+}
+
+/// Like [`start`], with more `MM_GAME__*` settings.
+fn start_with(duration: &str, players: &str, extra: &[(&str, &str)]) -> Game {
     let addr = format!("127.0.0.1:{}", free_port());
-    let env = [
+    let mut env = vec![
         ("MM_GAME__LISTEN", addr.as_str()),
         ("MM_GAME__GAME_ID", "\"g-test\""),
         ("MM_GAME__MATCH_ID", "\"m-test\""),
@@ -26,6 +31,7 @@ fn start(duration: &str, players: &str) -> Game {
         ("MM_GAME__SECRET", SECRET),
         ("MM_GAME__PLAYERS", players),
     ];
+    env.extend_from_slice(extra);
     let mut process = ServiceProcess::start("game-server", &[], &env).expect("starts");
     process.wait_healthy(&addr).expect("healthy");
     Game { process, addr }
@@ -133,4 +139,19 @@ async fn sigterm_closes_sockets_as_going_away_and_exits_zero() {
     assert!(exited, "the server exits after SIGTERM");
     let status = game.process.process().exited().expect("exited");
     assert!(status.success(), "exit 0 after SIGTERM: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_player_is_dropped_after_the_configured_close_timeout() {
+    let mut game = start_with("1s", r#"["p1"]"#, &[("MM_GAME__CLOSE_TIMEOUT", "300ms")]);
+    // Never read: the close frame gets no reply, so the server's own deadline applies.
+    let _socket = connect(&game.addr, Some("p1"), Some(SECRET)).await.expect("admitted");
+    let exited = mm_shared::probe::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        game.process.process().exited().is_some()
+    });
+    assert!(exited, "the server exits after its game");
+    let log = game.process.log();
+    // The socket gave up after close_timeout, within the time the end of the game waits.
+    assert!(!log.contains("did not answer the close frame"), "{log}");
+    assert!(log.contains("sockets_closed=1"), "{log}");
 }

@@ -199,31 +199,27 @@ impl Allocator {
                 failures.push(format!("{}: not asked, the deadline passed", candidate.node));
                 break;
             }
+            // Each failure carries its metric label, decided where the failure is known.
             let outcome = if candidate.node == node.id {
-                crate::place::place(node.clone(), place.clone()).await
+                crate::place::place(node.clone(), place.clone()).await.map_err(|err| {
+                    let label = answered_label(&err);
+                    (err, label)
+                })
             } else {
                 let subject = subjects::orchestrator_node_place(&candidate.node);
                 // A little longer than the node's own deadline, so its answer (even "not
                 // ready in time") arrives rather than our timeout.
                 let timeout = remaining + Duration::from_millis(500);
-                mm_shared::nats::request_json(&self.nats, &subject, &place, timeout).await.map_err(|err| {
-                    match err {
-                        RequestError::Service { code, message, .. } => ServiceError::new(code, message),
-                        RequestError::NoResponders { .. } => {
-                            ServiceError::unavailable(format!("{}: not answering (stopped?)", candidate.node))
-                        }
-                        other => ServiceError::unavailable(format!("{}: {other}", candidate.node)),
-                    }
-                })
+                mm_shared::nats::request_json(&self.nats, &subject, &place, timeout)
+                    .await
+                    .map_err(|err| place_failure(&candidate.node, err))
             };
             let attempt = match &outcome {
                 Ok(_) => "placed",
-                Err(err) if err.code == 409 => "refused",
-                Err(err) if err.message.contains("not answering") => "unreachable",
-                Err(_) => "failed",
+                Err((_, label)) => *label,
             };
             metrics::counter!("mm_orchestrator_place_attempts_total", "outcome" => attempt).increment(1);
-            match outcome {
+            match outcome.map_err(|(err, _)| err) {
                 Ok(reply) => return Ok((reply, "placed")),
                 Err(err) if err.code == 400 => return Err((err, "bad_request")),
                 Err(err) => {
@@ -284,6 +280,28 @@ impl Allocator {
     }
 }
 
+/// The place-attempt label of a node's own answer: `refused` when it had filled up
+/// meanwhile (409), `failed` otherwise.
+fn answered_label(err: &ServiceError) -> &'static str {
+    if err.code == 409 { "refused" } else { "failed" }
+}
+
+/// A failed place request to node `node`, as the error to report and its place-attempt
+/// label: `unreachable` only when nothing answers on the node's subject.
+fn place_failure(node: &str, err: RequestError) -> (ServiceError, &'static str) {
+    match err {
+        RequestError::Service { code, message, .. } => {
+            let err = ServiceError::new(code, message);
+            let label = answered_label(&err);
+            (err, label)
+        }
+        RequestError::NoResponders { .. } => {
+            (ServiceError::unavailable(format!("{node}: not answering (stopped?)")), "unreachable")
+        }
+        other => (ServiceError::unavailable(format!("{node}: {other}")), "failed"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +313,25 @@ mod tests {
         assert_ne!(a, game_id_for("match-2"));
         assert_eq!(a.len(), 25);
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn place_failures_are_labelled_by_kind_not_by_text() {
+        let subject = "orchestrator.node.b.place".to_owned();
+        let service = |code: u16, message: &str| RequestError::Service {
+            subject: subject.clone(),
+            code,
+            message: message.to_owned(),
+        };
+        let (err, label) = place_failure("b", RequestError::NoResponders { subject: subject.clone() });
+        assert_eq!((err.code, label), (503, "unreachable"));
+        assert!(err.message.starts_with("b: "), "{}", err.message);
+        // A driver error that happens to say "not answering" is the node's answer: failed.
+        let podman = service(503, "Podman at /run/podman.sock is not answering: connection refused");
+        assert_eq!(place_failure("b", podman).1, "failed");
+        assert_eq!(place_failure("b", service(409, "node b is full")).1, "refused");
+        let timeout = RequestError::Timeout { subject, timeout: Duration::from_secs(1) };
+        assert_eq!(place_failure("b", timeout).1, "failed");
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub struct OrchestratorSection {
     /// How often this node rewrites its KV entry.
     #[serde(with = "mm_shared::duration")]
     pub heartbeat_interval: Duration,
-    /// A node whose heartbeat is older than this is down and gets no new servers.
+    /// A node whose heartbeat is older than this is down and gets no new servers. At
+    /// least twice `heartbeat_interval`.
     #[serde(with = "mm_shared::duration")]
     pub node_timeout: Duration,
     /// The longest an allocation may take, request to ready, over every node tried.
@@ -101,7 +102,7 @@ pub struct OrchestratorSection {
     /// adopted or removed by the next start.
     #[serde(with = "mm_shared::duration")]
     pub shutdown_timeout: Duration,
-    /// Timeout of each call to the Podman API.
+    /// Timeout of each call to the Podman API, and of each periodic driver health check.
     #[serde(with = "mm_shared::duration")]
     pub driver_timeout: Duration,
     pub capacity: CapacitySection,
@@ -136,6 +137,35 @@ impl Default for OrchestratorSection {
             podman: PodmanSection::default(),
             process: ProcessSection::default(),
         }
+    }
+}
+
+impl OrchestratorSection {
+    /// Checks the relations between timings that serde cannot: a zero interval would
+    /// panic the heartbeat task, and a node timeout no longer than two heartbeats would
+    /// have healthy nodes counted down between beats. The error names the config key.
+    pub fn validate(&self) -> Result<(), String> {
+        let format = mm_shared::duration::format;
+        for (key, value) in [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("node_timeout", self.node_timeout),
+            ("allocate_timeout", self.allocate_timeout),
+            ("driver_timeout", self.driver_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("config key `orchestrator.{key}` must be above zero"));
+            }
+        }
+        if self.node_timeout < self.heartbeat_interval * 2 {
+            return Err(format!(
+                "config key `orchestrator.node_timeout` ({}) must be at least twice \
+                 `orchestrator.heartbeat_interval` ({}), or live nodes would be taken for down \
+                 between two heartbeats",
+                format(self.node_timeout),
+                format(self.heartbeat_interval)
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -371,6 +401,25 @@ mod tests {
         }
         let toml = toml::to_string(&OrchestratorSection::default()).expect("serializes");
         assert!(toml.contains("port_range = \"20000-32000\""), "{toml}");
+    }
+
+    #[test]
+    fn timings_are_checked() {
+        OrchestratorSection::default().validate().expect("the defaults are valid");
+        let with = |heartbeat: u64, timeout: u64| OrchestratorSection {
+            heartbeat_interval: Duration::from_millis(heartbeat),
+            node_timeout: Duration::from_millis(timeout),
+            ..OrchestratorSection::default()
+        };
+        with(200, 2000).validate().expect("the tests' timings are valid");
+        let zero = with(0, 5000).validate().expect_err("a zero heartbeat interval");
+        assert!(zero.contains("`orchestrator.heartbeat_interval`"), "{zero}");
+        for (heartbeat, timeout) in [(1000, 1000), (1000, 500), (1000, 1999)] {
+            let err = with(heartbeat, timeout).validate().expect_err("a node timeout too short");
+            assert!(err.contains("`orchestrator.node_timeout`"), "{err}");
+        }
+        let zero = OrchestratorSection { driver_timeout: Duration::ZERO, ..OrchestratorSection::default() };
+        assert!(zero.validate().expect_err("zero").contains("`orchestrator.driver_timeout`"));
     }
 
     #[test]

@@ -69,6 +69,7 @@ fn main() -> ExitCode {
 async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     raise_open_files_limit();
     let config = service.config.orchestrator.clone();
+    config.validate().map_err(anyhow::Error::msg)?;
     let node_id = config::node_id(&config.node).map_err(anyhow::Error::msg)?;
     instrument::describe();
     instrument::init_states(&node_id);
@@ -115,6 +116,7 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     });
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(node.clone().heartbeat(heartbeat_stop.clone()));
+    tokio::spawn(node.clone().watch_driver(heartbeat_stop.clone()));
     let janitor = node.clone();
     let janitor_stop = background.clone();
     tokio::spawn(async move { janitor.store.janitor(janitor_stop).await });

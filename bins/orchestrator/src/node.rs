@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use mm_shared::protocol::{NodeEntry, now_ms};
 use tokio::sync::{Notify, mpsc};
@@ -205,34 +204,14 @@ impl Node {
         lock(&self.runners).len()
     }
 
-    /// Rewrites this node's KV entry every heartbeat interval and whenever its books
-    /// change; checks the driver on every interval. Returns at `shutdown`.
+    /// Rewrites this node's KV entry every heartbeat interval and whenever its books or
+    /// its driver's health change. Returns at `shutdown`.
     pub async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
         let mut interval = tokio::time::interval(self.config.heartbeat_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut healthy_before = None;
         loop {
             tokio::select! {
-                _ = interval.tick() => {
-                    let health = match tokio::time::timeout(Duration::from_secs(3), self.driver.check()).await {
-                        Ok(Ok(status)) => DriverHealth { healthy: true, status },
-                        Ok(Err(err)) => DriverHealth { healthy: false, status: err.to_string() },
-                        Err(_) => DriverHealth { healthy: false, status: "the driver check did not answer within 3s".to_owned() },
-                    };
-                    if healthy_before != Some(health.healthy) {
-                        if health.healthy {
-                            tracing::info!(driver = self.driver.name(), "driver healthy: {}", health.status);
-                        } else {
-                            tracing::warn!(driver = self.driver.name(), "driver unhealthy: {}", health.status);
-                        }
-                        healthy_before = Some(health.healthy);
-                    }
-                    metrics::gauge!("mm_orchestrator_driver_healthy", "driver" => self.driver.name())
-                        .set(if health.healthy { 1.0 } else { 0.0 });
-                    if !self.draining.load(Ordering::Relaxed) {
-                        *lock(&self.health) = health;
-                    }
-                }
+                _ = interval.tick() => {}
                 () = self.changed.notified() => {}
                 () = shutdown.cancelled() => return,
             }
@@ -251,9 +230,158 @@ impl Node {
             }
         }
     }
+
+    /// Checks the driver every heartbeat interval, each check bounded by
+    /// `driver_timeout`. It runs apart from [`Node::heartbeat`], so a slow driver (a busy
+    /// Podman) never holds a heartbeat up; a change of health is published at once.
+    /// Returns at `shutdown`.
+    pub async fn watch_driver(self: Arc<Self>, shutdown: CancellationToken) {
+        let timeout = self.config.driver_timeout;
+        let mut interval = tokio::time::interval(self.config.heartbeat_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut healthy_before = None;
+        loop {
+            let check = async {
+                interval.tick().await;
+                tokio::time::timeout(timeout, self.driver.check()).await
+            };
+            let checked = tokio::select! {
+                checked = check => checked,
+                () = shutdown.cancelled() => return,
+            };
+            let health = match checked {
+                Ok(Ok(status)) => DriverHealth { healthy: true, status },
+                Ok(Err(err)) => DriverHealth { healthy: false, status: err.to_string() },
+                Err(_) => DriverHealth {
+                    healthy: false,
+                    status: format!(
+                        "the driver check did not answer within {} (orchestrator.driver_timeout)",
+                        mm_shared::duration::format(timeout)
+                    ),
+                },
+            };
+            if healthy_before != Some(health.healthy) {
+                if health.healthy {
+                    tracing::info!(driver = self.driver.name(), "driver healthy: {}", health.status);
+                } else {
+                    tracing::warn!(driver = self.driver.name(), "driver unhealthy: {}", health.status);
+                }
+                healthy_before = Some(health.healthy);
+            }
+            metrics::gauge!("mm_orchestrator_driver_healthy", "driver" => self.driver.name())
+                .set(if health.healthy { 1.0 } else { 0.0 });
+            let changed = {
+                let mut current = lock(&self.health);
+                // A draining node stays unhealthy whatever its driver says.
+                let changed = !self.draining.load(Ordering::Relaxed)
+                    && (current.healthy != health.healthy || current.status != health.status);
+                if changed {
+                    *current = health;
+                }
+                changed
+            };
+            if changed {
+                self.changed.notify_one();
+            }
+        }
+    }
 }
 
 /// Is `port` free on `ip` (nothing else on the host has bound it)?
 fn port_is_free(ip: IpAddr, port: u16) -> bool {
     TcpListener::bind((ip, port)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+
+    use futures_util::FutureExt;
+    use futures_util::future::BoxFuture;
+
+    use super::*;
+    use crate::driver::{DriverResult, Instance, LaunchSpec};
+
+    /// A driver whose health check never answers (a Podman that hangs).
+    struct StalledDriver;
+
+    impl Driver for StalledDriver {
+        fn name(&self) -> &'static str {
+            "stalled"
+        }
+        fn check(&self) -> BoxFuture<'_, DriverResult<String>> {
+            std::future::pending().boxed()
+        }
+        fn start<'a>(&'a self, _: &'a LaunchSpec) -> BoxFuture<'a, DriverResult<String>> {
+            std::future::pending().boxed()
+        }
+        fn stop<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, DriverResult<()>> {
+            async { Ok(()) }.boxed()
+        }
+        fn remove<'a>(&'a self, _: &'a str) -> BoxFuture<'a, DriverResult<()>> {
+            async { Ok(()) }.boxed()
+        }
+        fn exit_code<'a>(&'a self, _: &'a str) -> BoxFuture<'a, DriverResult<Option<i64>>> {
+            async { Ok(None) }.boxed()
+        }
+        fn logs_tail<'a>(&'a self, _: &'a str) -> BoxFuture<'a, String> {
+            async { String::new() }.boxed()
+        }
+        fn list<'a>(&'a self, _: &'a str) -> BoxFuture<'a, DriverResult<Vec<Instance>>> {
+            async { Ok(Vec::new()) }.boxed()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_hanging_driver_check_does_not_hold_the_heartbeat_up() {
+        let nats = mm_testkit::NatsServer::start().expect("nats-server");
+        let client = async_nats::connect(nats.url()).await.expect("connects");
+        let store = Store::open(client).await.expect("opens the buckets");
+        let config = OrchestratorSection {
+            heartbeat_interval: Duration::from_millis(100),
+            driver_timeout: Duration::from_secs(2),
+            ..OrchestratorSection::default()
+        };
+        let healthy = DriverHealth { healthy: true, status: "fine at start".to_owned() };
+        let node = Arc::new(Node::new("n1".to_owned(), config, Box::new(StalledDriver), store, healthy));
+        let stop = CancellationToken::new();
+        let started = Instant::now();
+        tokio::spawn(node.clone().heartbeat(stop.clone()));
+        tokio::spawn(node.clone().watch_driver(stop.clone()));
+
+        // Heartbeats go on while the check hangs.
+        let mut beats = HashSet::new();
+        while beats.len() < 3 {
+            assert!(
+                started.elapsed() < Duration::from_millis(1500),
+                "heartbeats held up by the driver check"
+            );
+            if let Ok(Some(entry)) = node.store.nodes().get("n1").await
+                && let Ok(entry) = serde_json::from_slice::<NodeEntry>(&entry)
+            {
+                assert!(entry.driver_healthy, "not yet past driver_timeout");
+                beats.insert(entry.heartbeat_at);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // After driver_timeout, the check's failure is published.
+        loop {
+            assert!(started.elapsed() < Duration::from_secs(5), "the hung check is never reported");
+            if let Ok(Some(entry)) = node.store.nodes().get("n1").await
+                && let Ok(entry) = serde_json::from_slice::<NodeEntry>(&entry)
+                && !entry.driver_healthy
+            {
+                assert!(
+                    entry.driver_status.contains("orchestrator.driver_timeout"),
+                    "{}",
+                    entry.driver_status
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(started.elapsed() >= Duration::from_secs(2));
+        stop.cancel();
+    }
 }

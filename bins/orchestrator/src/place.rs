@@ -84,7 +84,7 @@ async fn place_inner(node: &Arc<Node>, request: PlaceRequest) -> Result<Allocate
         });
     }
     let (ready_tx, ready_rx) = oneshot::channel();
-    let control = crate::runner::spawn(node, entry.clone(), ready_tx);
+    let control = crate::runner::spawn(node, entry.clone(), holding.port, ready_tx);
     let wait = Duration::from_millis(request.deadline.saturating_sub(now_ms()));
     match tokio::time::timeout(wait, ready_rx).await {
         Ok(Ok(Ok(address))) => Ok(AllocateReply {

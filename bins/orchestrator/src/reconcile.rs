@@ -137,6 +137,8 @@ pub async fn reconcile(node: &Arc<Node>) -> anyhow::Result<Report> {
 }
 
 fn adopt(node: &Arc<Node>, entry: &ServerEntry, instance: &Instance) -> Result<(), String> {
+    // The entry's address is the only record of an adopted server's port: the node's
+    // books are rebuilt from it here.
     let port = entry
         .address
         .rsplit_once(':')
@@ -150,6 +152,6 @@ fn adopt(node: &Arc<Node>, entry: &ServerEntry, instance: &Instance) -> Result<(
     node.adopt(&entry.game_id, Holding { resources, port }).map_err(|err| err.to_string())?;
     let mut entry = entry.clone();
     entry.handle = instance.handle.clone();
-    crate::runner::spawn_adopted(node, entry, instance.handle.clone());
+    crate::runner::spawn_adopted(node, entry, port, instance.handle.clone());
     Ok(())
 }

@@ -61,6 +61,9 @@ enum Attempt {
 struct Runner {
     node: Arc<Node>,
     entry: ServerEntry,
+    /// The host port the server is published on: the node's books hold it, and
+    /// `entry.address` is this port on the advertised address.
+    port: u16,
     control: mpsc::UnboundedReceiver<Control>,
     /// The running attempt's driver handle.
     handle: Option<String>,
@@ -70,28 +73,39 @@ struct Runner {
     counted: Option<ServerState>,
 }
 
-/// Starts the runner of a newly placed server (its `pending` entry is already in KV).
-pub fn spawn(node: &Arc<Node>, entry: ServerEntry, ready: ReadySender) -> mpsc::UnboundedSender<Control> {
+/// Starts the runner of a newly placed server (its `pending` entry is already in KV) on
+/// the host port the node reserved for it.
+pub fn spawn(
+    node: &Arc<Node>,
+    entry: ServerEntry,
+    port: u16,
+    ready: ReadySender,
+) -> mpsc::UnboundedSender<Control> {
     let (tx, rx) = mpsc::unbounded_channel();
     let id = node.register(&entry.game_id, tx.clone());
-    let runner = Runner::new(node.clone(), entry, rx);
+    let runner = Runner::new(node.clone(), entry, port, rx);
     node.tasks.spawn(runner.run(id, Some(ready), None));
     tx
 }
 
-/// Starts the runner of a server found running at start-up.
-pub fn spawn_adopted(node: &Arc<Node>, entry: ServerEntry, handle: String) {
+/// Starts the runner of a server found running at start-up on host port `port`.
+pub fn spawn_adopted(node: &Arc<Node>, entry: ServerEntry, port: u16, handle: String) {
     let (tx, rx) = mpsc::unbounded_channel();
     let id = node.register(&entry.game_id, tx);
-    let runner = Runner::new(node.clone(), entry, rx);
+    let runner = Runner::new(node.clone(), entry, port, rx);
     node.tasks.spawn(runner.run(id, None, Some(handle)));
 }
 
 impl Runner {
-    fn new(node: Arc<Node>, entry: ServerEntry, control: mpsc::UnboundedReceiver<Control>) -> Self {
+    fn new(
+        node: Arc<Node>,
+        entry: ServerEntry,
+        port: u16,
+        control: mpsc::UnboundedReceiver<Control>,
+    ) -> Self {
         let counted = Some(entry.state);
         crate::instrument::transition(&node.id, None, counted);
-        Self { node, entry, control, handle: None, restarts: VecDeque::new(), counted }
+        Self { node, entry, port, control, handle: None, restarts: VecDeque::new(), counted }
     }
 
     async fn run(mut self, runner_id: u64, ready: Option<ReadySender>, adopted: Option<String>) {
@@ -149,6 +163,7 @@ impl Runner {
                         )));
                     };
                     tracing::info!(game_id = %self.entry.game_id, port, new_port, "port taken on the host; trying another");
+                    self.port = new_port;
                     self.entry.address = self.node.address(new_port);
                 }
                 Err(Attempt::PortTaken(port)) => {
@@ -180,6 +195,9 @@ impl Runner {
         let started = Instant::now();
         let deadline = started + node.config.game.start_timeout;
         loop {
+            // Probed at the advertised address, the one the gateway dials: it must work
+            // from where this node runs, which under compose is a container of its own,
+            // where neither `host_ip` nor loopback is the host.
             if healthz(&self.entry.address).await {
                 metrics::histogram!("mm_orchestrator_server_ready_duration_seconds", "driver" => driver_name)
                     .record(started.elapsed().as_secs_f64());
@@ -206,7 +224,7 @@ impl Runner {
                         self.remove_instance().await;
                         // Another program bound the port between our check and its start.
                         if logs.contains("Address already in use") {
-                            return Err(Attempt::PortTaken(self.spec().port));
+                            return Err(Attempt::PortTaken(self.port));
                         }
                         return Err(Attempt::Failed(format!(
                             "the game server exited ({}) before it was ready{}",
@@ -382,8 +400,6 @@ impl Runner {
     }
 
     fn spec(&self) -> LaunchSpec {
-        let port =
-            self.entry.address.rsplit_once(':').and_then(|(_, port)| port.parse().ok()).unwrap_or_default();
         LaunchSpec {
             game_id: self.entry.game_id.clone(),
             match_id: self.entry.match_id.clone(),
@@ -391,7 +407,7 @@ impl Runner {
             player_ids: self.entry.player_ids.clone(),
             secret: self.entry.secret.clone(),
             host_ip: self.node.config.host_ip,
-            port,
+            port: self.port,
             ends_at: self.entry.ends_at,
             cpu_millicores: self.entry.resources.cpu_millicores,
             memory_mb: self.entry.resources.memory_mb,

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 const KV_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a delete marker stays before the janitor purges it.
 const MARKER_AGE: Duration = Duration::from_secs(30);
+/// How often the janitor looks for markers to purge.
+const JANITOR_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a dead node's entry stays in `nodes` (live nodes rewrite theirs every second).
 const NODES_MAX_AGE: Duration = Duration::from_secs(3600);
 
@@ -36,7 +38,6 @@ pub enum StoreError {
 }
 
 pub struct Store {
-    js: jetstream::Context,
     servers: kv::Store,
     nodes: kv::Store,
     /// Keys deleted from `servers`, oldest first, for the janitor.
@@ -69,7 +70,7 @@ impl Store {
             },
         )
         .await?;
-        Ok(Self { js, servers, nodes, deleted: Mutex::new(VecDeque::new()) })
+        Ok(Self { servers, nodes, deleted: Mutex::new(VecDeque::new()) })
     }
 
     /// The `nodes` bucket, for watching.
@@ -143,44 +144,54 @@ impl Store {
     /// Purges delete markers of `servers` older than [`MARKER_AGE`], every few seconds,
     /// until `shutdown`.
     pub async fn janitor(&self, shutdown: CancellationToken) {
-        let stream_name = format!("KV_{}", buckets::SERVERS);
         loop {
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                () = tokio::time::sleep(JANITOR_INTERVAL) => {}
                 () = shutdown.cancelled() => return,
             }
-            let due: Vec<String> = {
-                let mut deleted = self.deleted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let mut due = Vec::new();
-                while deleted.front().is_some_and(|(_, at)| at.elapsed() >= MARKER_AGE) {
-                    if let Some((key, _)) = deleted.pop_front() {
-                        due.push(key);
-                    }
-                }
-                due
-            };
-            if due.is_empty() {
+            self.purge_markers(MARKER_AGE).await;
+        }
+    }
+
+    /// One janitor pass: purges the delete markers of keys deleted at least `age` ago.
+    /// A key whose purge fails goes back in the queue (with the keys after it), so a
+    /// JetStream hiccup delays its marker's purge rather than leaving it for good.
+    /// Returns how many keys are still waiting.
+    async fn purge_markers(&self, age: Duration) -> usize {
+        let mut due: VecDeque<(String, Instant)> = {
+            let mut deleted = self.deleted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let count = deleted.iter().take_while(|(_, at)| at.elapsed() >= age).count();
+            deleted.drain(..count).collect()
+        };
+        while let Some((key, deleted_at)) = due.pop_front() {
+            // Only a marker is purged: a key that was written again meanwhile (a new
+            // game for the same match) keeps its entry.
+            if let Ok(Ok(Some(entry))) =
+                tokio::time::timeout(KV_TIMEOUT, self.servers.entry(key.as_str())).await
+                && entry.operation == kv::Operation::Put
+            {
                 continue;
             }
-            let Ok(Ok(stream)) = tokio::time::timeout(KV_TIMEOUT, self.js.get_stream(&stream_name)).await
-            else {
-                continue;
-            };
-            for key in due {
-                let subject = format!("$KV.{}.{key}", buckets::SERVERS);
-                // Only a marker is purged: a key that was written again meanwhile (a new
-                // game for the same match) keeps its entry.
-                if let Ok(Ok(Some(entry))) =
-                    tokio::time::timeout(KV_TIMEOUT, self.servers.entry(key.as_str())).await
-                    && entry.operation == kv::Operation::Put
-                {
-                    continue;
+            // The bucket's stream handle came with the bucket: nothing to look up here.
+            let subject = format!("{}{key}", self.servers.prefix);
+            let failure =
+                match tokio::time::timeout(KV_TIMEOUT, self.servers.stream.purge().filter(subject)).await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(err)) => Some(err.to_string()),
+                    Err(_) => Some(format!("no answer within {}", mm_shared::duration::format(KV_TIMEOUT))),
+                };
+            if let Some(failure) = failure {
+                tracing::debug!(%key, "purging a delete marker, will try again: {failure}");
+                due.push_front((key, deleted_at));
+                let mut deleted = self.deleted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                // Oldest first: the ones taken out go back in front of newer deletions.
+                while let Some(item) = due.pop_back() {
+                    deleted.push_front(item);
                 }
-                if let Err(err) = tokio::time::timeout(KV_TIMEOUT, stream.purge().filter(subject)).await {
-                    tracing::debug!(%key, "purging a delete marker: {err}");
-                }
+                break;
             }
         }
+        self.deleted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
     }
 }
 
@@ -214,5 +225,40 @@ async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::R
             )),
             Err(_) => Err(anyhow::anyhow!("KV bucket `{name}` did not answer within {KV_TIMEOUT:?}")),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn messages(store: &Store) -> u64 {
+        store.servers.stream.get_info().await.expect("stream info").state.messages
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn markers_are_purged_and_a_failed_purge_is_tried_again() {
+        let mut nats = mm_testkit::NatsServer::start().expect("nats-server");
+        let client = async_nats::connect(nats.url()).await.expect("connects");
+        let store = Store::open(client).await.expect("opens the buckets");
+        for game_id in ["g1", "g2"] {
+            let entry = ServerEntry { game_id: game_id.to_owned(), ..ServerEntry::default() };
+            store.create_server(&entry).await.expect("created");
+            store.delete_server(game_id).await.expect("deleted");
+        }
+        assert_eq!(messages(&store).await, 2, "two delete markers");
+        assert_eq!(store.purge_markers(Duration::from_secs(3600)).await, 2, "none is due yet");
+        assert_eq!(messages(&store).await, 2);
+        assert_eq!(store.purge_markers(Duration::ZERO).await, 0, "both purged");
+        assert_eq!(messages(&store).await, 0);
+
+        // With JetStream gone, a due key stays queued for the next pass.
+        store
+            .create_server(&ServerEntry { game_id: "g3".to_owned(), ..ServerEntry::default() })
+            .await
+            .expect("created");
+        store.delete_server("g3").await.expect("deleted");
+        nats.process().stop_with(libc::SIGTERM, Duration::from_secs(5));
+        assert_eq!(store.purge_markers(Duration::ZERO).await, 1, "g3 waits for another try");
     }
 }
