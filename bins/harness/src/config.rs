@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mm_shared::config::{LogConfig, NatsConfig};
-use mm_shared::protocol::addresses;
+use mm_shared::protocol::{HARNESS_MAX_RATE, addresses, limits};
 use mm_shared::service::ServiceConfig;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -55,7 +55,7 @@ pub struct HarnessSection {
     pub admin_listen: SocketAddr,
     /// Players to keep alive, unless a fleet target divides one among the instances.
     pub players: u64,
-    /// How long the run lasts.
+    /// How long the run lasts (at most a year).
     #[serde(with = "mm_shared::duration")]
     pub duration: Duration,
     /// Gateway base URL (`http://host:port`).
@@ -76,7 +76,7 @@ pub struct HarnessSection {
     #[serde(with = "mm_shared::duration")]
     pub tick: Duration,
     /// At the end of the run, how long scenarios still running may take to finish
-    /// before they are aborted.
+    /// before they are aborted (at most 1h).
     #[serde(with = "mm_shared::duration")]
     pub drain: Duration,
     /// Fail the run (exit 1) when failed / finished scenarios exceeds this (0.0..=1.0).
@@ -204,8 +204,9 @@ impl Rate {
     pub fn count_per(count: f64, period: Duration) -> Option<Rate> {
         let nanos = count * NANOS_PER_EXECUTION as f64;
         let period_ns = duration_ns(period);
-        // NaN fails `contains` too. A million executions per second and player is plenty.
-        if !(0.0..=1e15).contains(&nanos) || period_ns == 0 {
+        // NaN fails `contains` too. A million executions per period and player is plenty
+        // (the same bound `HarnessControl::check` puts on a per-second rate).
+        if !(0.0..=HARNESS_MAX_RATE).contains(&count) || period_ns == 0 {
             return None;
         }
         Some(Rate { nanos: nanos.round() as u64, period_ns })
@@ -405,7 +406,7 @@ pub struct MatchmakingSection {
     /// Give up (and cancel the ticket) when not matched within this.
     #[serde(with = "mm_shared::duration")]
     pub timeout: Duration,
-    /// How long each status long-poll may wait (`waitMs`).
+    /// How long each status long-poll may wait (`waitMs`); at most 60s.
     #[serde(with = "mm_shared::duration")]
     pub poll_wait: Duration,
     /// Least time between two status requests, in case the gateway answers at once.
@@ -497,6 +498,15 @@ mod optional_duration {
     }
 }
 
+/// Longest run (`harness.duration`): a year. Far beyond any real run, and far from the
+/// overflow of a clock instant.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest `harness.drain`.
+pub const MAX_DRAIN: Duration = Duration::from_secs(3600);
+/// Longest `harness.matchmaking.poll_wait`: the top of the HTTP histogram buckets
+/// (`mm_shared::telemetry::buckets::HTTP`), so a long poll never lands in `+Inf`.
+pub const MAX_POLL_WAIT: Duration = Duration::from_secs(60);
+
 /// A relation between config values that does not hold; names the keys.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration:\n{}", problems.join("\n"))]
@@ -522,6 +532,18 @@ impl HarnessSection {
         positive("in_game.echo_timeout", self.in_game.echo_timeout);
         positive("fleet.heartbeat", self.fleet.heartbeat);
         positive("fleet.stats_interval", self.fleet.stats_interval);
+        let mut at_most = |key: &str, value: Duration, max: Duration| {
+            if value > max {
+                problems.push(format!(
+                    "  config key `harness.{key}`: {} is more than the most allowed, {}",
+                    mm_shared::duration::format(value),
+                    mm_shared::duration::format(max)
+                ));
+            }
+        };
+        at_most("duration", self.duration, MAX_DURATION);
+        at_most("drain", self.drain, MAX_DRAIN);
+        at_most("matchmaking.poll_wait", self.matchmaking.poll_wait, MAX_POLL_WAIT);
         if self.tick > Duration::from_secs(10) {
             problems.push("  config key `harness.tick`: at most 10s (rates need frequent ticks)".to_owned());
         }
@@ -554,10 +576,10 @@ impl HarnessSection {
             problems.push(format!("  config key `harness.gateway`: {reason}"));
         }
         if let Some(instance) = &self.instance
-            && !valid_instance_id(instance)
+            && let Err(reason) = limits::check_token("instance id", instance)
         {
             problems.push(format!(
-                "  config key `harness.instance`: `{instance}` must be 1-64 letters, digits, `-` or `_`"
+                "  config key `harness.instance`: {reason} (1-64 letters, digits, `-` or `_`)"
             ));
         }
         if problems.is_empty() { Ok(()) } else { Err(ValidationError { problems }) }
@@ -570,11 +592,6 @@ impl HarnessSection {
             .map(|next| next.iter().map(|(next, chance)| (*next, chance.0)).collect())
             .unwrap_or_default()
     }
-}
-
-/// Is `id` usable as an instance id: a KV key and a subject token without dots?
-pub fn valid_instance_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -658,6 +675,27 @@ mod tests {
         ] {
             assert!(problems.contains(&format!("`{key}`")), "{key} missing in:\n{problems}");
         }
+    }
+
+    #[test]
+    fn durations_that_would_overflow_a_clock_are_refused() {
+        let config = load("[harness]\nduration = \"3000000000000000h\"\ndrain = \"3000000000000000h\"\n")
+            .expect("each value parses");
+        let problems = config.harness.validate().expect_err("too long").to_string();
+        for key in ["harness.duration", "harness.drain"] {
+            assert!(problems.contains(&format!("`{key}`")), "{key} missing in:\n{problems}");
+        }
+        let config = load("[harness]\nduration = \"8760h\"\ndrain = \"1h\"\n").expect("loads");
+        config.harness.validate().expect("a year's run and an hour's drain are fine");
+    }
+
+    #[test]
+    fn a_long_poll_fits_the_http_histogram() {
+        let top = mm_shared::telemetry::buckets::HTTP.last().copied().unwrap_or_default();
+        assert!(MAX_POLL_WAIT.as_secs_f64() <= top, "poll_wait may exceed the top bucket {top}");
+        let config = load("[harness.matchmaking]\npoll_wait = \"2m\"\n").expect("loads");
+        let problems = config.harness.validate().expect_err("too long").to_string();
+        assert!(problems.contains("`harness.matchmaking.poll_wait`"), "{problems}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::kv::{Config as KvConfig, Operation, Store};
+use async_nats::jetstream::kv::{Config as KvConfig, Entry, Operation, Store, Watch, WatcherError};
 use futures_util::StreamExt;
 use mm_shared::protocol::{HarnessControl, HarnessInstance, HarnessStats, buckets, subjects};
 use tokio::sync::watch;
@@ -64,8 +64,6 @@ pub enum JoinError {
     Bucket { bucket: &'static str, reason: String },
     #[error("cannot subscribe to {subject}: {reason}")]
     Subscribe { subject: &'static str, reason: String },
-    #[error("cannot watch the KV bucket `{bucket}`: {reason}")]
-    Watch { bucket: &'static str, reason: String },
 }
 
 /// This instance's share of `fleet_target` among `members` (sorted ids, itself included).
@@ -90,18 +88,10 @@ pub fn rates_with(configured: Rates, control: &HarnessControl) -> [Rate; SCENARI
     rates
 }
 
-/// Checks a control message before anything of it is applied.
+/// Checks a control message before anything of it is applied (the same check `mmctl
+/// fleet` makes before it sends one).
 pub fn check_control(control: &HarnessControl) -> Result<(), String> {
-    for (name, rate) in control.rates.iter().flatten() {
-        if Scenario::from_name(name).is_none() {
-            let known: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
-            return Err(format!("unknown scenario `{name}` in rates (known: {})", known.join(", ")));
-        }
-        if Rate::per_second(*rate).is_none() {
-            return Err(format!("rate of `{name}` is {rate}: must be a number of at least 0"));
-        }
-    }
-    Ok(())
+    control.check()
 }
 
 /// What the fleet loop needs to know about this instance.
@@ -144,6 +134,8 @@ pub struct Fleet {
     others: BTreeMap<String, Instant>,
     /// Whether the last heartbeat failed (log the change, not every failure).
     heartbeat_failing: bool,
+    /// Whether the last attempt to watch the bucket failed (same).
+    watch_failing: bool,
 }
 
 impl Fleet {
@@ -186,6 +178,7 @@ impl Fleet {
             control,
             others: BTreeMap::new(),
             heartbeat_failing: false,
+            watch_failing: false,
         };
         fleet.recompute();
         fleet.heartbeat().await;
@@ -193,12 +186,13 @@ impl Fleet {
     }
 
     /// Follows the fleet until `stop`, then leaves (deletes this instance's entry).
-    pub async fn run(mut self, stop: CancellationToken) -> Result<(), JoinError> {
-        let mut watch = self
-            .kv
-            .watch_with_history(">")
-            .await
-            .map_err(|err| JoinError::Watch { bucket: buckets::HARNESS, reason: err.to_string() })?;
+    ///
+    /// Losing the bucket watch (it cannot start, or it ends) does not end the loop: the
+    /// instance keeps heartbeating, so the others still count it, and after each
+    /// heartbeat it tries to watch again (for at most a heartbeat period, so a server
+    /// that never answers delays the next heartbeat by no more than that).
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut watch = self.watch().await;
         let mut heartbeat = tokio::time::interval(self.context.config.fleet.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -208,25 +202,47 @@ impl Fleet {
                     Some(message) => self.on_control(&message.payload).await,
                     None => break,
                 },
-                entry = watch.next() => match entry {
+                entry = next_entry(&mut watch), if watch.is_some() => match entry {
                     Some(Ok(entry)) => self.on_entry(&entry),
                     Some(Err(err)) => tracing::warn!("watching the harness bucket: {err}"),
                     None => {
-                        tracing::warn!("the harness bucket watch ended; re-watching");
-                        match self.kv.watch_with_history(">").await {
-                            Ok(again) => watch = again,
-                            Err(err) => tracing::warn!("re-watching the harness bucket: {err}"),
-                        }
+                        tracing::warn!("the harness bucket watch ended; watching again on the next heartbeat");
+                        watch = None;
                     }
                 },
                 _ = heartbeat.tick() => {
                     self.expire_stale().await;
                     self.heartbeat().await;
+                    if watch.is_none() {
+                        watch = self.watch().await;
+                    }
                 }
             }
         }
         self.leave().await;
-        Ok(())
+    }
+
+    /// Starts watching the bucket (its history first); `None` when that fails or takes
+    /// longer than a heartbeat period (warned about once, until it works again).
+    async fn watch(&mut self) -> Option<Watch> {
+        let timeout = self.context.config.fleet.heartbeat.min(KV_TIMEOUT);
+        let failure = match tokio::time::timeout(timeout, self.kv.watch_with_history(">")).await {
+            Ok(Ok(watch)) => {
+                if std::mem::take(&mut self.watch_failing) {
+                    tracing::info!("watching the harness bucket again");
+                }
+                return Some(watch);
+            }
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("no answer within {timeout:?}"),
+        };
+        if !std::mem::replace(&mut self.watch_failing, true) {
+            tracing::warn!(
+                "cannot watch the harness bucket: {failure} (trying again after each heartbeat; \
+                 membership changes are missed meanwhile)"
+            );
+        }
+        None
     }
 
     async fn on_control(&mut self, payload: &[u8]) {
@@ -254,7 +270,7 @@ impl Fleet {
         }
     }
 
-    fn on_entry(&mut self, entry: &async_nats::jetstream::kv::Entry) {
+    fn on_entry(&mut self, entry: &Entry) {
         if entry.key == buckets::HARNESS_CONTROL_KEY || entry.key == self.member.instance {
             return;
         }
@@ -413,8 +429,16 @@ impl Fleet {
     }
 }
 
+/// The next entry of the watch; never ready without one (the caller guards on `is_some`).
+async fn next_entry(watch: &mut Option<Watch>) -> Option<Result<Entry, WatcherError>> {
+    match watch {
+        Some(watch) => watch.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How old an entry is by the server's timestamp and this machine's clock.
-fn age_of(entry: &async_nats::jetstream::kv::Entry) -> Duration {
+fn age_of(entry: &Entry) -> Duration {
     let created_ms = entry.created.unix_timestamp_nanos() / 1_000_000;
     let now_ms = i128::from(mm_shared::protocol::now_ms());
     Duration::from_millis(u64::try_from((now_ms - created_ms).max(0)).unwrap_or(u64::MAX))

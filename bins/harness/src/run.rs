@@ -135,11 +135,7 @@ impl Run {
                 let (fleet, publisher) =
                     Fleet::join(nats, member, context.clone(), settings_tx.clone()).await?;
                 let stop = stop_rest.clone();
-                let task = tokio::spawn(async move {
-                    if let Err(err) = fleet.run(stop).await {
-                        tracing::error!("the fleet loop stopped: {err}");
-                    }
-                });
+                let task = tokio::spawn(fleet.run(stop));
                 (Some(task), Some(publisher))
             }
             None => (None, None),
@@ -207,10 +203,18 @@ impl Run {
     }
 
     /// Runs until `duration` has passed since the start or `shutdown` fires.
+    /// A `duration` too long for the clock (validation caps it well below) runs until
+    /// `shutdown`.
     pub async fn run_for(&self, duration: Duration, shutdown: &CancellationToken) {
-        let end = tokio::time::Instant::from_std(self.started + duration);
+        let end = self.started.checked_add(duration).map(tokio::time::Instant::from_std);
+        let elapsed = async {
+            match end {
+                Some(end) => tokio::time::sleep_until(end).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            () = tokio::time::sleep_until(end) => {}
+            () = elapsed => {}
             () = shutdown.cancelled() => tracing::info!("stopping early: the report covers the run so far"),
         }
     }
@@ -220,8 +224,9 @@ impl Run {
         let context = self.context.clone();
         let duration = self.started.elapsed();
         self.stop_dispatch.cancel();
-        let drain = tokio::time::Instant::now() + context.config.drain;
-        while context.stats.players_in(PlayerState::Busy) > 0 && tokio::time::Instant::now() < drain {
+        let drain_start = tokio::time::Instant::now();
+        while context.stats.players_in(PlayerState::Busy) > 0 && drain_start.elapsed() < context.config.drain
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         context.abort.cancel();

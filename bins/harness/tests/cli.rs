@@ -78,3 +78,12 @@ fn a_negative_rate_is_refused_with_its_key() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("`harness.think.min`"), "{stderr}");
 }
+
+#[test]
+fn a_duration_beyond_the_clock_is_refused_not_a_panic() {
+    let output = harness(&["--standalone", "--duration", "3000000000000000h"], &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`harness.duration`"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

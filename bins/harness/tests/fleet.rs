@@ -231,3 +231,36 @@ async fn a_control_message_changes_rates_on_every_instance() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_cannot_watch_the_bucket_keeps_heartbeating() {
+    // This user may do everything but create a consumer on the bucket: joining (open,
+    // put, get) works, watching never does.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        r#"authorization {
+  users = [ { user: plain, password: plain, permissions: {
+    publish: { allow: ">", deny: ["$JS.API.CONSUMER.CREATE.KV_harness", "$JS.API.CONSUMER.CREATE.KV_harness.>"] }
+    subscribe: ">"
+  } } ]
+}
+no_auth_user: plain
+"#,
+    )
+    .expect("config written");
+    let nats = NatsServer::start_with(&["-c", conf.to_str().expect("utf-8 path")]).expect("nats-server");
+    let mut blind = harness(&nats, "blind", 1);
+    let fleet = Observer::connect(&nats).await;
+    // Well past the first failed watch (a heartbeat period here; the client's own
+    // request timeout is 5 s) and past `stale_after` (1.5 s).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // By key: listing keys takes a consumer, which this user may not create either.
+    let value = fleet.kv.get("blind").await.expect("kv get").expect("registered");
+    let entry: HarnessInstance = serde_json::from_slice(&value).expect("an instance entry");
+    let age = mm_shared::protocol::now_ms().saturating_sub(entry.heartbeat_at);
+    assert!(age < 1500, "the heartbeat stopped {age} ms ago:\n{}", blind.log());
+    assert!(blind.process().exited().is_none(), "the harness died:\n{}", blind.log());
+    assert!(blind.log().contains("cannot watch the harness bucket"), "{}", blind.log());
+}

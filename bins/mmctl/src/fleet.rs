@@ -11,6 +11,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind, KeyValueError, KeyValueErrorKind};
 use futures_util::StreamExt;
 use mm_shared::protocol::{
     HARNESS_SCENARIOS, HarnessControl, HarnessInstance, HarnessScenarioStats, HarnessStats, HistogramData,
@@ -59,8 +61,17 @@ pub fn control_from(args: &FleetArgs) -> anyhow::Result<Option<HarnessControl>> 
     Ok((control != HarnessControl::default()).then_some(control))
 }
 
+/// Exit code of a control message the harness would refuse (nothing is sent).
+const REFUSED: u8 = 2;
+
 pub fn run(args: FleetArgs) -> anyhow::Result<ExitCode> {
     let control = control_from(&args)?;
+    // Every harness instance refuses such a message whole: refuse it here instead of
+    // printing "sent" for a change nobody applies.
+    if let Some(Err(reason)) = control.as_ref().map(HarnessControl::check) {
+        eprintln!("mmctl: error: not sending harness.control: {reason}");
+        return Ok(ExitCode::from(REFUSED));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(show(args, control))
 }
@@ -119,12 +130,15 @@ async fn show(args: FleetArgs, control: Option<HarnessControl>) -> anyhow::Resul
     Ok(if fleet.live() > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// Every registered instance and the control state, from the `harness` bucket.
+/// Every registered instance and the control state, from the `harness` bucket. A bucket
+/// that does not exist yet is an empty fleet; any other failure to open it is an error.
 async fn read_bucket(nats: &async_nats::Client) -> anyhow::Result<(Vec<HarnessInstance>, HarnessControl)> {
     let jetstream = async_nats::jetstream::new(nats.clone());
-    let Ok(Ok(kv)) = tokio::time::timeout(NATS_TIMEOUT, jetstream.get_key_value(buckets::HARNESS)).await
-    else {
-        return Ok((Vec::new(), HarnessControl::default()));
+    let kv = match tokio::time::timeout(NATS_TIMEOUT, jetstream.get_key_value(buckets::HARNESS)).await {
+        Ok(Ok(kv)) => kv,
+        Ok(Err(err)) if is_missing_bucket(&err) => return Ok((Vec::new(), HarnessControl::default())),
+        Ok(Err(err)) => bail!("opening the {} bucket: {err}", buckets::HARNESS),
+        Err(_) => bail!("opening the {} bucket: no answer within {NATS_TIMEOUT:?}", buckets::HARNESS),
     };
     let mut keys = match tokio::time::timeout(NATS_TIMEOUT, kv.keys()).await {
         Ok(Ok(keys)) => keys,
@@ -146,6 +160,17 @@ async fn read_bucket(nats: &async_nats::Client) -> anyhow::Result<(Vec<HarnessIn
         }
     }
     Ok((instances, control))
+}
+
+/// Did opening a bucket fail only because its stream does not exist?
+fn is_missing_bucket(err: &KeyValueError) -> bool {
+    err.kind() == KeyValueErrorKind::GetBucket
+        && std::error::Error::source(err)
+            .and_then(|source| source.downcast_ref::<GetStreamError>())
+            .is_some_and(|source| {
+                matches!(source.kind(), GetStreamErrorKind::JetStream(inner)
+                    if inner.error_code() == ErrorCode::STREAM_NOT_FOUND)
+            })
 }
 
 /// Scenario attempts per second between two stats messages of one instance.

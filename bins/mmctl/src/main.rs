@@ -137,12 +137,17 @@ fn main() -> ExitCode {
 /// mmctl supervises a handful of children: one thread is plenty, and spawning every
 /// child from the main thread keeps the kernel's parent-death signal tied to mmctl's
 /// whole life (see `mm_shared::process`).
+///
+/// Blocking work left over at the end (a readiness probe, at most half a second) gets
+/// one second; the runtime does not wait longer for it.
 fn run_async(work: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the tokio runtime")?
-        .block_on(work)
+        .context("starting the tokio runtime")?;
+    let result = runtime.block_on(work);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 /// First SIGINT/SIGTERM/SIGHUP cancels `shutdown`; the second cancels `force`

@@ -18,6 +18,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use mm_shared::nats::{USERS as NATS_USERS, password_env};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -56,9 +57,6 @@ pub struct Stack {
 /// `nats/nats-server.conf`, which `mmctl dev` runs unless `[dev] nats_config` names another.
 const NATS_CONFIG: &str = include_str!("../../../nats/nats-server.conf");
 
-/// The users `nats/nats-server.conf` defines, one per service plus the operator.
-pub const NATS_USERS: [&str; 5] = ["matchmaker", "gateway", "orchestrator", "harness", "operator"];
-
 /// One run's NATS passwords: random, never written to disk, gone when mmctl stops.
 #[derive(Clone)]
 pub struct NatsCredentials {
@@ -81,10 +79,7 @@ impl NatsCredentials {
 
     /// `MM_NATS_<USER>_PASSWORD` for every user: what the config file reads.
     pub fn server_env(&self) -> Vec<(String, String)> {
-        self.passwords
-            .iter()
-            .map(|(user, password)| (format!("MM_NATS_{}_PASSWORD", user.to_uppercase()), password.clone()))
-            .collect()
+        self.passwords.iter().map(|(user, password)| (password_env(user), password.clone())).collect()
     }
 
     /// `MM_NATS__USER` and `MM_NATS__PASSWORD` for a service connecting as `user`.
@@ -358,7 +353,7 @@ mod tests {
     fn the_built_in_nats_config_defines_every_user() {
         for user in NATS_USERS {
             assert!(NATS_CONFIG.contains(&format!("user: {user},")), "{user}");
-            assert!(NATS_CONFIG.contains(&format!("$MM_NATS_{}_PASSWORD", user.to_uppercase())));
+            assert!(NATS_CONFIG.contains(&format!("${}", password_env(user))));
         }
         assert!(NATS_CONFIG.contains("no_auth_user: operator"));
     }

@@ -31,20 +31,36 @@ pub enum Ready {
     Tcp { addr: String },
 }
 
+/// How long one readiness probe may take, and the pause between two.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
 impl Ready {
-    /// Waits until ready, the child's task ends, or `timeout` passes.
+    /// Waits until ready or `timeout` passes. Dropping the future stops the wait at once:
+    /// each probe runs on its own blocking thread for at most [`PROBE_TIMEOUT`], so an
+    /// abandoned wait (Ctrl-C during start-up) leaves nothing running for long.
     pub async fn wait(&self, timeout: Duration) -> bool {
-        let ready = self.clone();
-        let probe = move || match &ready {
-            Ready::Http { addr, path } => mm_shared::probe::http_get(addr, path, Duration::from_millis(500))
-                .is_ok_and(|answer| answer.status == 200),
-            Ready::Tcp { addr } => mm_shared::probe::tcp_open(addr, Duration::from_millis(500)),
-        };
-        tokio::task::spawn_blocking(move || {
-            mm_shared::probe::wait_until(timeout, Duration::from_millis(50), probe)
-        })
-        .await
-        .unwrap_or(false)
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ready = self.clone();
+            if tokio::task::spawn_blocking(move || ready.probe()).await.unwrap_or(false) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    /// One bounded, blocking check.
+    fn probe(&self) -> bool {
+        match self {
+            Ready::Http { addr, path } => {
+                mm_shared::probe::http_get(addr, path, PROBE_TIMEOUT).is_ok_and(|answer| answer.status == 200)
+            }
+            Ready::Tcp { addr } => mm_shared::probe::tcp_open(addr, PROBE_TIMEOUT),
+        }
     }
 
     /// What a person would open to check it.

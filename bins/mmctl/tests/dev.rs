@@ -156,3 +156,26 @@ fn a_taken_port_is_a_clear_error_and_starts_nothing() {
     assert!(log.contains("already in use") && log.contains("gateway.listen"), "{log}");
     assert!(descendants(mmctl.pid()).is_empty());
 }
+
+#[test]
+fn ctrl_c_while_waiting_for_a_tier_stops_at_once() {
+    // nats-server cannot read this config, so the first tier never gets ready and mmctl
+    // would wait the whole ready timeout for it.
+    let conf = std::env::temp_dir().join(format!("mmctl-dev-broken-{}.conf", std::process::id()));
+    std::fs::write(&conf, "this is { not a nats config\n").expect("config written");
+    let mut env = ports_env();
+    env.push(("MM_DEV__NATS_CONFIG".into(), conf.display().to_string()));
+    env.push(("MM_DEV__READY_TIMEOUT".into(), "60s".into()));
+    let mut mmctl = ServiceProcess::start("mmctl", &["dev"], &borrowed(&env)).expect("starts");
+    let log = mmctl.dir().join("mmctl.log");
+    let waiting = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        std::fs::read_to_string(&log).is_ok_and(|log| log.contains("nats died after"))
+    });
+    assert!(waiting, "nats should fail to start:\n{}", mmctl.log());
+    let asked = std::time::Instant::now();
+    let status = mmctl.interrupt(Duration::from_secs(15));
+    let _ = std::fs::remove_file(&conf);
+    assert!(status.is_some(), "mmctl did not stop within 15 s of Ctrl-C:\n{}", mmctl.log());
+    assert!(asked.elapsed() < Duration::from_secs(5), "took {:?}:\n{}", asked.elapsed(), mmctl.log());
+    assert!(descendants(mmctl.pid()).is_empty());
+}

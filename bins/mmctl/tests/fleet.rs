@@ -65,3 +65,35 @@ fn fleet_sets_the_target_and_shows_the_instances() {
     assert_eq!(bad.0, Some(1), "a malformed --rate is refused: {}", bad.2);
     assert!(bad.2.contains("expected NAME=VALUE"), "{}", bad.2);
 }
+
+#[test]
+fn a_control_message_the_harness_would_refuse_is_not_sent() {
+    // Refused before connecting: no server is needed, and none answers on this port.
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let (code, stdout, stderr) = mmctl(&["fleet", "--nats", &url, "--rate", "matchmaknig=0.1"]);
+    assert_eq!(code, Some(2), "a misspelled scenario is refused:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("unknown scenario `matchmaknig`"), "{stderr}");
+    assert!(!stdout.contains("sent"), "{stdout}");
+    let (code, _, stderr) = mmctl(&["fleet", "--nats", &url, "--rate", "logout=1e9"]);
+    assert_eq!(code, Some(2), "a rate above the harness's bound is refused:\n{stderr}");
+    assert!(stderr.contains("`logout`"), "{stderr}");
+}
+
+#[test]
+fn a_bucket_that_cannot_be_opened_is_an_error_not_an_empty_fleet() {
+    // An account without JetStream: opening the bucket fails for a reason other than
+    // "it does not exist yet".
+    let conf = std::env::temp_dir().join(format!("mmctl-fleet-test-{}.conf", std::process::id()));
+    std::fs::write(
+        &conf,
+        "accounts { plain: { users: [ { user: plain, password: plain } ] } }\nno_auth_user: plain\n",
+    )
+    .expect("config written");
+    let nats = NatsServer::start_with(&["-c", conf.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(&conf);
+    let nats = nats.expect("nats-server");
+    let (code, stdout, stderr) = mmctl(&["fleet", "--nats", &nats.url(), "--listen", "100ms"]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("opening the harness bucket"), "{stderr}");
+    assert!(!stdout.contains("no harness instance"), "{stdout}");
+}

@@ -189,7 +189,14 @@ pub mod limits {
     /// Checks a ticket id: like [`check_id`] but without `.` and `@`, because a ticket id
     /// is one token of the subject `events.ticket.<id>`.
     pub fn check_ticket_id(value: &str) -> Result<(), String> {
-        check_chars("ticket id", value, MAX_ID_LEN, |c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        check_token("ticket id", value)
+    }
+
+    /// Checks a value used as one NATS subject token or one KV key: 1 to [`MAX_ID_LEN`]
+    /// characters of `A-Z a-z 0-9 _ -` (no `.`, which would split it). `what` names the
+    /// field in the error.
+    pub fn check_token(what: &str, value: &str) -> Result<(), String> {
+        check_chars(what, value, MAX_ID_LEN, |c| c.is_ascii_alphanumeric() || "_-".contains(c))
     }
 
     /// Checks an idempotency key: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] characters of
@@ -246,6 +253,9 @@ pub mod limits {
             }
             assert!(check_ticket_id("0b9f6c1e-8d7a-4c1b-9e3f-2a5d7c9e1f00").is_ok());
             assert!(check_ticket_id("a.b").is_err(), "a dot would split the event subject");
+            assert!(check_token("instance id", "box-1_a").is_ok());
+            let refused = check_token("instance id", "box 1").expect_err("a space");
+            assert!(refused.starts_with("instance id "), "{refused}");
             assert!(check_idempotency_key("order:42").is_ok());
             assert!(check_idempotency_key("order 42").is_err());
             assert!(check_password("").is_err());
@@ -700,6 +710,31 @@ impl HarnessControl {
 pub const HARNESS_SCENARIOS: [&str; 6] =
     ["login", "matchmaking", "in_game", "fetch_store", "store_purchase", "logout"];
 
+/// Highest scenario rate a harness takes, in executions per idle player per second.
+pub const HARNESS_MAX_RATE: f64 = 1e6;
+
+impl HarnessControl {
+    /// Checks a control message before any of it is applied: every rate names one of
+    /// [`HARNESS_SCENARIOS`] and lies in `0..=`[`HARNESS_MAX_RATE`]. The harness refuses
+    /// a message that fails this as a whole; `mmctl fleet` refuses to send one.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, rate) in self.rates.iter().flatten() {
+            if !HARNESS_SCENARIOS.contains(&name.as_str()) {
+                return Err(format!(
+                    "unknown scenario `{name}` in rates (known: {})",
+                    HARNESS_SCENARIOS.join(", ")
+                ));
+            }
+            if !(0.0..=HARNESS_MAX_RATE).contains(rate) {
+                return Err(format!(
+                    "rate of `{name}` is {rate}: must be a number of at least 0 and at most {HARNESS_MAX_RATE}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A live harness instance in KV bucket `harness` (key = instance id), refreshed on
 /// every heartbeat and deleted when the instance stops.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -849,6 +884,23 @@ mod harness_tests {
         state.apply(&serde_json::from_value(json!({"reset": true, "fleetTarget": 7})).expect("json"));
         assert_eq!(state, HarnessControl { fleet_target: Some(7), rates: None, reset: false });
         assert_eq!(serde_json::to_value(&state).expect("json"), json!({"fleetTarget": 7}));
+    }
+
+    #[test]
+    fn control_checks_scenario_names_and_rate_bounds() {
+        let with_rate = |name: &str, rate: f64| HarnessControl {
+            rates: Some(std::collections::BTreeMap::from([(name.to_owned(), rate)])),
+            ..HarnessControl::default()
+        };
+        assert!(with_rate("matchmaking", 0.5).check().is_ok());
+        assert!(with_rate("logout", HARNESS_MAX_RATE).check().is_ok());
+        let unknown = with_rate("matchmaknig", 0.5).check().expect_err("misspelled");
+        assert!(unknown.contains("unknown scenario `matchmaknig`"), "{unknown}");
+        assert!(unknown.contains("matchmaking"), "lists the known names: {unknown}");
+        for bad in [-1.0, f64::NAN, HARNESS_MAX_RATE * 2.0] {
+            assert!(with_rate("logout", bad).check().is_err(), "{bad}");
+        }
+        assert!(HarnessControl { fleet_target: Some(5), ..HarnessControl::default() }.check().is_ok());
     }
 
     #[test]

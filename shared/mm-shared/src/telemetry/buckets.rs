@@ -35,8 +35,39 @@ pub const BY_METRIC: &[(&str, &[f64])] = &[
     ("mm_orchestrator_allocation_duration_seconds", STARTUP),
     ("mm_orchestrator_container_start_duration_seconds", STARTUP),
     ("mm_orchestrator_server_ready_duration_seconds", STARTUP),
+    ("mm_harness_http_request_duration_seconds", HTTP),
     ("mm_harness_time_to_match_seconds", WAIT),
     ("mm_harness_time_to_play_seconds", WAIT),
     ("mm_harness_scenario_duration_seconds", WAIT),
     ("mm_harness_tick_lag_seconds", LAG),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buckets_of(metric: &str) -> &'static [f64] {
+        BY_METRIC.iter().find(|(name, _)| *name == metric).map_or(LATENCY, |(_, values)| *values)
+    }
+
+    #[test]
+    fn http_requests_that_long_poll_have_room_above_the_poll_wait() {
+        // A status long-poll waits up to 20 s by default (harness `matchmaking.poll_wait`,
+        // at most 60 s) and the gateway holds it up to 30 s: both HTTP histograms need
+        // buckets past that, which LATENCY (10 s) does not have.
+        for metric in ["mm_gateway_http_request_duration_seconds", "mm_harness_http_request_duration_seconds"]
+        {
+            let top = buckets_of(metric).last().copied().unwrap_or_default();
+            assert!(top >= 60.0, "{metric} tops out at {top} s");
+        }
+        assert!(LATENCY.last().copied().unwrap_or_default() < 20.0);
+    }
+
+    #[test]
+    fn every_set_is_strictly_increasing_and_named_once() {
+        for (name, values) in BY_METRIC {
+            assert!(values.windows(2).all(|pair| pair[0] < pair[1]), "{name}");
+            assert_eq!(BY_METRIC.iter().filter(|(other, _)| other == name).count(), 1, "{name}");
+        }
+    }
+}
