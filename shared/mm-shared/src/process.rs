@@ -8,8 +8,9 @@
 //! thread that lives as long as the child should (a runtime worker or the main thread,
 //! never a short-lived blocking-pool thread).
 
-use std::io;
-use std::process::Command;
+use std::io::{self, Read};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 /// Asks the kernel to SIGTERM the child when the spawning thread's process dies.
 /// On non-Linux systems this does nothing.
@@ -89,6 +90,78 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     found
 }
 
+/// What a bounded command did.
+#[derive(Debug)]
+pub struct Ran {
+    /// `None` when it could not start or was killed at the deadline.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|status| status.success())
+    }
+
+    /// Both outputs, for assertion messages.
+    pub fn output(&self) -> String {
+        format!("status {:?}\n--- stdout\n{}\n--- stderr\n{}", self.status, self.stdout, self.stderr)
+    }
+
+    /// Why it failed, in one line: the end of stderr, or how it ended.
+    pub fn why(&self) -> String {
+        let said = self.stderr.trim().lines().last().unwrap_or_default().trim();
+        match self.status {
+            _ if !said.is_empty() => said.to_owned(),
+            Some(status) => format!("exited with {status}"),
+            None => "timed out".to_owned(),
+        }
+    }
+}
+
+/// Runs `command` to completion, or kills it at `timeout`: it never hangs its caller.
+/// Output is read on threads, so a chatty command cannot block on a full pipe. A command
+/// that cannot start is a `Ran` without status, saying why in `stderr`.
+pub fn run_bounded(command: &mut Command, timeout: Duration) -> Ran {
+    let spawned = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(err) => {
+            let program = command.get_program().to_string_lossy().into_owned();
+            return Ran {
+                status: None,
+                stdout: String::new(),
+                stderr: format!("cannot run {program}: {err}"),
+            };
+        }
+    };
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = reader(child.stdout.take().map(|pipe| Box::new(pipe) as Box<dyn Read + Send>));
+    let stderr = reader(child.stderr.take().map(|pipe| Box::new(pipe) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    Ran { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +176,22 @@ mod tests {
         let status = child.wait().expect("wait");
         assert!(!status.success());
         assert!(!is_alive(pid));
+    }
+
+    #[test]
+    fn bounded_commands_end_and_say_why() {
+        let ran = run_bounded(
+            Command::new("sh").args(["-c", "echo out; echo oops >&2; exit 3"]),
+            Duration::from_secs(5),
+        );
+        assert_eq!((ran.stdout.as_str(), ran.status.and_then(|s| s.code())), ("out\n", Some(3)));
+        assert_eq!(ran.why(), "oops");
+        let started = Instant::now();
+        let ran = run_bounded(Command::new("sleep").arg("30"), Duration::from_millis(200));
+        assert!(ran.status.is_none() && started.elapsed() < Duration::from_secs(5));
+        assert_eq!(ran.why(), "timed out");
+        let ran = run_bounded(&mut Command::new("/nonexistent/program"), Duration::from_secs(1));
+        assert!(!ran.success() && ran.why().contains("cannot run /nonexistent/program"), "{}", ran.why());
     }
 
     #[test]

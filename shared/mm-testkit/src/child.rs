@@ -9,8 +9,10 @@ use crate::{Error, Result};
 
 /// A running child whose stdout and stderr go to a log file.
 ///
-/// Dropping it kills the child (SIGKILL) and reaps it. If the test is panicking, the
-/// end of the log is printed first, so a failing test shows what its servers said.
+/// Dropping it stops the child (SIGTERM, then SIGKILL after [`DROP_GRACE`]) and reaps it:
+/// a supervisor like `mmctl dev` gets to stop what it started (containers included), as
+/// it would not after a SIGKILL. If the test is panicking, the end of the log is printed
+/// first, so a failing test shows what its servers said.
 pub struct Spawned {
     what: String,
     child: Child,
@@ -95,14 +97,19 @@ impl Spawned {
     }
 }
 
+/// How long a child has to stop after SIGTERM when its test drops it.
+pub const DROP_GRACE: Duration = Duration::from_secs(10);
+
 impl Drop for Spawned {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("----- {} log (last 60 lines) -----\n{}\n-----", self.what, self.log_tail(60));
         }
         if self.exited().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            // A child the test stopped (SIGSTOP) handles the SIGTERM once continued.
+            let _ = mm_shared::process::send_signal(self.pid(), libc::SIGTERM);
+            let _ = mm_shared::process::send_signal(self.pid(), libc::SIGCONT);
+            self.stop_with(libc::SIGTERM, DROP_GRACE);
         }
     }
 }

@@ -1,7 +1,5 @@
 //! A real `podman system service` on a temporary unix socket.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -35,7 +33,7 @@ impl PodmanService {
         command.args(["system", "service", "--time=0"]).arg(format!("unix://{}", socket.display()));
         let mut process = Spawned::start("podman system service", command, &dir.path().join("podman.log"))?;
         let probe = socket.clone();
-        process.wait_ready(READY_TIMEOUT, || ping(&probe))?;
+        process.wait_ready(READY_TIMEOUT, || mm_rootless::ping(&probe, Duration::from_secs(2)))?;
         Ok(Self { process, socket, _dir: dir })
     }
 
@@ -53,15 +51,4 @@ impl PodmanService {
     pub fn process(&mut self) -> &mut Spawned {
         &mut self.process
     }
-}
-
-fn ping(socket: &std::path::Path) -> bool {
-    let Ok(mut stream) = UnixStream::connect(socket) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut reply = String::new();
-    let _ = stream.read_to_string(&mut reply);
-    reply.starts_with("HTTP/1.") && reply.contains(" 200 ") && reply.ends_with("OK")
 }
