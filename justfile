@@ -3,10 +3,14 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# Cargo profile for `dev` (debug builds share artifacts with the tests).
-profile := env("MM_PROFILE", "debug")
 target_dir := env("CARGO_TARGET_DIR", justfile_directory() / "target")
 compose := env("MM_COMPOSE", "podman-compose")
+# The one release build: static binaries of every crate, which serve `dev`, `demo`, the
+# images and the benchmarks alike (a newcomer's `just demo` + `just test` compile the
+# workspace twice: this, and the debug build of the tests).
+triple := `rustc -vV | sed -n 's/^host: //p'`
+static_dir := target_dir / triple / "release"
+bin := env("MM_BIN_DIR", static_dir)
 
 # List the recipes.
 default:
@@ -16,33 +20,28 @@ default:
 setup:
     @bash .ci/setup
 
-# Build every binary of the workspace.
-build:
-    cargo build --workspace --bins {{ if profile == "release" { "--release" } else { "" } }}
-
+# Game servers run on rootless Podman where this host can run it (`--driver process`: processes).
 # Run the backend in the foreground: nats-server, redis-server, matchmaker, orchestrator, gateway.
-dev *args: setup build
-    {{ target_dir }}/{{ profile }}/mmctl dev {{ args }}
+dev *args: setup image
+    {{ bin }}/mmctl dev {{ args }}
 
 # `dev` plus a harness run (default 1,000 players for 60 s), then the run report.
-demo players="1000" duration="60s" *args: setup
-    cargo build --workspace --bins --release
-    {{ target_dir }}/release/mmctl demo --players {{ players }} --duration {{ duration }} {{ args }}
+demo players="1000" duration="60s" *args: setup image
+    {{ bin }}/mmctl demo --players {{ players }} --duration {{ duration }} {{ args }}
 
-# The static release build of every service binary (what the FROM scratch images hold).
 # One cargo call for all of them: building a subset would unify features differently and
-# rebuild the rest next time. `--target` keeps it apart from the normal build.
+# rebuild the rest next time. `--target` keeps it apart from the tests' debug build.
+# The static release build of every binary (the images hold them; `dev`, `demo`, `bench` run them).
 static-build:
-    RUSTFLAGS='-C target-feature=+crt-static' cargo build --release \
-        --target "$(rustc -vV | sed -n 's/^host: //p')" \
-        -p gateway -p matchmaker -p orchestrator -p harness -p game-server
+    RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target {{ triple }} --workspace --bins
 
 # The game-server image (`localhost/mm/game-server:latest`) the orchestrator's Podman driver runs.
 image: static-build
     bash podman/build-images game-server
 
-# Every image `just up` runs, built without a registry: the services FROM scratch around static
-# binaries, nats-server, redis and prometheus around this host's programs (podman/build-images).
+# The services FROM scratch around static binaries, nats-server, redis and prometheus around
+# this host's programs (podman/build-images).
+# Every image `just up` runs, built without a registry.
 images: static-build
     bash podman/build-images all
 
@@ -56,11 +55,10 @@ test *args: setup images
     fi
     just lint
 
-# The benchmarks (release builds): every crate's `[[bench]]` target prints its figures and ratios.
+# The services they start are the static release binaries (MM_BIN_DIR).
+# The benchmarks: every crate's `[[bench]]` target prints its figures and ratios.
 bench *args: setup image
-    # Benchmarks that start the real services need their release binaries.
-    cargo build --release --workspace --bins
-    cargo bench --workspace {{ args }}
+    MM_BIN_DIR={{ static_dir }} cargo bench --workspace {{ args }}
 
 # Format check and clippy with warnings as errors.
 lint:
@@ -73,45 +71,63 @@ fmt:
 
 # Show what the local services say about themselves (/healthz of each).
 status:
-    {{ target_dir }}/{{ profile }}/mmctl status
+    {{ bin }}/mmctl status
 
-# The full stack under compose (compose.yaml): nats, redis, gateway, matchmakers, orchestrator
-# (game servers on your Podman), harness, Prometheus, and Grafana where its image can be pulled.
+# The live game-server containers on the project's rootless Podman.
+games:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    uid="$(id -u)"
+    [ "$uid" = 0 ] && uid="$(id -u mmpodman)"
+    socket="${MM_PODMAN_SOCKET:-/run/user/$uid/podman/podman.sock}"
+    podman --url "unix://$socket" ps --filter label=mm.game-id
+
+# nats, redis, gateway, matchmakers, orchestrator (game servers on the project's rootless
+# Podman, whose API service it starts when none answers), harness, Prometheus, and Grafana
+# where its image can be pulled.
+# The full stack under podman compose (compose.yaml).
 up *args: setup images
     #!/usr/bin/env bash
     set -euo pipefail
     source podman/compose-env
+    podman_env="$({{ bin }}/mmctl podman-service start ${MM_PODMAN_SOCKET:+--socket "$MM_PODMAN_SOCKET"})"
+    set -a
+    eval "$podman_env"
+    set +a
     profiles=()
     if podman image exists "$MM_GRAFANA_IMAGE" || timeout 120 podman pull -q "$MM_GRAFANA_IMAGE" >/dev/null 2>&1; then
         profiles=(--profile grafana)
     else
         echo "just up: $MM_GRAFANA_IMAGE cannot be pulled here (no registry?): running without Grafana"
     fi
-    {{ compose }} -f compose.yaml "${profiles[@]}" up -d {{ args }}
+    {{ compose }} -p "${MM_COMPOSE_PROJECT:-matchmaking-sim}" -f compose.yaml "${profiles[@]}" up -d {{ args }}
     echo
-    echo "gateway     http://127.0.0.1:${MM_GATEWAY_PORT:-8080} (players: http://$MM_HOST_IP:${MM_GATEWAY_PORT:-8080})"
-    echo "prometheus  http://127.0.0.1:${MM_PROMETHEUS_PORT:-9090}"
-    [ ${#profiles[@]} -gt 0 ] && echo "grafana     http://127.0.0.1:${MM_GRAFANA_PORT:-3000}"
-    echo "nats        nats://127.0.0.1:${MM_NATS_PORT:-4222} (no credentials: the operator; try \`nats micro ls\`)"
-    echo "game servers on $MM_PODMAN_SOCKET; \`just logs\`, \`just ps\`, \`just down\`"
+    bind="${MM_BIND:-127.0.0.1}"
+    echo "gateway     http://$bind:${MM_GATEWAY_PORT:-8080} (game URLs: ws://${MM_PUBLIC_ADDR:-${MM_NET:-10.213.7}.4:8080})"
+    echo "prometheus  http://$bind:${MM_PROMETHEUS_PORT:-9090}"
+    [ ${#profiles[@]} -gt 0 ] && echo "grafana     http://$bind:${MM_GRAFANA_PORT:-3000}"
+    echo "nats        nats://$bind:${MM_NATS_PORT:-4222} (no credentials: the operator; try \`nats micro ls\`)"
+    echo "game servers on $MM_PODMAN_SOCKET (\`just games\`); \`just logs\`, \`just ps\`, \`just down\`"
 
-# Stop the compose stack and remove its containers (volumes stay; `just down -v` removes them too).
+# Volumes stay; `just down -v` removes them too.
+# Stop the compose stack, the game servers its node left and the Podman service `just up` started.
 down *args:
     #!/usr/bin/env bash
     set -euo pipefail
-    source podman/compose-env --quiet
-    {{ compose }} -f compose.yaml --profile grafana down {{ args }}
+    source podman/compose-env
+    {{ compose }} -p "${MM_COMPOSE_PROJECT:-matchmaking-sim}" -f compose.yaml --profile grafana down {{ args }}
+    {{ bin }}/mmctl podman-service stop --node "${MM_NODE:-compose-node}"
 
 # Follow the compose stack's logs (all services, or the ones named).
 logs *services:
     #!/usr/bin/env bash
     set -euo pipefail
-    source podman/compose-env --quiet
-    {{ compose }} -f compose.yaml logs -f {{ services }}
+    source podman/compose-env
+    {{ compose }} -p "${MM_COMPOSE_PROJECT:-matchmaking-sim}" -f compose.yaml logs -f {{ services }}
 
 # List the compose stack's containers.
 ps:
     #!/usr/bin/env bash
     set -euo pipefail
-    source podman/compose-env --quiet
-    {{ compose }} -f compose.yaml --profile grafana ps
+    source podman/compose-env
+    {{ compose }} -p "${MM_COMPOSE_PROJECT:-matchmaking-sim}" -f compose.yaml --profile grafana ps

@@ -76,7 +76,8 @@ pub struct HarnessSection {
     #[serde(with = "mm_shared::duration")]
     pub tick: Duration,
     /// At the end of the run, how long scenarios still running may take to finish
-    /// before they are aborted (at most 1h).
+    /// before they are cut short (at most 1h). Give it a game's length to let the
+    /// games that started near the end finish.
     #[serde(with = "mm_shared::duration")]
     pub drain: Duration,
     /// Fail the run (exit 1) when failed / finished scenarios exceeds this (0.0..=1.0).
@@ -86,6 +87,8 @@ pub struct HarnessSection {
     pub max_time_to_match_p99: Option<Duration>,
     /// Show the live progress line: `auto` (when stderr is a terminal), `always`, `never`.
     pub progress: Progress,
+    /// Print the summary table on stdout at the end (`mmctl demo` prints it itself).
+    pub print_table: bool,
     pub rates: Rates,
     /// Scenario → scenario that may follow it → chance (0.0..=1.0).
     pub follow_ups: BTreeMap<Scenario, BTreeMap<Scenario, Chance>>,
@@ -118,6 +121,7 @@ impl Default for HarnessSection {
             max_error_rate: None,
             max_time_to_match_p99: None,
             progress: Progress::Auto,
+            print_table: true,
             rates: Rates::default(),
             follow_ups,
             think: ThinkSection::default(),

@@ -33,7 +33,10 @@ struct Args {
     /// Gateway base URL (overrides `harness.gateway`).
     #[arg(long)]
     gateway: Option<String>,
-    /// NATS URL for fleet control (overrides `nats.url`).
+    /// NATS URL for fleet control (overrides `nats.url`). Without it, and without
+    /// `MM_NATS__URL`, the harness reads `NATS_URL` (as the `nats` CLI does): a load machine
+    /// runs `set -a; . ./harness.env` with the file copied from the backend, whose URL
+    /// carries the harness user's credentials.
     #[arg(long)]
     nats: Option<String>,
     /// Write the run report here as JSON (overrides `harness.report`).
@@ -69,6 +72,10 @@ fn main() -> ExitCode {
     }
     if let Some(nats) = &args.nats {
         overrides.set("nats.url", nats);
+    } else if std::env::var_os("MM_NATS__URL").is_none()
+        && let Some(url) = std::env::var("NATS_URL").ok().filter(|url| !url.trim().is_empty())
+    {
+        overrides.set("nats.url", url);
     }
     if let Some(report) = &args.report {
         overrides.set("harness.report", report);
@@ -107,10 +114,12 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(2), nats.drain()).await;
     }
 
-    let mut stdout = std::io::stdout().lock();
-    // The table is the command's output, like `--print-config`: it goes to stdout.
-    let _ = writeln!(stdout, "\n{}", report.table());
-    let _ = stdout.flush();
+    if config.harness.print_table {
+        let mut stdout = std::io::stdout().lock();
+        // The table is the command's output, like `--print-config`: it goes to stdout.
+        let _ = writeln!(stdout, "\n{}", report.table());
+        let _ = stdout.flush();
+    }
     if let Some(path) = &config.harness.report {
         report.write(path).with_context(|| format!("writing the report to {}", path.display()))?;
         tracing::info!(path = %path.display(), "report written");

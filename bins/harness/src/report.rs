@@ -2,7 +2,7 @@
 //!
 //! The report keeps the shape `CONTRACT.md` fixes (`players.peak`,
 //! `scenarios.<name>.{attempted,succeeded,failed,latency_ms}`, `time_to_match_ms`) and adds
-//! what a reader of a load test asks next: rejected/aborted/starved counts, errors by
+//! what a reader of a load test asks next: rejected/cut/starved counts, errors by
 //! kind, time to play, tick lag, rates, and which threshold failed.
 
 use std::collections::BTreeMap;
@@ -55,8 +55,9 @@ pub struct ScenarioReport {
     pub failed: u64,
     /// Correct refusals, not errors (a purchase without enough balance).
     pub rejected: u64,
-    /// Still running when the run ended: neither success nor failure.
-    pub aborted: u64,
+    /// Cut short by the end of the run (still running when the drain ran out, like a
+    /// game that had not ended): neither success nor failure.
+    pub cut: u64,
     /// Executions the compositor wanted but found no idle player for.
     pub starved: u64,
     pub latency_ms: Percentiles,
@@ -146,7 +147,7 @@ impl Report {
                         succeeded: s.succeeded,
                         failed: s.failed,
                         rejected: s.rejected,
-                        aborted: s.aborted,
+                        cut: s.cut,
                         starved: s.starved,
                         latency_ms: Percentiles::from_micros(&s.latency_us),
                         errors: BTreeMap::new(),
@@ -280,7 +281,7 @@ impl Report {
             "succeeded",
             "rejected",
             "failed",
-            "aborted",
+            "cut",
             "starved",
             "p50 ms",
             "p90 ms",
@@ -297,7 +298,7 @@ impl Report {
                 s.succeeded,
                 s.rejected,
                 s.failed,
-                s.aborted,
+                s.cut,
                 s.starved,
                 s.latency_ms.p50,
                 s.latency_ms.p90,
@@ -326,6 +327,15 @@ impl Report {
             self.errors.iter().map(|(kind, count)| format!("{kind} {count}")).collect::<Vec<_>>().join(", ")
         };
         let _ = writeln!(out, "{:<15} {} ({errors})", "error rate", percent(self.error_rate));
+        let cut: u64 = self.scenarios.values().map(|s| s.cut).sum();
+        if cut > 0 {
+            let _ = writeln!(
+                out,
+                "{:<15} {cut} executions were still running when the run ended (games not over yet, \
+                 tickets still searching): neither successes nor failures",
+                "cut"
+            );
+        }
         for threshold in &self.thresholds {
             let verdict = if threshold.breached { "FAIL" } else { "ok" };
             let _ = writeln!(out, "{:<15} {verdict}: {}", "threshold", threshold.detail);

@@ -68,7 +68,7 @@ struct ScenarioCounters {
     succeeded: AtomicU64,
     failed: AtomicU64,
     rejected: AtomicU64,
-    aborted: AtomicU64,
+    cut: AtomicU64,
     starved: AtomicU64,
     /// Executions the compositor handed out (attempts of follow-ups are not in it).
     dispatched: AtomicU64,
@@ -192,6 +192,12 @@ impl Stats {
         self.scenarios[scenario.index()].attempted.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A 429 that `scenario` waited out and retried: shown under its kind (`http_429`)
+    /// in the errors by kind, without failing the attempt.
+    pub fn throttled(&self, scenario: Scenario) {
+        self.errors[scenario.index()][ErrorKind::Throttled.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records how an attempt of `scenario` that took `took` ended.
     pub fn finish(&self, scenario: Scenario, took: Duration, outcome: &Outcome) {
         let counters = &self.scenarios[scenario.index()];
@@ -203,7 +209,7 @@ impl Stats {
                 counters.failed.fetch_add(1, Ordering::Relaxed)
             }
             Outcome::Aborted => {
-                counters.aborted.fetch_add(1, Ordering::Relaxed);
+                counters.cut.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
@@ -273,7 +279,7 @@ impl Stats {
                     succeeded: load(&c.succeeded),
                     failed: load(&c.failed),
                     rejected: load(&c.rejected),
-                    aborted: load(&c.aborted),
+                    cut: load(&c.cut),
                     starved: load(&c.starved),
                     rate: f64::from_bits(load(&c.rate_bits)),
                     desired_per_second: f64::from_bits(load(&c.desired_bits)),
@@ -346,8 +352,7 @@ impl Stats {
                 .absolute(load(&c.succeeded));
             metrics::counter!("mm_harness_scenario_rejections_total", "scenario" => name)
                 .absolute(load(&c.rejected));
-            metrics::counter!("mm_harness_scenario_aborts_total", "scenario" => name)
-                .absolute(load(&c.aborted));
+            metrics::counter!("mm_harness_scenario_cut_total", "scenario" => name).absolute(load(&c.cut));
             metrics::counter!("mm_harness_scenario_starved_total", "scenario" => name)
                 .absolute(load(&c.starved));
             metrics::counter!("mm_harness_scenario_dispatched_total", "scenario" => name)
@@ -396,8 +401,8 @@ fn describe_metrics() {
         "Scenario executions the backend correctly refused (a purchase without enough balance), by scenario."
     );
     describe_counter!(
-        "mm_harness_scenario_aborts_total",
-        "Scenario executions still running when the run ended."
+        "mm_harness_scenario_cut_total",
+        "Scenario executions cut short by the end of the run (still running when its drain ran out), by scenario."
     );
     describe_counter!(
         "mm_harness_scenario_starved_total",
@@ -462,10 +467,10 @@ mod tests {
         let snapshot = stats.snapshot(&[0.0; SCENARIOS]);
         let purchase = &snapshot.scenarios["store_purchase"];
         assert_eq!(
-            (purchase.attempted, purchase.succeeded, purchase.rejected, purchase.failed, purchase.aborted),
+            (purchase.attempted, purchase.succeeded, purchase.rejected, purchase.failed, purchase.cut),
             (5, 2, 1, 1, 1)
         );
-        assert_eq!(purchase.latency_us.count(), 4, "aborted runs have no latency");
+        assert_eq!(purchase.latency_us.count(), 4, "runs cut short have no latency");
         let p50 = purchase.latency_us.value_at_quantile(0.5);
         assert!((19_980..=20_020).contains(&p50), "{p50} µs: 3 significant digits");
         assert_eq!(snapshot.errors.get("http_5xx"), Some(&1));

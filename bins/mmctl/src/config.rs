@@ -9,6 +9,8 @@ use mm_shared::config::LogConfig;
 use mm_shared::protocol::addresses;
 use serde::{Deserialize, Serialize};
 
+use crate::games::DriverChoice;
+
 /// `[dev]`: how `mmctl dev` and `mmctl demo` run the local stack.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -36,6 +38,17 @@ pub struct DevSection {
     /// How long a child may take to become ready.
     #[serde(with = "mm_shared::duration")]
     pub ready_timeout: Duration,
+    /// How the orchestrator runs game servers: `auto` (rootless Podman when this host
+    /// can, processes otherwise, saying why), `podman` or `process`.
+    pub driver: DriverChoice,
+    /// The rootless Podman API socket; default: the Podman user's
+    /// `/run/user/<uid>/podman/podman.sock`. mmctl starts a service there unless one
+    /// answers.
+    pub podman_socket: Option<PathBuf>,
+    /// Environment for the orchestrator on top of the stack's (`mmctl demo`'s game
+    /// length); not a config key.
+    #[serde(skip)]
+    pub orchestrator_env: Vec<(String, String)>,
 }
 
 impl Default for DevSection {
@@ -48,8 +61,11 @@ impl Default for DevSection {
             bin_dir: None,
             nats_config: None,
             restart: true,
-            stop_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(20),
             ready_timeout: Duration::from_secs(30),
+            driver: DriverChoice::Auto,
+            podman_socket: None,
+            orchestrator_env: Vec::new(),
         }
     }
 }
@@ -74,6 +90,24 @@ pub struct AdminView {
     pub admin_listen: SocketAddr,
 }
 
+/// The orchestrator's settings mmctl needs (`[orchestrator]`): where it answers, and its
+/// node id (the label of its containers, which mmctl cleans up after).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrchestratorView {
+    pub admin_listen: SocketAddr,
+    /// Empty: the host name, as the orchestrator itself resolves it.
+    #[serde(default)]
+    pub node: String,
+    /// `orchestrator.driver` when it names one (`podman`, `process`): `mmctl dev` honours
+    /// it where `dev.driver` and `--driver` say `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<DriverChoice>,
+    /// `orchestrator.public_url` when set; otherwise `mmctl dev` points game URLs at the
+    /// gateway it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+}
+
 /// Everything mmctl reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -81,7 +115,7 @@ pub struct Config {
     pub dev: DevSection,
     pub gateway: GatewayView,
     pub matchmaker: AdminView,
-    pub orchestrator: AdminView,
+    pub orchestrator: OrchestratorView,
     pub harness: AdminView,
     pub log: LogConfig,
 }
@@ -92,7 +126,12 @@ impl Default for Config {
             dev: DevSection::default(),
             gateway: GatewayView::default(),
             matchmaker: AdminView { admin_listen: addresses::MATCHMAKER_ADMIN },
-            orchestrator: AdminView { admin_listen: addresses::ORCHESTRATOR_ADMIN },
+            orchestrator: OrchestratorView {
+                admin_listen: addresses::ORCHESTRATOR_ADMIN,
+                node: String::new(),
+                driver: None,
+                public_url: None,
+            },
             harness: AdminView { admin_listen: addresses::HARNESS_ADMIN },
             log: LogConfig::default(),
         }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_nats::jetstream::ErrorCode;
-use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind, KeyValueError, KeyValueErrorKind};
+use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind, RequestError, RequestErrorKind};
 use futures_util::StreamExt;
 use mm_shared::protocol::{
     HARNESS_SCENARIOS, HarnessControl, HarnessInstance, HarnessScenarioStats, HarnessStats, HistogramData,
@@ -77,13 +77,7 @@ pub fn run(args: FleetArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn show(args: FleetArgs, control: Option<HarnessControl>) -> anyhow::Result<ExitCode> {
-    let nats = tokio::time::timeout(
-        NATS_TIMEOUT,
-        async_nats::ConnectOptions::new().name("mmctl").connect(&args.nats),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("NATS at {} did not answer within {NATS_TIMEOUT:?}", args.nats))?
-    .with_context(|| format!("cannot connect to NATS at {}", args.nats))?;
+    let nats = crate::credentials::connect(&args.nats, "mmctl", NATS_TIMEOUT).await?;
     let mut stats =
         nats.subscribe(subjects::HARNESS_STATS_ALL).await.context("subscribing to harness stats")?;
     if let Some(control) = &control {
@@ -130,47 +124,80 @@ async fn show(args: FleetArgs, control: Option<HarnessControl>) -> anyhow::Resul
     Ok(if fleet.live() > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// Where the backend account reaches the harness account's JetStream: the `harness`
+/// bucket lives there (`nats/nats-server.conf` imports its stream info and direct gets,
+/// read-only, under this prefix).
+pub const HARNESS_JS_PREFIX: &str = "JS.harness.API";
+
 /// Every registered instance and the control state, from the `harness` bucket. A bucket
 /// that does not exist yet is an empty fleet; any other failure to open it is an error.
+///
+/// The bucket is read with requests only (the keys from the stream's subject counts, each
+/// value by a direct get), never with a consumer: that is all the backend account may do
+/// across to the harness account. The harness account's JetStream comes first; a server
+/// without accounts (a bare `nats-server -js`) has the bucket in its only one.
 async fn read_bucket(nats: &async_nats::Client) -> anyhow::Result<(Vec<HarnessInstance>, HarnessControl)> {
-    let jetstream = async_nats::jetstream::new(nats.clone());
-    let kv = match tokio::time::timeout(NATS_TIMEOUT, jetstream.get_key_value(buckets::HARNESS)).await {
-        Ok(Ok(kv)) => kv,
-        Ok(Err(err)) if is_missing_bucket(&err) => return Ok((Vec::new(), HarnessControl::default())),
-        Ok(Err(err)) => bail!("opening the {} bucket: {err}", buckets::HARNESS),
-        Err(_) => bail!("opening the {} bucket: no answer within {NATS_TIMEOUT:?}", buckets::HARNESS),
-    };
-    let mut keys = match tokio::time::timeout(NATS_TIMEOUT, kv.keys()).await {
-        Ok(Ok(keys)) => keys,
-        Ok(Err(err)) => bail!("listing the harness bucket: {err}"),
-        Err(_) => bail!("listing the harness bucket: no answer within {NATS_TIMEOUT:?}"),
-    };
+    let stream_name = format!("KV_{}", buckets::HARNESS);
+    for prefix in [HARNESS_JS_PREFIX, "$JS.API"] {
+        let jetstream = async_nats::jetstream::with_prefix(nats.clone(), prefix);
+        let stream = match tokio::time::timeout(NATS_TIMEOUT, jetstream.get_stream(&stream_name)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) if is_absent(&err) => continue,
+            Ok(Err(err)) => bail!("opening the {} bucket: {err}", buckets::HARNESS),
+            Err(_) => bail!("opening the {} bucket: no answer within {NATS_TIMEOUT:?}", buckets::HARNESS),
+        };
+        return read_values(&stream).await;
+    }
+    Ok((Vec::new(), HarnessControl::default()))
+}
+
+/// The live keys of the bucket's stream and their values.
+async fn read_values(
+    stream: &async_nats::jetstream::stream::Stream,
+) -> anyhow::Result<(Vec<HarnessInstance>, HarnessControl)> {
+    let prefix = format!("$KV.{}.", buckets::HARNESS);
+    let mut subjects =
+        match tokio::time::timeout(NATS_TIMEOUT, stream.info_with_subjects(format!("{prefix}>"))).await {
+            Ok(Ok(subjects)) => subjects,
+            Ok(Err(err)) => bail!("listing the harness bucket: {err}"),
+            Err(_) => bail!("listing the harness bucket: no answer within {NATS_TIMEOUT:?}"),
+        };
     let mut names = Vec::new();
-    while let Ok(Some(Ok(key))) = tokio::time::timeout(NATS_TIMEOUT, keys.next()).await {
-        names.push(key);
+    while let Ok(Some(Ok((subject, _count)))) = tokio::time::timeout(NATS_TIMEOUT, subjects.next()).await {
+        if let Some(name) = subject.strip_prefix(&prefix) {
+            names.push(name.to_owned());
+        }
     }
     let mut instances = Vec::new();
     let mut control = HarnessControl::default();
     for name in names {
-        let Ok(Ok(Some(value))) = tokio::time::timeout(NATS_TIMEOUT, kv.get(&name)).await else { continue };
+        let got =
+            tokio::time::timeout(NATS_TIMEOUT, stream.direct_get_last_for_subject(format!("{prefix}{name}")));
+        let Ok(Ok(message)) = got.await else { continue };
+        // A deleted or purged key keeps a marker message with an empty value.
+        let operation = message.headers.get("KV-Operation").map(|value| value.as_str().to_owned());
+        if matches!(operation.as_deref(), Some("DEL" | "PURGE")) || message.payload.is_empty() {
+            continue;
+        }
         if name == buckets::HARNESS_CONTROL_KEY {
-            control = serde_json::from_slice(&value).unwrap_or_default();
-        } else if let Ok(instance) = serde_json::from_slice::<HarnessInstance>(&value) {
+            control = serde_json::from_slice(&message.payload).unwrap_or_default();
+        } else if let Ok(instance) = serde_json::from_slice::<HarnessInstance>(&message.payload) {
             instances.push(instance);
         }
     }
     Ok((instances, control))
 }
 
-/// Did opening a bucket fail only because its stream does not exist?
-fn is_missing_bucket(err: &KeyValueError) -> bool {
-    err.kind() == KeyValueErrorKind::GetBucket
-        && std::error::Error::source(err)
-            .and_then(|source| source.downcast_ref::<GetStreamError>())
-            .is_some_and(|source| {
-                matches!(source.kind(), GetStreamErrorKind::JetStream(inner)
-                    if inner.error_code() == ErrorCode::STREAM_NOT_FOUND)
-            })
+/// Is the stream just not there (this JetStream has no such stream, or no JetStream
+/// answers under this prefix)?
+fn is_absent(err: &GetStreamError) -> bool {
+    match err.kind() {
+        GetStreamErrorKind::JetStream(inner) => inner.error_code() == ErrorCode::STREAM_NOT_FOUND,
+        GetStreamErrorKind::Request => std::error::Error::source(err)
+            .and_then(|source| source.downcast_ref::<RequestError>())
+            .is_some_and(|source| source.kind() == RequestErrorKind::NoResponders),
+        _ => false,
+    }
 }
 
 /// Scenario attempts per second between two stats messages of one instance.
@@ -250,7 +277,7 @@ impl Fleet {
                 sum.succeeded += s.succeeded;
                 sum.failed += s.failed;
                 sum.rejected += s.rejected;
-                sum.aborted += s.aborted;
+                sum.cut += s.cut;
                 sum.starved += s.starved;
                 // Per-player rates are the same on every instance under one control; keep the largest.
                 sum.rate = sum.rate.max(s.rate);

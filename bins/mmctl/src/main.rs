@@ -9,8 +9,11 @@
 //!   its live control (`--target`, `--rate`, `--reset`).
 
 mod config;
+mod credentials;
 mod fleet;
+mod games;
 mod output;
+mod podman_service;
 mod stack;
 mod status;
 mod supervisor;
@@ -26,6 +29,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::games::{DriverChoice, Games};
 use crate::output::Output;
 use crate::stack::{PassThrough, Stack};
 use crate::supervisor::{Program, Ready, Supervisor};
@@ -43,7 +47,12 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the backend in the foreground until Ctrl-C.
-    Dev,
+    Dev {
+        /// How game servers run: `auto` (rootless Podman when this host can, processes
+        /// otherwise), `podman` or `process` (config key `dev.driver`).
+        #[arg(long, value_enum)]
+        driver: Option<DriverChoice>,
+    },
     /// Run the backend plus one harness run, then print the report and stop.
     Demo {
         /// Simulated players.
@@ -52,17 +61,31 @@ enum Command {
         /// How long the harness runs (`60s`, `5m`).
         #[arg(long, default_value = "60s", value_parser = mm_shared::duration::parse)]
         duration: Duration,
+        /// How long each game lasts; the run then waits this long (plus a margin) for the
+        /// games still going, so that games finish inside the demo.
+        #[arg(long, default_value = "15s", value_parser = mm_shared::duration::parse)]
+        game_duration: Duration,
         /// Where the harness writes its JSON report (default: `<data_dir>/demo-report.json`).
         #[arg(long)]
         report: Option<PathBuf>,
+        /// How game servers run (see `mmctl dev --help`).
+        #[arg(long, value_enum)]
+        driver: Option<DriverChoice>,
     },
     /// Show what each local service's `/healthz` says; exit 1 if any is not ok.
     Status,
+    /// The rootless Podman API service `just up` starts for the compose stack (and
+    /// `just down` stops).
+    PodmanService {
+        #[command(subcommand)]
+        action: PodmanServiceAction,
+    },
     /// Show the harness fleet: instances, players, scenario rates, errors, merged
     /// latency percentiles; with --target/--rate/--reset, first send a harness.control.
     /// Exits 1 when no instance is live.
     Fleet {
-        /// NATS URL (default: the local stack's).
+        /// NATS URL (default: `NATS_URL` of `<data_dir>/operator.env`, which `mmctl dev`
+        /// writes; else the local stack's, as the read-only viewer, who cannot steer).
         #[arg(long)]
         nats: Option<String>,
         /// How long to listen to `harness.stats.*` before printing.
@@ -81,6 +104,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PodmanServiceAction {
+    /// Make the project user's Podman ready (image included) and start its API service
+    /// unless one answers; print `MM_PODMAN_SOCKET=` and `MM_PODMAN_USER=` lines.
+    Start {
+        /// The socket (default: the Podman user's `/run/user/<uid>/podman/podman.sock`).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Remove the containers `--node` left, then stop the service `start` started.
+    Stop {
+        /// The compose stack's orchestrator node (`MM_NODE`).
+        #[arg(long, default_value = "compose-node")]
+        node: String,
+    },
+    /// Exit 0 when the service `start` started runs and answers.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -112,17 +154,24 @@ fn main() -> ExitCode {
     let pass = PassThrough { config: args.common.config.take(), log_json: args.common.log_json };
     let result = match args.command {
         Command::Status => status::run(&config),
+        Command::PodmanService { action } => match action {
+            PodmanServiceAction::Start { socket } => podman_service::start(&config.dev.data_dir, socket),
+            PodmanServiceAction::Stop { node } => podman_service::stop(&config.dev.data_dir, &node),
+            PodmanServiceAction::Status => podman_service::status(&config.dev.data_dir),
+        },
         Command::Fleet { nats, listen, target, rates, reset, json } => fleet::run(fleet::FleetArgs {
-            nats: nats.unwrap_or_else(|| stack::nats_url(&config)),
+            nats: nats
+                .or_else(|| credentials::read_url(&config.dev.data_dir, credentials::OPERATOR))
+                .unwrap_or_else(|| stack::nats_url(&config)),
             listen,
             target,
             rates,
             reset,
             json,
         }),
-        Command::Dev => run_async(dev(config, pass)),
-        Command::Demo { players, duration, report } => {
-            run_async(demo(config, pass, players, duration, report))
+        Command::Dev { driver } => run_async(dev(config, pass, driver)),
+        Command::Demo { players, duration, game_duration, report, driver } => {
+            run_async(demo(config, pass, Demo { players, duration, game_duration, report, driver }))
         }
     };
     match result {
@@ -186,10 +235,30 @@ fn supervisor(config: &Config, output: Output, force: CancellationToken) -> Supe
     Supervisor { output, stop_timeout: config.dev.stop_timeout, force }
 }
 
-async fn dev(config: Config, pass: PassThrough) -> anyhow::Result<ExitCode> {
+/// Decides where game servers run (the slow checks run off the async thread) and says so.
+async fn choose_games(
+    config: &Config,
+    driver: Option<DriverChoice>,
+    output: Output,
+) -> anyhow::Result<Games> {
+    let choice = driver
+        .or(Some(config.dev.driver).filter(|choice| *choice != DriverChoice::Auto))
+        .or(config.orchestrator.driver)
+        .unwrap_or(DriverChoice::Auto);
+    let config = config.clone();
+    let games = tokio::task::spawn_blocking(move || games::decide(&config, choice))
+        .await
+        .context("deciding where game servers run")??;
+    output.say(&games.describe());
+    Ok(games)
+}
+
+async fn dev(config: Config, pass: PassThrough, driver: Option<DriverChoice>) -> anyhow::Result<ExitCode> {
     let output = Output::new();
     let (shutdown, force) = signals(output)?;
-    let Some(stack) = Stack::start(&config, &pass, supervisor(&config, output, force), &shutdown).await?
+    let games = choose_games(&config, driver, output).await?;
+    let Some(stack) =
+        Stack::start(&config, &pass, games, supervisor(&config, output, force), &shutdown).await?
     else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -198,38 +267,57 @@ async fn dev(config: Config, pass: PassThrough) -> anyhow::Result<ExitCode> {
         output.say(&format!("  {name:<13} {endpoint}"));
     }
     output.say(&format!("  players use   http://{}", config.gateway.listen));
+    output.say(&format!("  {}", stack.games.describe()));
     output.say("Ctrl-C stops everything");
     shutdown.cancelled().await;
     stack.stop().await;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn demo(
-    config: Config,
-    pass: PassThrough,
+/// `mmctl demo`'s settings.
+struct Demo {
     players: u64,
     duration: Duration,
+    game_duration: Duration,
     report: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+    driver: Option<DriverChoice>,
+}
+
+/// How long past a game's length the demo waits for the last games: the game server's
+/// end grace, the close handshake, and the time from matched to connected.
+const DEMO_DRAIN_MARGIN: Duration = Duration::from_secs(10);
+
+async fn demo(mut config: Config, pass: PassThrough, demo: Demo) -> anyhow::Result<ExitCode> {
     let output = Output::new();
     let (shutdown, force) = signals(output)?;
     let supervisor = supervisor(&config, output, force);
-    let report = report.unwrap_or_else(|| config.dev.data_dir.join("demo-report.json"));
+    let report = demo.report.clone().unwrap_or_else(|| config.dev.data_dir.join("demo-report.json"));
     let _ = std::fs::remove_file(&report);
     let harness_path = stack::project_binary(&config, "harness")?;
-    let Some(stack) = Stack::start(&config, &pass, supervisor.clone(), &shutdown).await? else {
+    let games = choose_games(&config, demo.driver, output).await?;
+    // Games of the demo's length, for every orchestrator of the stack.
+    config.dev.orchestrator_env.push((
+        "MM_ORCHESTRATOR__GAME__DURATION".to_owned(),
+        mm_shared::duration::format(demo.game_duration),
+    ));
+    let Some(stack) = Stack::start(&config, &pass, games, supervisor.clone(), &shutdown).await? else {
         return Ok(ExitCode::SUCCESS);
     };
+    let drain = demo.game_duration + DEMO_DRAIN_MARGIN;
     output.say(&format!(
-        "the backend is up; running the harness: {players} players for {}",
-        mm_shared::duration::format(duration)
+        "the backend is up; running the harness: {} players for {}, games of {} (then up to {} for the \
+         games still going)",
+        demo.players,
+        mm_shared::duration::format(demo.duration),
+        mm_shared::duration::format(demo.game_duration),
+        mm_shared::duration::format(drain),
     ));
     let mut args = pass.args();
     args.extend([
         "--players".into(),
-        players.to_string().into(),
+        demo.players.to_string().into(),
         "--duration".into(),
-        mm_shared::duration::format(duration).into(),
+        mm_shared::duration::format(demo.duration).into(),
         "--gateway".into(),
         format!("http://{}", config.gateway.listen).into(),
         "--nats".into(),
@@ -237,13 +325,18 @@ async fn demo(
         "--report".into(),
         report.clone().into_os_string(),
     ]);
+    let mut env = stack.credentials.client_env("harness");
+    env.push(("MM_HARNESS__DRAIN".to_owned(), mm_shared::duration::format(drain)));
+    // mmctl prints the table itself, after the stack's last words.
+    env.push(("MM_HARNESS__PRINT_TABLE".to_owned(), "false".to_owned()));
     let harness = supervisor.start(Program {
         name: "harness",
         path: harness_path,
         args,
-        env: stack.credentials.client_env("harness"),
+        env,
         ready: Ready::Http { addr: config.harness.admin_listen.to_string(), path: "/healthz" },
         restart: false,
+        current_dir: None,
     });
     let stop = harness.stop.clone();
     let mut task = harness.task;
@@ -254,15 +347,46 @@ async fn demo(
             task.await.ok().flatten()
         }
     };
-    stack.stop().await;
-    match std::fs::read_to_string(&report) {
-        Ok(text) => {
-            println!("\nrun report ({}):\n{text}", report.display());
+    let games = stack.games.clone();
+    let containers = stack.stop().await;
+    let read = std::fs::read_to_string(&report).map_err(|err| err.to_string()).and_then(|text| {
+        serde_json::from_str::<harness::report::Report>(&text).map_err(|err| err.to_string())
+    });
+    match read {
+        Ok(run) => {
+            println!("\n{}", run.table());
+            println!("{}", games_summary(&games, containers.as_ref(), &run));
+            println!("the full report (JSON): {}", report.display());
         }
-        Err(_) => output.say(&format!("the harness wrote no report at {}", report.display())),
+        Err(err) => {
+            output.say(&format!("the harness wrote no readable report at {}: {err}", report.display()))
+        }
     }
     Ok(match status {
         Some(status) if status.success() => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     })
+}
+
+/// What the demo's game servers were and did.
+fn games_summary(
+    games: &Games,
+    containers: Option<&games::ContainerCount>,
+    run: &harness::report::Report,
+) -> String {
+    let play = run.time_to_play_ms;
+    let played = format!(
+        "time to play (join → first echo): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms",
+        play.p50, play.p90, play.p99
+    );
+    match (games, containers) {
+        (Games::Podman(podman), Some(count)) => format!(
+            "game servers: rootless Podman containers (user {}): {} started, {} removed, {} left; {played}",
+            podman.user.account.name, count.started, count.removed, count.left
+        ),
+        (Games::Podman(_), None) => {
+            format!("game servers: rootless Podman containers (not counted); {played}")
+        }
+        (Games::Processes { why }, _) => format!("game servers: child processes ({why}); {played}"),
+    }
 }

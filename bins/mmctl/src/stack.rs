@@ -1,27 +1,36 @@
 //! The local stack `mmctl dev` runs: which programs, in which order, with which settings.
 //!
 //! Tiers start front to back and stop back to front:
+//! 0. a rootless `podman system service`, when game servers run on Podman and nothing
+//!    answers on its socket yet (`games.rs` decides);
 //! 1. nats-server (JetStream, data under `<data_dir>/nats`) and redis-server (no persistence);
 //! 2. matchmaker and orchestrator;
 //! 3. gateway.
+//!
+//! After the last tier stopped, the containers the orchestrator left (it removes its own
+//! on SIGTERM; one killed with -9 cannot) are removed and counted.
 //!
 //! Each tier must be ready (its health check answers) before the next one starts, so the
 //! logs read in order and the banner at the end means the whole stack answers.
 //!
 //! nats-server runs with `nats/nats-server.conf` (built into mmctl) under the same
-//! per-service users and permissions as compose: each run makes fresh random passwords,
+//! accounts, users and permissions as compose: each run makes fresh random passwords,
 //! hands them to nats-server as `MM_NATS_<USER>_PASSWORD` and to each service as
-//! `MM_NATS__USER`/`MM_NATS__PASSWORD`. Clients without credentials (the `nats` CLI,
-//! `mmctl fleet`) are the config's `operator`.
+//! `MM_NATS__USER`/`MM_NATS__PASSWORD`, and writes the operator's and the harness's to
+//! `<data_dir>/operator.env` and `harness.env` (mode 0600, removed at the stop). Clients
+//! without credentials are the read-only viewer.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+
+use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use mm_shared::nats::{USERS as NATS_USERS, password_env};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::games::{ContainerCount, Games};
 use crate::supervisor::{Program, Ready, Supervised, Supervisor};
 
 /// Flags passed through to every service mmctl starts.
@@ -52,6 +61,13 @@ pub struct Stack {
     supervisor: Supervisor,
     /// This run's NATS passwords, for programs started beside the stack (the demo's harness).
     pub credentials: NatsCredentials,
+    /// Where its game servers run.
+    pub games: Games,
+    /// The orchestrator's node id (its containers' `mm.node` label).
+    pub node: String,
+    started: SystemTime,
+    /// Where the credentials files are (removed at the stop).
+    data_dir: PathBuf,
 }
 
 /// `nats/nats-server.conf`, which `mmctl dev` runs unless `[dev] nats_config` names another.
@@ -80,6 +96,11 @@ impl NatsCredentials {
     /// `MM_NATS_<USER>_PASSWORD` for every user: what the config file reads.
     pub fn server_env(&self) -> Vec<(String, String)> {
         self.passwords.iter().map(|(user, password)| (password_env(user), password.clone())).collect()
+    }
+
+    /// This run's password of `user` (empty for an unknown user).
+    pub fn password(&self, user: &str) -> String {
+        self.passwords.iter().find(|(name, _)| *name == user).map(|(_, pw)| pw.clone()).unwrap_or_default()
     }
 
     /// `MM_NATS__USER` and `MM_NATS__PASSWORD` for a service connecting as `user`.
@@ -196,6 +217,8 @@ pub fn programs(
     pass: &PassThrough,
     nats_config: &Path,
     credentials: &NatsCredentials,
+    games: &Games,
+    node: &str,
 ) -> anyhow::Result<Vec<Vec<Program>>> {
     let data = &config.dev.data_dir;
     let restart = config.dev.restart;
@@ -221,6 +244,7 @@ pub fn programs(
         env: credentials.server_env(),
         ready: Ready::Http { addr: format!("127.0.0.1:{}", config.dev.nats_monitor_port), path: "/healthz" },
         restart,
+        current_dir: None,
     };
     let redis = Program {
         name: "redis",
@@ -234,33 +258,61 @@ pub fn programs(
             "".into(),
             "--appendonly".into(),
             "no".into(),
+            // Bounded, and never evicting: every key of the backend may be needed (a
+            // ticket in the queue, a lease, a balance); at the limit writes fail and the
+            // services answer 503 until expiries make room (README, "Redis").
+            "--maxmemory".into(),
+            "200mb".into(),
+            "--maxmemory-policy".into(),
+            "noeviction".into(),
             "--dir".into(),
             data.join("redis").into_os_string(),
         ],
         env: vec![],
         ready: Ready::Tcp { addr: format!("127.0.0.1:{}", config.dev.redis_port) },
         restart,
+        current_dir: None,
     };
     let env =
         [("MM_NATS__URL".to_owned(), nats_url(config)), ("MM_REDIS__URL".to_owned(), redis_url(config))];
-    let service = |name: &'static str, ready_addr: String| -> anyhow::Result<Program> {
-        Ok(Program {
-            name,
-            path: project_binary(config, name)?,
-            args: pass.args(),
-            env: env.iter().cloned().chain(credentials.client_env(name)).collect(),
-            ready: Ready::Http { addr: ready_addr, path: "/healthz" },
-            restart,
-        })
-    };
-    Ok(vec![
-        vec![nats, redis],
-        vec![
-            service("matchmaker", config.matchmaker.admin_listen.to_string())?,
-            service("orchestrator", config.orchestrator.admin_listen.to_string())?,
-        ],
-        vec![service("gateway", config.gateway.listen.to_string())?],
-    ])
+    let service =
+        |name: &'static str, ready_addr: String, own: Vec<(String, String)>| -> anyhow::Result<Program> {
+            Ok(Program {
+                name,
+                path: project_binary(config, name)?,
+                args: pass.args(),
+                env: env.iter().cloned().chain(credentials.client_env(name)).chain(own).collect(),
+                ready: Ready::Http { addr: ready_addr, path: "/healthz" },
+                restart,
+                current_dir: None,
+            })
+        };
+    let mut orchestrator_env = games.orchestrator_env();
+    orchestrator_env.push(("MM_ORCHESTRATOR__NODE".to_owned(), node.to_owned()));
+    if config.orchestrator.public_url.is_none() {
+        // Game URLs on the gateway this stack runs, wherever it listens.
+        let mut gateway = config.gateway.listen;
+        if gateway.ip().is_unspecified() {
+            gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        orchestrator_env.push(("MM_ORCHESTRATOR__PUBLIC_URL".to_owned(), format!("ws://{gateway}")));
+    }
+    orchestrator_env.extend(config.dev.orchestrator_env.iter().cloned());
+    let mut tiers = Vec::new();
+    if let Games::Podman(podman) = games
+        && podman.start_service
+    {
+        let command = podman.user.service_command(&podman.socket, true);
+        let ready = Ready::Podman { socket: podman.socket.clone() };
+        tiers.push(vec![Program::from_command("podman", &command, ready, restart)]);
+    }
+    tiers.push(vec![nats, redis]);
+    tiers.push(vec![
+        service("matchmaker", config.matchmaker.admin_listen.to_string(), Vec::new())?,
+        service("orchestrator", config.orchestrator.admin_listen.to_string(), orchestrator_env)?,
+    ]);
+    tiers.push(vec![service("gateway", config.gateway.listen.to_string(), Vec::new())?]);
+    Ok(tiers)
 }
 
 impl Stack {
@@ -269,6 +321,7 @@ impl Stack {
     pub async fn start(
         config: &Config,
         pass: &PassThrough,
+        games: Games,
         supervisor: Supervisor,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<Stack>> {
@@ -277,9 +330,26 @@ impl Stack {
             let path = config.dev.data_dir.join(dir);
             std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         }
+        let node = mm_shared::config::node_id(&config.orchestrator.node).map_err(anyhow::Error::msg)?;
         let credentials = NatsCredentials::generate()?;
-        let programs = programs(config, pass, &nats_config_file(config)?, &credentials)?;
-        let mut stack = Stack { tiers: Vec::new(), supervisor, credentials };
+        let host = format!("127.0.0.1:{}", config.dev.nats_port);
+        for (file, user) in
+            [(crate::credentials::OPERATOR, "operator"), (crate::credentials::HARNESS, "harness")]
+        {
+            let url = crate::credentials::url(user, &credentials.password(user), &host);
+            crate::credentials::write(&config.dev.data_dir, file, &url)
+                .with_context(|| format!("writing {}", config.dev.data_dir.join(file).display()))?;
+        }
+        let programs = programs(config, pass, &nats_config_file(config)?, &credentials, &games, &node)?;
+        let mut stack = Stack {
+            tiers: Vec::new(),
+            supervisor,
+            credentials,
+            games,
+            node,
+            started: SystemTime::now(),
+            data_dir: config.dev.data_dir.clone(),
+        };
         for tier in programs {
             let running: Vec<Supervised> =
                 tier.into_iter().map(|program| stack.supervisor.start(program)).collect();
@@ -308,9 +378,10 @@ impl Stack {
         Ok(Some(stack))
     }
 
-    /// Stops the tiers back to front; each child gets SIGTERM, then SIGKILL after the
-    /// stop timeout.
-    pub async fn stop(mut self) {
+    /// Stops the tiers back to front (each child gets SIGTERM, then SIGKILL after the stop
+    /// timeout), then removes and counts the game-server containers of this run. Returns
+    /// the count when game servers ran on Podman.
+    pub async fn stop(mut self) -> Option<ContainerCount> {
         while let Some(tier) = self.tiers.pop() {
             for child in &tier {
                 child.stop.cancel();
@@ -319,7 +390,38 @@ impl Stack {
                 let _ = child.task.await;
             }
         }
-        self.supervisor.output.say("stopped");
+        let output = self.supervisor.output;
+        crate::credentials::remove(&self.data_dir);
+        let count = match &self.games {
+            Games::Podman(podman) => {
+                let (podman, node, since) = (podman.clone(), self.node.clone(), self.started);
+                match tokio::task::spawn_blocking(move || podman.finish(&node, since)).await {
+                    Ok(Ok(count)) => Some(count),
+                    Ok(Err(err)) => {
+                        output.say(&format!("cleaning up the game-server containers: {err}"));
+                        None
+                    }
+                    Err(err) => {
+                        output.say(&format!("cleaning up the game-server containers: {err}"));
+                        None
+                    }
+                }
+            }
+            Games::Processes { .. } => None,
+        };
+        if let Some(count) = &count {
+            let cleaned = if count.cleaned_up > 0 {
+                format!(" ({} removed by mmctl: the orchestrator had left them)", count.cleaned_up)
+            } else {
+                String::new()
+            };
+            output.say(&format!(
+                "game-server containers: {} started, {} removed{cleaned}, {} left",
+                count.started, count.removed, count.left
+            ));
+        }
+        output.say("stopped");
+        count
     }
 
     /// Where each service answers, for the banner.
@@ -355,6 +457,6 @@ mod tests {
             assert!(NATS_CONFIG.contains(&format!("user: {user},")), "{user}");
             assert!(NATS_CONFIG.contains(&format!("${}", password_env(user))));
         }
-        assert!(NATS_CONFIG.contains("no_auth_user: operator"));
+        assert!(NATS_CONFIG.contains("no_auth_user: viewer"));
     }
 }

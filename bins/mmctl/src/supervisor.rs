@@ -29,6 +29,8 @@ pub enum Ready {
     Http { addr: String, path: &'static str },
     /// Something accepts TCP connections on `addr`.
     Tcp { addr: String },
+    /// A Podman API service answers `GET /_ping` on this unix socket.
+    Podman { socket: PathBuf },
 }
 
 /// How long one readiness probe may take, and the pause between two.
@@ -60,6 +62,7 @@ impl Ready {
                 mm_shared::probe::http_get(addr, path, PROBE_TIMEOUT).is_ok_and(|answer| answer.status == 200)
             }
             Ready::Tcp { addr } => mm_shared::probe::tcp_open(addr, PROBE_TIMEOUT),
+            Ready::Podman { socket } => mm_rootless::ping(socket, PROBE_TIMEOUT),
         }
     }
 
@@ -68,6 +71,7 @@ impl Ready {
         match self {
             Ready::Http { addr, path } => format!("http://{addr}{path}"),
             Ready::Tcp { addr } => addr.clone(),
+            Ready::Podman { socket } => format!("unix://{}", socket.display()),
         }
     }
 }
@@ -83,6 +87,32 @@ pub struct Program {
     pub ready: Ready,
     /// Restart it when it exits on its own.
     pub restart: bool,
+    /// Working directory (default: mmctl's).
+    pub current_dir: Option<PathBuf>,
+}
+
+impl Program {
+    /// A program made from a prepared command (its program, arguments, added environment
+    /// and working directory).
+    pub fn from_command(
+        name: &'static str,
+        command: &std::process::Command,
+        ready: Ready,
+        restart: bool,
+    ) -> Self {
+        Program {
+            name,
+            path: PathBuf::from(command.get_program()),
+            args: command.get_args().map(ToOwned::to_owned).collect(),
+            env: command
+                .get_envs()
+                .filter_map(|(key, value)| Some((key.to_str()?.to_owned(), value?.to_str()?.to_owned())))
+                .collect(),
+            ready,
+            restart,
+            current_dir: command.get_current_dir().map(PathBuf::from),
+        }
+    }
 }
 
 /// A supervised child: its task ends after the child has stopped for good.
@@ -183,6 +213,9 @@ impl Supervisor {
 fn spawn(program: &Program, output: Output) -> std::io::Result<Child> {
     let mut command = std::process::Command::new(&program.path);
     command.args(&program.args).envs(program.env.iter().map(|(key, value)| (key, value)));
+    if let Some(dir) = &program.current_dir {
+        command.current_dir(dir);
+    }
     mm_shared::process::die_with_parent(&mut command);
     let mut command = Command::from(command);
     command

@@ -23,6 +23,8 @@ fn ports_env() -> Vec<(String, String)> {
         ("MM_DEV__NATS_MONITOR_PORT".into(), free_port().to_string()),
         ("MM_DEV__REDIS_PORT".into(), free_port().to_string()),
         ("MM_DEV__STOP_TIMEOUT".into(), "5s".into()),
+        // These tests are about supervision; the Podman journey is the test below.
+        ("MM_DEV__DRIVER".into(), "process".into()),
         ("MM_GATEWAY__LISTEN".into(), local()),
         ("MM_MATCHMAKER__ADMIN_LISTEN".into(), local()),
         ("MM_ORCHESTRATOR__ADMIN_LISTEN".into(), local()),
@@ -178,4 +180,148 @@ fn ctrl_c_while_waiting_for_a_tier_stops_at_once() {
     assert!(status.is_some(), "mmctl did not stop within 15 s of Ctrl-C:\n{}", mmctl.log());
     assert!(asked.elapsed() < Duration::from_secs(5), "took {:?}:\n{}", asked.elapsed(), mmctl.log());
     assert!(descendants(mmctl.pid()).is_empty());
+}
+
+/// Removes a node's containers and the pause process when the test ends, however it ends.
+struct PodmanCleanup<'a> {
+    user: &'a mm_rootless::PodmanUser,
+    node: String,
+}
+
+impl Drop for PodmanCleanup<'_> {
+    fn drop(&mut self) {
+        let _ = self.user.remove_containers(&self.node);
+        self.user.end_pause_process();
+    }
+}
+
+/// Runs `podman <args>` as the project's Podman user; its stdout.
+fn podman(user: &mm_rootless::PodmanUser, args: &[&str]) -> String {
+    user.podman(args).unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// The whole point of the project, from a user's seat: `mmctl dev` on a host with Podman
+/// runs each match's game server as a labelled container of the project's rootless Podman
+/// (a service mmctl starts), and Ctrl-C leaves no container, no service and no process of
+/// that user. (`.ci/nextest.toml` runs the tests that use the project user one at a time.)
+#[test]
+fn dev_runs_matches_in_rootless_podman_containers() {
+    let user = mm_rootless::PodmanUser::detect().unwrap_or_else(|problems| {
+        panic!("rootless Podman cannot run here ({problems}): run `just setup` (as root)")
+    });
+    let pid = std::process::id();
+    let node = format!("mmctl-test-{pid}");
+    let socket = user.runtime_dir().join("podman").join(format!("mmctl-test-{pid}.sock"));
+    // Dropped last: after mmctl, whatever happened to it.
+    let _cleanup = PodmanCleanup { user: &user, node: node.clone() };
+    let mut env = ports_env();
+    env.retain(|(key, _)| key != "MM_DEV__DRIVER");
+    env.extend([
+        ("MM_DEV__DRIVER".to_owned(), "podman".to_owned()),
+        ("MM_DEV__PODMAN_SOCKET".to_owned(), socket.display().to_string()),
+        ("MM_ORCHESTRATOR__NODE".to_owned(), node.clone()),
+        ("MM_ORCHESTRATOR__GAME__DURATION".to_owned(), "20s".to_owned()),
+        ("MM_DEV__READY_TIMEOUT".to_owned(), "60s".to_owned()),
+    ]);
+    let mut mmctl = ServiceProcess::start("mmctl", &["dev"], &borrowed(&env)).expect("mmctl starts");
+    let log = mmctl.dir().join("mmctl.log");
+    let up = mmctl.process().wait_ready(Duration::from_secs(120), || {
+        std::fs::read_to_string(&log).is_ok_and(|log| log.contains("the backend is up"))
+    });
+    up.unwrap_or_else(|err| panic!("the stack did not come up: {err}"));
+    let said = mmctl.log();
+    assert!(
+        said.contains("game servers are rootless Podman containers of user"),
+        "the banner says so:\n{said}"
+    );
+    assert!(
+        descendants(mmctl.pid()).iter().any(|pid| process_name(*pid) == "podman"),
+        "mmctl runs the Podman service itself"
+    );
+
+    // Ten players queue through the gateway and are matched.
+    let gateway: std::net::SocketAddr = lookup(&env, "MM_GATEWAY__LISTEN").parse().expect("address");
+    let call = |method: &str, path: &str, token: Option<&str>, body: Option<&serde_json::Value>| {
+        mm_deploy_tests::http::call(gateway, method, path, token, body, Duration::from_secs(30))
+            .unwrap_or_else(|err| panic!("{method} {path}: {err}"))
+    };
+    let mut players = Vec::new();
+    for i in 0..10 {
+        let body = serde_json::json!({"id": format!("podman-{pid}-{i}"), "password": "pw"});
+        let (status, login) = call("POST", "/login", None, Some(&body));
+        assert_eq!(status, 200, "{login}");
+        let token = login["token"].as_str().expect("token").to_owned();
+        let (status, joined) = call("POST", "/matchmaking/join", Some(&token), None);
+        assert_eq!(status, 200, "{joined}");
+        players.push((token, joined["ticketId"].as_str().expect("ticket").to_owned()));
+    }
+    let (token, ticket) = &players[0];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let matched = loop {
+        let (status, view) =
+            call("GET", &format!("/matchmaking/status?ticketId={ticket}&waitMs=10000"), Some(token), None);
+        assert_eq!(status, 200, "{view}");
+        if view["status"] == "matched" {
+            break view;
+        }
+        assert!(std::time::Instant::now() < deadline, "not matched: {view}\n{}", mmctl.log());
+    };
+    let game_id = matched["server"]["gameId"].as_str().expect("gameId").to_owned();
+    let url = matched["server"]["url"].as_str().expect("url").to_owned();
+
+    // Its game server is a container, labelled with the game and the node.
+    let socket_url = format!("unix://{}", socket.display());
+    let listed = podman(
+        &user,
+        &[
+            "--url",
+            &socket_url,
+            "ps",
+            "--filter",
+            &format!("label=mm.game-id={game_id}"),
+            "--format",
+            "{{.Names}} {{.Labels}}",
+        ],
+    );
+    let containers: Vec<&str> = listed.lines().collect();
+    assert_eq!(containers.len(), 1, "one running container for game {game_id}: {listed}");
+    assert!(containers[0].contains(&format!("mm.node:{node}")), "{listed}");
+
+    // And it plays: an echo through the gateway's proxy.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut socket, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(format!("{url}?token={token}")),
+        )
+        .await
+        .expect("connects in time")
+        .expect("connects through the gateway");
+        socket.send(Message::text("hello container")).await.expect("send");
+        let echo =
+            tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("an echo in time");
+        assert_eq!(echo.expect("open").expect("a frame"), Message::text("hello container"));
+    });
+
+    // Ctrl-C mid-game: nothing of the stack, of Podman or of the project user remains.
+    let children: Vec<u32> = descendants(mmctl.pid());
+    let status = mmctl.interrupt(Duration::from_secs(60)).expect("mmctl stops on Ctrl-C");
+    assert!(status.success(), "{status}\n{}", mmctl.log());
+    assert!(all_gone(&children), "left behind: {children:?}");
+    let left = mm_rootless::processes_of(user.account.uid);
+    assert!(
+        left.is_empty() || !user.is_switched(),
+        "processes of {} remain: {:?}",
+        user.describe(),
+        left.iter().map(|pid| (*pid, process_name(*pid))).collect::<Vec<_>>()
+    );
+    assert!(!socket.exists(), "the service's socket is gone");
+    let said = mmctl.log();
+    assert!(said.contains("game-server containers: 1 started, 1 removed, 0 left"), "{said}");
+    let remaining =
+        podman(&user, &["ps", "-a", "--filter", &format!("label=mm.node={node}"), "--format", "{{.Names}}"]);
+    user.end_pause_process();
+    assert!(remaining.is_empty(), "containers left: {remaining}");
 }
