@@ -19,12 +19,57 @@ pub struct ComposeProject {
     file: PathBuf,
     /// `up` was run: dropping the project takes it down.
     started: bool,
+    /// Started with `just up` (mmctl's data dir for its Podman service state): dropping it
+    /// runs `just down`, as a user would.
+    just: Option<tempfile::TempDir>,
 }
 
 impl ComposeProject {
     /// A project named `name`, whose commands see only `env` among `MM_*` variables.
     pub fn new(name: &str, env: Vec<(String, String)>) -> Self {
-        Self { name: name.to_owned(), env, file: crate::repo().join("compose.yaml"), started: false }
+        Self {
+            name: name.to_owned(),
+            env,
+            file: crate::repo().join("compose.yaml"),
+            started: false,
+            just: None,
+        }
+    }
+
+    /// `just <recipe> <args>` in the repository, for this project (`MM_COMPOSE_PROJECT`)
+    /// with its environment and its own mmctl data dir.
+    fn just_command(&self, recipe: &str, args: &[&str], data_dir: &std::path::Path) -> Command {
+        let mut command = Command::new("just");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("MM_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .current_dir(crate::repo())
+            .arg(recipe)
+            .args(args)
+            .env("MM_COMPOSE_PROJECT", &self.name)
+            .env("MM_DEV__DATA_DIR", data_dir)
+            .envs(self.env.iter().map(|(key, value)| (key, value)));
+        command
+    }
+
+    /// `just up`, as a user runs it (images, the Podman service, the stack): from now on,
+    /// dropping the project runs `just down`.
+    pub fn just_up(&mut self, timeout: Duration) -> Ran {
+        let data_dir = tempfile::Builder::new().prefix("mm-just-up-").tempdir().expect("temp dir");
+        let mut command = self.just_command("up", &[], data_dir.path());
+        self.started = true;
+        self.just = Some(data_dir);
+        run_bounded(&mut command, timeout)
+    }
+
+    /// `just down` now (the project is not taken down again when dropped).
+    pub fn just_down(&mut self, timeout: Duration) -> Ran {
+        let Some(data_dir) = self.just.take() else { panic!("just_down without just_up") };
+        self.started = false;
+        run_bounded(&mut self.just_command("down", &["-v"], data_dir.path()), timeout)
     }
 
     /// `podman-compose -p <name> -f compose.yaml <args>`, with the project's environment.
@@ -115,6 +160,12 @@ impl Drop for ComposeProject {
         }
         if std::thread::panicking() {
             eprintln!("compose project {} logs:\n{}", self.name, self.logs());
+        }
+        if let Some(data_dir) = self.just.take() {
+            let down = run_bounded(&mut self.just_command("down", &["-v"], data_dir.path()), DOWN_TIMEOUT);
+            if !down.success() {
+                eprintln!("just down of {} failed:\n{}", self.name, down.output());
+            }
         }
         let down = self.run(&["down", "-v", "-t", "5"], DOWN_TIMEOUT);
         if !down.success() {

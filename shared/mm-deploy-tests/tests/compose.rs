@@ -1,10 +1,11 @@
 //! `compose.yaml`: podman-compose accepts it and it keeps the deployment's promises
 //! (limits, worker threads, health checks, no privilege, fixed addresses for the static
-//! binaries); and one match runs through the real compose stack, built from the images
-//! `just images` makes without a registry.
+//! binaries); and one match runs through the real compose stack, brought up and down with
+//! `just up` / `just down` as a user does, from the images `just images` makes without a
+//! registry.
 //!
-//! The stack test uses the rootful Podman of the test (a `podman system service` of its
-//! own) as the orchestrator's socket; users mount their rootless one. Grafana needs a
+//! `just up` starts the rootless Podman service of the project user on a socket where
+//! nothing answered, and `just down` stops it: the test checks both. Grafana needs a
 //! registry and is left out (its profile is not enabled).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use mm_deploy_tests::compose::{ComposeProject, podman};
 use mm_deploy_tests::{http, repo, run_bounded};
 use mm_shared::probe::{http_get, wait_until};
-use mm_testkit::{PodmanService, free_port};
+use mm_testkit::free_port;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -117,7 +118,8 @@ fn compose_file_is_accepted_and_keeps_its_promises() {
         assert_eq!(test, ["CMD", "/app", "--healthcheck", &format!("127.0.0.1:{port}")], "{name}");
         assert_eq!(env.get("MM_NATS__USER").map(String::as_str), Some(name), "{name}: its own NATS user");
         assert!(env.get("MM_NATS__PASSWORD").is_some_and(|pw| !pw.is_empty()), "{name}: a password");
-        assert_eq!(env.get("MM_NATS__URL").map(String::as_str), Some("nats://10.213.7.2:4222"), "{name}");
+        let nats = if name == "harness" { "nats://10.213.7.130:4222" } else { "nats://10.213.7.2:4222" };
+        assert_eq!(env.get("MM_NATS__URL").map(String::as_str), Some(nats), "{name}");
         assert!(service["image"].as_str().is_some_and(|image| image.starts_with("localhost/mm/")), "{name}");
     }
     // nats-server gets every user's password, and `just up` makes one for each.
@@ -126,27 +128,72 @@ fn compose_file_is_accepted_and_keeps_its_promises() {
     for user in mm_shared::nats::USERS {
         let key = mm_shared::nats::password_env(user);
         assert!(nats_env.get(&key).is_some_and(|pw| !pw.is_empty()), "nats: {key}");
-        let generated = compose_env
-            .lines()
-            .any(|line| line.trim_start().starts_with("for user in ") && line.contains(&user.to_uppercase()));
+        let generated = compose_env.lines().any(|line| {
+            line.trim_start().starts_with("for name in ")
+                && line.contains(&format!("NATS_{}", user.to_uppercase()))
+        });
         assert!(generated, "podman/compose-env makes no password for {user}");
     }
+    assert!(
+        compose_env
+            .lines()
+            .any(|line| line.trim_start().starts_with("for name in ") && line.contains(" REDIS")),
+        "podman/compose-env makes no Redis password"
+    );
     for name in ["nats", "prometheus"] {
         assert_eq!(env_of(&services[name]).get("GOMAXPROCS"), Some(&whole(cpus(name))), "{name}: GOMAXPROCS");
     }
     // Static binaries get addresses: nats, redis and the gateway have fixed ones.
-    let address =
-        |name: &str| services[name]["networks"]["mm"]["ipv4_address"].as_str().unwrap_or("").to_owned();
-    assert_eq!(address("nats"), "10.213.7.2");
-    assert_eq!(address("redis"), "10.213.7.3");
-    assert_eq!(address("gateway"), "10.213.7.4");
+    let address = |name: &str, network: &str| {
+        services[name]["networks"][network]["ipv4_address"].as_str().unwrap_or("").to_owned()
+    };
+    assert_eq!(address("nats", "mm"), "10.213.7.2");
+    assert_eq!(address("nats", "load"), "10.213.7.130");
+    assert_eq!(address("redis", "data"), "10.213.7.195");
+    assert_eq!(address("gateway", "mm"), "10.213.7.4");
+    assert_eq!(address("gateway", "load"), "10.213.7.132");
     assert_eq!(
         env_of(&services["matchmaker"]).get("MM_REDIS__URL").map(String::as_str),
-        Some("redis://10.213.7.3:6379/")
+        Some("redis://:dev-redis@10.213.7.195:6379/"),
+        "Redis wants a password"
     );
-    let ipam = &config["networks"]["mm"]["ipam"]["config"][0];
-    assert_eq!(ipam["subnet"], "10.213.7.0/24");
-    assert_eq!(ipam["ip_range"], "10.213.7.128/25", "dynamic addresses stay clear of the fixed ones");
+    let redis_command: Vec<&str> =
+        services["redis"]["command"].as_array().expect("command").iter().filter_map(Value::as_str).collect();
+    assert!(redis_command.windows(2).any(|pair| pair == ["--requirepass", "dev-redis"]), "{redis_command:?}");
+    assert!(
+        redis_command.windows(2).any(|pair| pair == ["--maxmemory-policy", "noeviction"]),
+        "{redis_command:?}"
+    );
+    for (network, subnet, range) in [
+        ("mm", "10.213.7.0/25", "10.213.7.64/26"),
+        ("load", "10.213.7.128/26", "10.213.7.160/27"),
+        ("data", "10.213.7.192/26", "10.213.7.224/27"),
+    ] {
+        let ipam = &config["networks"][network]["ipam"]["config"][0];
+        assert_eq!(ipam["subnet"], subnet, "{network}");
+        assert_eq!(ipam["ip_range"], range, "{network}: dynamic addresses stay clear of the fixed ones");
+    }
+    // Each container reaches only what it needs: Redis only the matchmakers, the harness
+    // only the gateway and NATS, Prometheus everything but Redis.
+    let networks_of = |name: &str| -> BTreeSet<String> {
+        match &services[name]["networks"] {
+            Value::Object(map) => map.keys().cloned().collect(),
+            Value::Array(list) => list.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            _ => BTreeSet::new(),
+        }
+    };
+    for (name, expected) in [
+        ("redis", &["data"][..]),
+        ("matchmaker", &["data", "mm"][..]),
+        ("harness", &["load"][..]),
+        ("prometheus", &["load", "mm"][..]),
+        ("orchestrator", &["mm"][..]),
+        ("gateway", &["load", "mm"][..]),
+        ("nats", &["load", "mm"][..]),
+    ] {
+        let expected: BTreeSet<String> = expected.iter().map(|n| (*n).to_owned()).collect();
+        assert_eq!(networks_of(name), expected, "{name}'s networks");
+    }
     // Matchmakers scale: replicas, and no fixed address.
     let matchmaker = &services["matchmaker"];
     assert_eq!(matchmaker["deploy"]["mode"], "replicated");
@@ -165,7 +212,21 @@ fn compose_file_is_accepted_and_keeps_its_promises() {
         mounts.iter().any(|mount| mount.ends_with(&format!(":{socket}"))),
         "socket mounted at {socket}: {mounts:?}"
     );
+    // Game servers are published and reached on the network's host side, never on the
+    // host's external address; players get the gateway's address on this network.
     assert_eq!(env.get("MM_ORCHESTRATOR__ADVERTISE_IP").map(String::as_str), Some("10.213.7.1"));
+    assert_eq!(env.get("MM_ORCHESTRATOR__HOST_IP").map(String::as_str), Some("10.213.7.1"));
+    assert_eq!(env.get("MM_ORCHESTRATOR__PUBLIC_URL").map(String::as_str), Some("ws://10.213.7.132:8080"));
+    assert_eq!(
+        env_of(&services["harness"]).get("MM_HARNESS__GATEWAY").map(String::as_str),
+        Some("http://10.213.7.132:8080")
+    );
+    for (name, service) in services {
+        for port in service["ports"].as_array().into_iter().flatten() {
+            let port = port.as_str().unwrap_or_default();
+            assert!(port.starts_with("127.0.0.1:"), "{name} publishes {port} beyond loopback by default");
+        }
+    }
     // Named volumes for every stateful server.
     let volumes: BTreeSet<&str> =
         config["volumes"].as_object().expect("volumes").keys().map(String::as_str).collect();
@@ -202,30 +263,57 @@ fn free_port_range(count: u16) -> (u16, u16) {
         .expect("a free port range")
 }
 
-/// A `podman ps` of the project's game servers of `game_id`.
-fn game_containers(game_id: &str) -> Vec<String> {
+/// The project user's game servers of `game_id`, through the socket `just up` serves.
+fn game_containers(user: &mm_rootless::PodmanUser, socket: &str, game_id: &str) -> Vec<String> {
     let label = format!("label=mm.game-id={game_id}");
-    let ps = podman(&["ps", "-a", "--filter", &label, "--format", "{{.Names}} {{.Labels}}"]);
-    ps.stdout.lines().map(str::to_owned).collect()
+    let ps = user
+        .podman(&["--url", socket, "ps", "-a", "--filter", &label, "--format", "{{.Names}} {{.Labels}}"])
+        .unwrap_or_else(|err| panic!("{err}"));
+    ps.lines().map(str::to_owned).filter(|line| !line.is_empty()).collect()
+}
+
+/// Stops the rootless Podman services an earlier, killed run of this test left (`just up`
+/// runs them in a session of their own, so they outlive a killed test).
+fn reap_stale_services(user: &mm_rootless::PodmanUser) {
+    for pid in mm_rootless::processes_of(user.account.uid) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let test_pid = cmdline
+            .split("compose-test-")
+            .nth(1)
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|digits| digits.parse::<u32>().ok());
+        if let Some(test_pid) = test_pid
+            && cmdline.contains("system service")
+            && !mm_shared::process::is_alive(test_pid)
+        {
+            eprintln!("stopping the Podman service (pid {pid}) an earlier run left");
+            let _ = mm_shared::process::send_signal(pid, libc::SIGTERM);
+        }
+    }
 }
 
 #[test]
-fn one_match_through_the_compose_stack() {
+fn one_match_through_just_up_and_down() {
     require_images();
     ComposeProject::reap_stale("mmtest", "compose-test-");
+    let user = mm_rootless::PodmanUser::detect()
+        .unwrap_or_else(|problems| panic!("rootless Podman cannot run here ({problems}): run `just setup`"));
+    reap_stale_services(&user);
     let started = Instant::now();
-    let podman_service = PodmanService::start().expect("podman service");
     let pid = std::process::id();
+    // Where nothing answers yet: `just up` starts the service there.
+    let socket_path = user.runtime_dir().join("podman").join(format!("compose-test-{pid}.sock"));
+    assert!(!mm_rootless::ping(&socket_path, Duration::from_millis(200)));
+    let socket = format!("unix://{}", socket_path.display());
     let net = format!("10.213.{}", 100 + pid % 150);
-    let host_ip = format!("{net}.1");
     let (gateway_port, nats_port, monitor_port, prometheus_port) =
         (free_port(), free_port(), free_port(), free_port());
     let (game_low, game_high) = free_port_range(20);
     let node = format!("compose-test-{pid}");
     let env: Vec<(String, String)> = [
         ("MM_NET", net.clone()),
-        ("MM_HOST_IP", host_ip.clone()),
-        ("MM_PODMAN_SOCKET", podman_service.socket().display().to_string()),
+        ("MM_PODMAN_SOCKET", socket_path.display().to_string()),
         ("MM_GATEWAY_PORT", gateway_port.to_string()),
         ("MM_NATS_PORT", nats_port.to_string()),
         ("MM_NATS_MONITOR_PORT", monitor_port.to_string()),
@@ -246,9 +334,11 @@ fn one_match_through_the_compose_stack() {
     .map(|(key, value)| (key.to_owned(), value))
     .collect();
     let mut project = ComposeProject::new(&format!("mmtest{pid}"), env);
-    let up = project.up(Duration::from_secs(150));
-    assert!(up.success(), "podman-compose up failed:\n{}", up.output());
+    let up = project.just_up(Duration::from_secs(300));
+    assert!(up.success(), "just up failed:\n{}", up.output());
     let up_took = started.elapsed();
+    assert!(mm_rootless::ping(&socket_path, Duration::from_secs(2)), "just up serves Podman on {socket}");
+    assert!(up.stderr.contains("started a rootless Podman service"), "{}", up.output());
 
     let gateway: SocketAddr = ([127, 0, 0, 1], gateway_port).into();
     let healthy = wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
@@ -259,11 +349,11 @@ fn one_match_through_the_compose_stack() {
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-    // The orchestrator node registered; read as the operator (no credentials), as `nats kv get nodes` does.
+    // The orchestrator node registered; read as the viewer (no credentials), as `nats kv get nodes` does.
     runtime.block_on(async {
-        let operator =
+        let viewer =
             async_nats::connect(format!("nats://127.0.0.1:{nats_port}")).await.expect("NATS, no credentials");
-        let js = async_nats::jetstream::new(operator);
+        let js = async_nats::jetstream::new(viewer);
         let registered = async {
             loop {
                 if let Ok(nodes) = js.get_key_value("nodes").await
@@ -309,7 +399,10 @@ fn one_match_through_the_compose_stack() {
     ];
     let own_users = wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
         let users = users();
-        users.iter().filter(|user| !user.ends_with("=operator")).eq(expected.iter())
+        users
+            .iter()
+            .filter(|user| !user.ends_with("=operator") && !user.ends_with("=viewer"))
+            .eq(expected.iter())
     });
     assert!(own_users, "each service connects as its own user: {:?}", users());
 
@@ -358,10 +451,11 @@ fn one_match_through_the_compose_stack() {
         servers.iter().all(|server| server["gameId"] == game_id.as_str()),
         "one match of ten: {servers:?}"
     );
-    assert!(url.starts_with(&format!("ws://{host_ip}:{gateway_port}/game/")), "{url}");
+    assert!(url.starts_with(&format!("ws://{net}.132:8080/game/")), "the gateway on the load network: {url}");
 
-    // The orchestrator started the match's game server on the host's Podman, labelled.
-    let containers = game_containers(&game_id);
+    // The orchestrator started the match's game server on the project user's rootless
+    // Podman, labelled, published on the network's host side only.
+    let containers = game_containers(&user, &socket, &game_id);
     assert_eq!(containers.len(), 1, "one container for the match: {containers:?}");
     assert!(containers[0].contains(&format!("mm.node:{node}")), "{containers:?}");
 
@@ -397,9 +491,13 @@ fn one_match_through_the_compose_stack() {
         }
     });
     let removed = wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
-        game_containers(&game_id).is_empty()
+        game_containers(&user, &socket, &game_id).is_empty()
     });
-    assert!(removed, "the game server is removed after its game: {:?}", game_containers(&game_id));
+    assert!(
+        removed,
+        "the game server is removed after its game: {:?}",
+        game_containers(&user, &socket, &game_id)
+    );
 
     // Prometheus (built from this host's binary) scrapes every service, matchmaker replicas
     // found through compose DNS, and saw the match.
@@ -431,13 +529,27 @@ fn one_match_through_the_compose_stack() {
     assert!(scraped, "Prometheus does not scrape the whole stack:\n{}", api("targets"));
 
     let before_down = Instant::now();
-    drop(project);
+    let down = project.just_down(Duration::from_secs(240));
+    assert!(down.success(), "just down failed:\n{}", down.output());
     eprintln!(
-        "compose stack: up {:.1}s, whole test {:.1}s, down {:.1}s",
+        "compose stack: just up {:.1}s, whole test {:.1}s, just down {:.1}s",
         up_took.as_secs_f64(),
         before_down.duration_since(started).as_secs_f64(),
         before_down.elapsed().as_secs_f64()
     );
-    let left = podman(&["ps", "-aq", "--filter", &format!("label=mm.node={node}")]);
-    assert!(left.stdout.trim().is_empty(), "game servers left behind: {}", left.stdout);
+    // Nothing left: no compose container, no game server, no Podman service, no process
+    // of the project user.
+    assert!(project.containers().is_empty(), "compose containers left: {:?}", project.containers());
+    assert!(!mm_rootless::ping(&socket_path, Duration::from_millis(500)), "the Podman service still answers");
+    let processes = mm_rootless::processes_of(user.account.uid);
+    assert!(
+        processes.is_empty() || !user.is_switched(),
+        "processes of {} remain: {processes:?}",
+        user.describe()
+    );
+    let left = user
+        .podman(&["ps", "-aq", "--filter", &format!("label=mm.node={node}")])
+        .unwrap_or_else(|err| panic!("{err}"));
+    user.end_pause_process();
+    assert!(left.trim().is_empty(), "game servers left behind: {left}");
 }
