@@ -1,7 +1,10 @@
 //! `mmctl dev` runs nats-server with `nats/nats-server.conf` and hands each service its own
-//! user: the server's connection list (`/connz?auth=1`) names each service's user, and a
-//! client without credentials still gets in, as the operator.
+//! user: the server's connection list (`/connz?auth=1`) names each service's user; a
+//! client without credentials gets in as the read-only viewer; the operator's and the
+//! harness's credentials are in `.mm/operator.env` and `.mm/harness.env` (0600), which
+//! `mmctl fleet` reads by itself, and which are gone when the stack stops.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use mm_deploy_tests::nats_users::UserClient;
@@ -20,7 +23,7 @@ fn mmctl_dev_gives_each_service_its_own_nats_user() {
         ("MM_GATEWAY__LISTEN", local()),
         ("MM_MATCHMAKER__ADMIN_LISTEN", local()),
         ("MM_ORCHESTRATOR__ADMIN_LISTEN", local()),
-        ("MM_ORCHESTRATOR__DRIVER", "process".to_owned()),
+        ("MM_DEV__DRIVER", "process".to_owned()),
         ("MM_HARNESS__ADMIN_LISTEN", local()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(key, value)| (*key, value.as_str())).collect();
@@ -61,21 +64,73 @@ fn mmctl_dev_gives_each_service_its_own_nats_user() {
         }
     }
 
-    // No credentials: the operator, as the `nats` CLI connects.
+    // No credentials: the viewer, as the `nats` CLI connects without flags.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let operator = UserClient::connect(&format!("nats://127.0.0.1:{nats_port}"), None)
+        let viewer = UserClient::connect(&format!("nats://127.0.0.1:{nats_port}"), None)
             .await
             .expect("a client without credentials connects");
-        let js = async_nats::jetstream::new(operator.client.clone());
+        let js = async_nats::jetstream::new(viewer.client.clone());
         js.get_key_value("nodes").await.expect("and reads `nodes`");
         assert!(
-            users().iter().any(|(_, user)| user == "operator"),
-            "a client without credentials is the operator: {:?}",
+            users().iter().any(|(_, user)| user == "viewer"),
+            "a client without credentials is the viewer: {:?}",
+            users()
+        );
+    });
+
+    // The credentials files: private, one NATS_URL each, and they work.
+    let data_dir = mmctl.dir().join(".mm");
+    let mut harness_url = String::new();
+    for (file, user) in [("operator.env", "operator"), ("harness.env", "harness")] {
+        let path = data_dir.join(file);
+        let mode =
+            std::fs::metadata(&path).unwrap_or_else(|err| panic!("{file}: {err}")).permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{file} is readable by its owner only");
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let url = text.trim().strip_prefix("NATS_URL=").unwrap_or_else(|| panic!("{file}: {text}"));
+        assert!(
+            url.starts_with(&format!("nats://{user}:")) && url.ends_with(&format!("@127.0.0.1:{nats_port}"))
+        );
+        if user == "harness" {
+            harness_url = url.to_owned();
+        }
+    }
+    // `mmctl fleet` steers as the operator with no flag: a harness (connected with
+    // harness.env, in its own account) hears the control message.
+    runtime.block_on(async {
+        use futures_util::StreamExt;
+        let (servers, credentials) = mm_shared::config::split_nats_credentials(&harness_url);
+        let (user, password) = credentials.expect("harness.env has credentials");
+        let harness = async_nats::ConnectOptions::with_user_and_password(user, password)
+            .custom_inbox_prefix("_INBOX.harness")
+            .name("harness-test")
+            .connect(servers.as_str())
+            .await
+            .expect("the harness connects with harness.env");
+        let mut control = harness.subscribe("harness.control").await.expect("subscribe");
+        harness.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let fleet = std::process::Command::new(mm_testkit::project_bin("mmctl").expect("built"))
+            .args(["fleet", "--listen", "200ms", "--target", "0"])
+            .current_dir(mmctl.dir())
+            .envs(env.iter().copied())
+            .output()
+            .expect("mmctl fleet runs");
+        let said =
+            String::from_utf8_lossy(&fleet.stdout).into_owned() + &String::from_utf8_lossy(&fleet.stderr);
+        let heard = tokio::time::timeout(Duration::from_secs(5), control.next()).await;
+        assert!(matches!(heard, Ok(Some(_))), "the harness did not hear mmctl fleet's control: {said}");
+        assert!(fleet.status.code() != Some(2), "{said}");
+        assert!(
+            users().iter().any(|(name, user)| name == "harness-test" && user == "harness"),
+            "harness.env's URL is the harness user's: {:?}",
             users()
         );
     });
 
     let status = mmctl.interrupt(Duration::from_secs(30)).expect("mmctl stops on Ctrl-C");
     assert!(status.success(), "{status}");
+    assert!(!data_dir.join("operator.env").exists(), "this run's passwords go with it");
+    assert!(!data_dir.join("harness.env").exists());
 }

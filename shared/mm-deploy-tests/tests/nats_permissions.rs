@@ -1,6 +1,8 @@
-//! `nats/nats-server.conf` enforced by a real nats-server: each service's user may do what
-//! that service does and is refused the rest, and a client without credentials is the
-//! operator, who sees everything but cannot forge `servers` or `nodes` entries.
+//! `nats/nats-server.conf` enforced by a real nats-server, tried as an attacker would:
+//! each service's user may do what that service does and is refused the rest; a client
+//! without credentials is a read-only viewer; the harness, whose credentials go to load
+//! machines nobody vouches for, lives in an account of its own; the operator steers but
+//! cannot forge `servers` or `nodes` entries.
 //!
 //! A refusal is proven twice: the server reports the violation to the client, and a
 //! marker published afterwards on the same connection reaches the operator while the
@@ -61,7 +63,7 @@ async fn each_service_is_refused_outside_its_subjects() {
     let message = wrong.expect_err("a wrong password is refused").to_string();
     assert!(message.contains("authorization"), "{message}");
 
-    let operator = connect(&url, None).await;
+    let operator = connect(&url, Some("operator")).await;
     let mut orchestrator = connect(&url, Some("orchestrator")).await;
     let mut gateway = connect(&url, Some("gateway")).await;
     let mut harness = connect(&url, Some("harness")).await;
@@ -125,7 +127,7 @@ async fn each_service_is_refused_outside_its_subjects() {
     assert!(deleted.is_err(), "the harness cannot delete `servers`");
     harness.violation("$JS.API.STREAM.DELETE.KV_servers").await;
 
-    // The operator (no credentials) reads everything (it received every marker above) ...
+    // The operator reads everything (it received every marker above) ...
     let operator_js = jetstream::new(operator.client.clone());
     let servers_for_operator =
         operator_js.get_key_value(buckets::SERVERS).await.expect("operator opens `servers`");
@@ -135,7 +137,7 @@ async fn each_service_is_refused_outside_its_subjects() {
     assert_eq!(seen.expect("no watch error").key, "g1");
     // ... and steers the harness, but cannot forge a server entry.
     let mut operator = operator;
-    let second_operator = connect(&url, None).await;
+    let second_operator = connect(&url, Some("operator")).await;
     assert_refused_publish(&mut operator, &second_operator, "$KV.servers.g2", subjects::HARNESS_CONTROL)
         .await;
 
@@ -187,7 +189,7 @@ async fn services_answer_each_other_through_their_own_inboxes() {
     assert_eq!(&reply.payload[..], b"welcome");
     responder.await.expect("responder");
 
-    // The operator discovers it with no flags, as `nats micro ls` does.
+    // A client without credentials discovers it, as `nats micro ls` does with no flags.
     let operator = connect(&url, None).await;
     let inbox = operator.client.new_inbox();
     let mut answers = operator.client.subscribe(inbox.clone()).await.expect("subscribe");
@@ -224,11 +226,359 @@ fn the_config_defines_exactly_the_known_users() {
         .filter_map(|line| line.trim_start().strip_prefix("{ user: ")?.split(',').next())
         .collect();
     defined.sort_unstable();
+    // Every user with a password, and the viewer, who has none (`no_auth_user`).
     let mut known = mm_shared::nats::USERS.to_vec();
+    known.push("viewer");
     known.sort_unstable();
     assert_eq!(defined, known);
+    assert!(config.contains("no_auth_user: viewer"));
     for user in mm_shared::nats::USERS {
         let password = format!("password: ${}", mm_shared::nats::password_env(user));
         assert!(config.contains(&password), "{user}: {password}");
     }
+}
+
+/// A JetStream API request as a raw NATS request: the server's JSON answer, or why none came.
+async fn js_request(
+    client: &async_nats::Client,
+    subject: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request(subject.to_owned(), serde_json::to_vec(&body).expect("JSON").into()),
+    )
+    .await
+    .map_err(|_| "no answer".to_owned())?
+    .map_err(|err| err.to_string())?;
+    serde_json::from_slice(&answer.payload).map_err(|err| err.to_string())
+}
+
+/// The anonymous viewer looks and never touches: discovery, events, `servers` and `nodes`
+/// (read and watched), the harness's stats and bucket; no service call, no publish, no
+/// other user's replies, no secrets.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_viewer_without_credentials_only_looks() {
+    let server = nats_users::start_server();
+    let url = server.url();
+    let mut viewer = connect(&url, None).await;
+    let operator = connect(&url, Some("operator")).await;
+    let orchestrator = connect(&url, Some("orchestrator")).await;
+    let matchmaker = connect(&url, Some("matchmaker")).await;
+    let gateway = connect(&url, Some("gateway")).await;
+    let harness = connect(&url, Some("harness")).await;
+
+    let orchestrator_js = jetstream::new(orchestrator.client.clone());
+    let config = |bucket: &str| kv::Config { bucket: bucket.into(), history: 1, ..Default::default() };
+    let servers = orchestrator_js.create_key_value(config(buckets::SERVERS)).await.expect("`servers`");
+    let nodes = orchestrator_js.create_key_value(config(buckets::NODES)).await.expect("`nodes`");
+    let secrets = orchestrator_js.create_key_value(config(buckets::SECRETS)).await.expect("`secrets`");
+    servers.put("g1", r#"{"gameId":"g1"}"#.into()).await.expect("put");
+    nodes.put("n1", r#"{"node":"n1"}"#.into()).await.expect("put");
+    secrets.put("g1", "the-secret".into()).await.expect("put");
+    let fleet = jetstream::new(harness.client.clone())
+        .create_key_value(config(buckets::HARNESS))
+        .await
+        .expect("the harness creates its bucket");
+    fleet.put("h1", r#"{"instance":"h1"}"#.into()).await.expect("put");
+
+    // Discovery: a micro service of the matchmaker answers the viewer's $SRV.PING, INFO
+    // and STATS (what `nats micro ls/info/stats` send).
+    let _service = async_nats::service::ServiceExt::service_builder(&matchmaker.client)
+        .start(subjects::SESSION_SERVICE, "0.0.1")
+        .await
+        .expect("service starts");
+    for subject in ["$SRV.PING", "$SRV.INFO", "$SRV.STATS", "$SRV.INFO.session"] {
+        // Until the server has the service's subscriptions, a request finds no responders.
+        let ask = async {
+            loop {
+                match viewer.client.request(subject, "".into()).await {
+                    Err(err) if err.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(5), ask)
+            .await
+            .unwrap_or_else(|_| panic!("{subject}: an answer in time"))
+            .unwrap_or_else(|err| panic!("{subject}: {err}"));
+        let answer: serde_json::Value = serde_json::from_slice(&answer.payload).expect("JSON");
+        assert_eq!(answer["name"], subjects::SESSION_SERVICE, "{subject}: {answer}");
+    }
+
+    // `nats kv watch servers`, `nats kv get nodes n1`.
+    let viewer_js = jetstream::new(viewer.client.clone());
+    let mut watch = viewer_js
+        .get_key_value(buckets::SERVERS)
+        .await
+        .expect("the viewer opens `servers`")
+        .watch_with_history(">")
+        .await
+        .expect("the viewer watches `servers`");
+    let seen =
+        tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("in time").expect("entry");
+    assert_eq!(seen.expect("no watch error").key, "g1");
+    let node =
+        viewer_js.get_key_value(buckets::NODES).await.expect("open `nodes`").get("n1").await.expect("get");
+    assert_eq!(node.as_deref(), Some(&br#"{"node":"n1"}"#[..]));
+    // The harness's bucket, from the harness account, read-only through JS.harness.API.
+    let harness_view = jetstream::with_prefix(viewer.client.clone(), "JS.harness.API");
+    let stream =
+        harness_view.get_stream("KV_harness").await.expect("the viewer reads the harness bucket's info");
+    let entry = stream.direct_get_last_for_subject("$KV.harness.h1").await.expect("and its entries");
+    assert_eq!(&entry.payload[..], br#"{"instance":"h1"}"#);
+
+    // `nats sub 'events.>'` and `nats sub 'harness.stats.*'`.
+    let mut events = viewer.client.subscribe("events.>").await.expect("subscribe events");
+    let mut stats = viewer.client.subscribe("harness.stats.*").await.expect("subscribe stats");
+    viewer.client.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    matchmaker.client.publish(subjects::EVENTS_MATCH_CREATED, "{}".into()).await.expect("publish");
+    harness.client.publish("harness.stats.h1", "{}".into()).await.expect("publish");
+    matchmaker.client.flush().await.expect("flush");
+    harness.client.flush().await.expect("flush");
+    tokio::time::timeout(Duration::from_secs(5), events.next()).await.expect("an event").expect("open");
+    tokio::time::timeout(Duration::from_secs(5), stats.next())
+        .await
+        .expect("the harness's stats")
+        .expect("open");
+
+    // No service call, no publish of anything.
+    for subject in [
+        subjects::ORCHESTRATOR_ALLOCATE,
+        subjects::ORCHESTRATOR_RELEASE,
+        subjects::SESSION_LOGIN,
+        "events.ticket.t1",
+        subjects::HARNESS_CONTROL,
+        "$KV.servers.g1",
+    ] {
+        // The marker is a discovery request, the one kind of message the viewer sends.
+        assert_refused_publish(&mut viewer, &operator, subject, "$SRV.PING").await;
+    }
+
+    // No other user's replies: asking for them is refused, and a catch-all subscription
+    // of the inbox space does not receive them.
+    let _ = viewer.client.subscribe("_INBOX.gateway.>").await.expect("the subscribe is sent");
+    viewer.client.flush().await.expect("flush");
+    let error = viewer.violation("_INBOX.gateway.>").await;
+    assert!(error.contains("Subscription"), "{error}");
+    let mut everything = viewer.client.subscribe("_INBOX.>").await.expect("subscribe");
+    viewer.client.flush().await.expect("flush");
+    let matchmaking = async_nats::service::ServiceExt::service_builder(&matchmaker.client)
+        .start(subjects::MATCHMAKING_SERVICE, "0.0.1")
+        .await
+        .expect("service");
+    let token_reply = matchmaking.endpoint(subjects::MATCHMAKING_STATUS).await.expect("endpoint");
+    let answering = tokio::spawn(async move {
+        let mut endpoint = token_reply;
+        if let Some(request) = endpoint.next().await {
+            let _ = request.respond(Ok("private to the gateway".into())).await;
+        }
+    });
+    let reply = loop {
+        match gateway.client.request(subjects::MATCHMAKING_STATUS, "{}".into()).await {
+            Err(err) if err.kind() == async_nats::RequestErrorKind::NoResponders => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => break other.expect("the gateway gets its reply"),
+        }
+    };
+    assert_eq!(&reply.payload[..], b"private to the gateway");
+    answering.await.expect("answered");
+    let overheard = tokio::time::timeout(Duration::from_millis(500), everything.next()).await;
+    assert!(overheard.is_err(), "the viewer overheard a reply: {overheard:?}");
+
+    // Secrets are out of reach.
+    let refused =
+        js_request(&viewer.client, "$JS.API.DIRECT.GET.KV_secrets.$KV.secrets.g1", serde_json::json!({}))
+            .await;
+    assert!(refused.is_err(), "the viewer read a secret: {refused:?}");
+    viewer.violation("$JS.API.DIRECT.GET.KV_secrets").await;
+    let mut viewer_js = jetstream::new(viewer.client.clone());
+    viewer_js.set_timeout(Duration::from_millis(500));
+    assert!(viewer_js.get_key_value(buckets::SECRETS).await.is_err(), "the viewer opened `secrets`");
+}
+
+/// The harness's credentials are safe on a machine nobody vouches for: its account sees
+/// none of the backend's subjects or streams, whatever it does with its own stream, and
+/// its JetStream has limits of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_harness_account_is_isolated_and_bounded() {
+    let server = nats_users::start_server();
+    let url = server.url();
+    let mut harness = connect(&url, Some("harness")).await;
+    let operator = connect(&url, Some("operator")).await;
+    let gateway = connect(&url, Some("gateway")).await;
+    let orchestrator = connect(&url, Some("orchestrator")).await;
+    let servers = jetstream::new(orchestrator.client.clone())
+        .create_key_value(kv::Config { bucket: buckets::SERVERS.into(), history: 1, ..Default::default() })
+        .await
+        .expect("`servers`");
+
+    // Its own bucket works, and it hears the operator's harness.control.
+    let harness_js = jetstream::new(harness.client.clone());
+    let fleet = harness_js
+        .create_key_value(kv::Config { bucket: buckets::HARNESS.into(), history: 1, ..Default::default() })
+        .await
+        .expect("the harness creates its bucket");
+    fleet.put("h1", "{}".into()).await.expect("the harness writes its bucket");
+    let mut control = harness.client.subscribe(subjects::HARNESS_CONTROL).await.expect("subscribe");
+    harness.client.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    operator.client.publish(subjects::HARNESS_CONTROL, r#"{"fleetTarget":1}"#.into()).await.expect("publish");
+    operator.client.flush().await.expect("flush");
+    tokio::time::timeout(Duration::from_secs(5), control.next())
+        .await
+        .expect("control arrives")
+        .expect("open");
+
+    // The attack that worked before: widen its stream to capture players' logins. Inside
+    // its own account the update is its business, but the backend's `session.login` never
+    // reaches that account, so the stream captures nothing of it.
+    let mut widened =
+        harness_js.get_stream("KV_harness").await.expect("its stream").cached_info().config.clone();
+    widened.subjects.push(subjects::SESSION_LOGIN.to_owned());
+    widened.subjects.push("events.>".to_owned());
+    harness_js.update_stream(&widened).await.expect("the harness may reshape its own stream");
+    let _ = gateway
+        .client
+        .publish(subjects::SESSION_LOGIN, r#"{"id":"victim","password":"hunter2"}"#.into())
+        .await;
+    gateway.client.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stream = harness_js.get_stream("KV_harness").await.expect("its stream");
+    let captured = stream.info().await.expect("info").state.messages;
+    assert_eq!(captured, 1, "only its own entry is in its stream, no login");
+
+    // Nothing else: no other stream created, none of the backend's touched.
+    let mut refused_harness_js = refused_js(&harness);
+    refused_harness_js.set_timeout(Duration::from_millis(500));
+    let created = refused_harness_js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "CAPTURE".into(),
+            subjects: vec!["captured.>".into()],
+            ..Default::default()
+        })
+        .await;
+    assert!(created.is_err(), "the harness created another stream");
+    harness.violation("$JS.API.STREAM.CREATE.CAPTURE").await;
+    assert!(refused_harness_js.delete_stream("KV_servers").await.is_err());
+    harness.violation("$JS.API.STREAM.DELETE.KV_servers").await;
+    assert!(refused_harness_js.get_stream("KV_servers").await.is_err(), "the harness sees `servers`");
+    harness.violation("$JS.API.STREAM.INFO.KV_servers").await;
+    let _ = harness.client.subscribe(subjects::SESSION_LOGIN).await.expect("the subscribe is sent");
+    harness.client.flush().await.expect("flush");
+    harness.violation(subjects::SESSION_LOGIN).await;
+
+    // Its JetStream quota is its own: a bucket as large as it likes fails at the account's
+    // limit, and the backend's buckets keep working.
+    let huge = harness_js
+        .update_key_value(kv::Config {
+            bucket: buckets::HARNESS.into(),
+            history: 1,
+            max_bytes: 1024 * 1024 * 1024,
+            ..Default::default()
+        })
+        .await;
+    assert!(huge.is_err(), "a 1 GiB harness bucket was accepted");
+    let chunk = vec![b'x'; 512 * 1024];
+    let mut refused_at = None;
+    for i in 0..400 {
+        if fleet.put(format!("fill-{i}"), chunk.clone().into()).await.is_err() {
+            refused_at = Some(i);
+            break;
+        }
+    }
+    let refused_at = refused_at.expect("the harness account's store has a limit");
+    assert!(refused_at * 512 < 80 * 1024, "refused only after {} KiB", refused_at * 512);
+    servers.put("g1", "{}".into()).await.expect("`servers` still takes writes");
+}
+
+/// A push consumer delivers wherever its creator says, permission or not
+/// (nats-io/nats-server#8274): the viewer, who may watch `servers`, makes the server
+/// deliver copies of its entries (which carry a `matchId`) to `orchestrator.release`. The
+/// server does deliver them; the service (mm_shared::nats) does not act on them, while a
+/// real request on the same endpoint is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn jetstream_deliveries_a_viewer_aims_at_a_service_are_not_served() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let server = nats_users::start_server();
+    let url = server.url();
+    let viewer = connect(&url, None).await;
+    let orchestrator = connect(&url, Some("orchestrator")).await;
+    let matchmaker = connect(&url, Some("matchmaker")).await;
+    let operator = connect(&url, Some("operator")).await;
+    let servers = jetstream::new(orchestrator.client.clone())
+        .create_key_value(kv::Config { bucket: buckets::SERVERS.into(), history: 1, ..Default::default() })
+        .await
+        .expect("`servers`");
+    servers.put("g1", r#"{"gameId":"g1","matchId":"m-victim"}"#.into()).await.expect("put");
+
+    // The orchestrator's release endpoint, served the way every service is.
+    let handled = Arc::new(AtomicUsize::new(0));
+    let service = async_nats::service::ServiceExt::service_builder(&orchestrator.client)
+        .start(subjects::ORCHESTRATOR_SERVICE, "0.0.1")
+        .await
+        .expect("service");
+    let endpoint = service.endpoint(subjects::ORCHESTRATOR_RELEASE).await.expect("endpoint");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let counter = handled.clone();
+    let serving = tokio::spawn(mm_shared::nats::serve_endpoint(
+        endpoint,
+        "release",
+        4,
+        shutdown.clone(),
+        move |request: mm_shared::protocol::ReleaseRequest| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(mm_shared::protocol::ReleaseReply { game_id: request.match_id, released: true })
+            }
+        },
+    ));
+    // Someone watching the subject sees what the server delivers there.
+    let mut delivered = operator.client.subscribe(subjects::ORCHESTRATOR_RELEASE).await.expect("subscribe");
+    operator.sync().await;
+
+    // The attack: a push consumer on KV_servers delivering to orchestrator.release.
+    let created = js_request(
+        &viewer.client,
+        "$JS.API.CONSUMER.CREATE.KV_servers",
+        serde_json::json!({
+            "stream_name": "KV_servers",
+            "config": {"deliver_subject": subjects::ORCHESTRATOR_RELEASE, "ack_policy": "none", "deliver_policy": "all"}
+        }),
+    )
+    .await
+    .expect("the server answers the consumer creation");
+    assert!(created.get("error").is_none(), "the viewer may create consumers on `servers`: {created}");
+    let copy = tokio::time::timeout(Duration::from_secs(5), delivered.next())
+        .await
+        .expect("the server delivers the entry to orchestrator.release (the upstream behaviour)")
+        .expect("open");
+    assert!(String::from_utf8_lossy(&copy.payload).contains("m-victim"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(handled.load(Ordering::SeqCst), 0, "the service acted on a JetStream delivery");
+
+    // A real request from the matchmaker is served.
+    let reply = loop {
+        match matchmaker
+            .client
+            .request(subjects::ORCHESTRATOR_RELEASE, r#"{"matchId":"m-real"}"#.into())
+            .await
+        {
+            Err(err) if err.kind() == async_nats::RequestErrorKind::NoResponders => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => break other.expect("a reply"),
+        }
+    };
+    assert!(String::from_utf8_lossy(&reply.payload).contains("m-real"));
+    assert_eq!(handled.load(Ordering::SeqCst), 1);
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
 }

@@ -145,6 +145,65 @@ impl Default for NatsConfig {
     }
 }
 
+/// A NATS URL list without the credentials written into it, and the first user and
+/// password found (async-nats does not read them from the URL itself).
+pub fn split_nats_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let mut found: Option<(String, String)> = None;
+    let servers: Vec<String> = url
+        .split(',')
+        .map(|server| {
+            let server = server.trim();
+            let Some((scheme, rest)) = server.split_once("://") else { return server.to_owned() };
+            let Some((userinfo, host)) = rest.rsplit_once('@') else { return server.to_owned() };
+            if found.is_none() {
+                let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                found = Some((user.to_owned(), password.to_owned()));
+            }
+            format!("{scheme}://{host}")
+        })
+        .collect();
+    (servers.join(","), found.filter(|(user, _)| !user.is_empty()))
+}
+
+/// `url` with any password in it replaced by `***` (`nats://operator:***@host:4222`), for
+/// messages and logs.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|server| {
+            let server = server.trim();
+            match server.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?))) {
+                Some((scheme, (userinfo, host))) => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                    format!("{scheme}://{user}:***@{host}")
+                }
+                None => server.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl NatsConfig {
+    /// The same settings with credentials written into the URL
+    /// (`nats://user:password@host:port`, as `.mm/harness.env` and `.mm/operator.env` give
+    /// them) moved to `user` and `password`: then the user's own reply inbox is used, and
+    /// no log line shows the password. Explicit `user`/`password` keys win.
+    pub fn with_url_credentials(&self) -> NatsConfig {
+        let mut config = self.clone();
+        let (url, found) = split_nats_credentials(&self.url);
+        config.url = url;
+        if let Some((user, password)) = found {
+            if config.user.is_none() && !user.is_empty() {
+                config.user = Some(user);
+            }
+            if config.password.is_none() && !password.is_empty() {
+                config.password = Some(password);
+            }
+        }
+        config
+    }
+}
+
 /// `[redis]`: how a service reaches Redis.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -198,6 +257,30 @@ impl Default for LogConfig {
     }
 }
 
+/// The node id to use: the configured one, or this machine's host name.
+pub fn node_id(configured: &str) -> Result<String, String> {
+    let id = if configured.is_empty() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .collect()
+    } else {
+        configured.to_owned()
+    };
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(id)
+    } else {
+        Err(format!(
+            "invalid node id `{id}` (config key `orchestrator.node`): use 1-64 letters, digits, `-` or `_`"
+        ))
+    }
+}
+
 #[cfg(test)]
 // figment::Jail's closures return figment's own (large) error type.
 #[allow(clippy::result_large_err)]
@@ -230,6 +313,34 @@ mod tests {
 
     fn load_in(jail: &Jail, file: Option<&str>) -> Result<Example, ConfigError> {
         load(file.map(|name| jail.directory().join(name)).as_deref())
+    }
+
+    #[test]
+    fn credentials_in_a_nats_url_move_out_of_it() {
+        let config =
+            NatsConfig { url: "nats://harness:s3cret@10.0.0.5:4222".into(), ..NatsConfig::default() };
+        let split = config.with_url_credentials();
+        assert_eq!(split.url, "nats://10.0.0.5:4222");
+        assert_eq!((split.user.as_deref(), split.password.as_deref()), (Some("harness"), Some("s3cret")));
+        let several = NatsConfig {
+            url: "nats://a:pw@h1:4222, nats://h2:4222".into(),
+            user: Some("explicit".into()),
+            ..NatsConfig::default()
+        };
+        let split = several.with_url_credentials();
+        assert_eq!(split.url, "nats://h1:4222,nats://h2:4222");
+        assert_eq!((split.user.as_deref(), split.password.as_deref()), (Some("explicit"), Some("pw")));
+        assert_eq!(redact_url("nats://a:pw@h1:4222,nats://h2:4222"), "nats://a:***@h1:4222,nats://h2:4222");
+        let plain = NatsConfig::default().with_url_credentials();
+        assert_eq!((plain.url.as_str(), plain.user), ("nats://127.0.0.1:4222", None));
+    }
+
+    #[test]
+    fn node_ids_are_checked() {
+        assert_eq!(node_id("node-a_1"), Ok("node-a_1".to_owned()));
+        assert!(node_id("a.b").is_err());
+        assert!(node_id("a b").is_err());
+        assert!(node_id("").is_ok(), "the host name, cleaned up");
     }
 
     #[test]

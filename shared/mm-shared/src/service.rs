@@ -93,6 +93,7 @@ impl<C> Service<C> {
         &self,
         config: &NatsConfig,
     ) -> Result<async_nats::Client, crate::nats::ConnectError> {
+        let config = &config.with_url_credentials();
         let slot = Arc::new(OnceLock::<async_nats::Client>::new());
         let (check_slot, url) = (slot.clone(), config.url.clone());
         self.health.add_check("nats", move || {
