@@ -31,6 +31,11 @@
 //! shutting down"): in a container the server is PID 1, which gets no default signal
 //! handling, so this is what makes `podman stop` quick.
 //!
+//! A server that no player joins within `game.join_timeout` (its match was probably never
+//! committed) ends itself, saying so in its log, and exits with
+//! [`exit_codes::NO_PLAYERS`]; one whose listen address is taken exits with
+//! [`exit_codes::ADDRESS_IN_USE`]. The orchestrator tells these from a crash by the code.
+//!
 //! The binary is built static for a `FROM scratch` image (`just image`), so it must never
 //! resolve host names: every address it is given is an IP address.
 
@@ -38,13 +43,14 @@ mod game;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use clap::Parser;
 use mm_shared::config::LogConfig;
 use mm_shared::protocol::addresses;
-use mm_shared::service::{self, CommonArgs, Service, ServiceConfig};
+use mm_shared::protocol::game_server::exit_codes;
+use mm_shared::service::{self, CommonArgs, Service, ServiceConfig, StartError};
 use serde::{Deserialize, Serialize};
 
 use crate::game::{EndReason, Game};
@@ -82,6 +88,9 @@ struct GameSection {
     /// How long, once the game is over, the server waits for players' close replies.
     #[serde(with = "mm_shared::duration")]
     close_timeout: Duration,
+    /// How long it waits for its first player before it ends itself; 0: the whole game.
+    #[serde(with = "mm_shared::duration")]
+    join_timeout: Duration,
 }
 
 impl Default for GameSection {
@@ -94,8 +103,9 @@ impl Default for GameSection {
             ends_at: 0,
             secret: String::new(),
             players: Vec::new(),
-            max_message_bytes: 64 * 1024,
+            max_message_bytes: mm_shared::protocol::game_server::MAX_MESSAGE_BYTES,
             close_timeout: Duration::from_secs(2),
+            join_timeout: Duration::ZERO,
         }
     }
 }
@@ -113,9 +123,16 @@ impl ServiceConfig for Config {
     }
 }
 
+/// The exit code that says why the server ended early, when it did (see the module doc).
+static EXIT_CODE: OnceLock<i64> = OnceLock::new();
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    service::main("game-server", &args.common, run)
+    let code = service::main("game-server", &args.common, run);
+    match EXIT_CODE.get() {
+        Some(&special) => ExitCode::from(u8::try_from(special).unwrap_or(1)),
+        None => code,
+    }
 }
 
 async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
@@ -130,7 +147,17 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
         config.max_message_bytes,
     ));
     let router = service.admin_router().merge(game::router(game.clone()));
-    let bound = service.serve(config.listen, "game.listen", router).await?;
+    let bound = match service.serve(config.listen, "game.listen", router).await {
+        Ok(bound) => bound,
+        Err(err) => {
+            if let StartError::Listen { source, .. } = &err
+                && source.kind() == std::io::ErrorKind::AddrInUse
+            {
+                let _ = EXIT_CODE.set(exit_codes::ADDRESS_IN_USE);
+            }
+            return Err(err.into());
+        }
+    };
     tracing::info!(
         game_id = %config.game_id,
         match_id = %config.match_id,
@@ -139,11 +166,32 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
         ends_in = %mm_shared::duration::format(ends_in),
         "game open"
     );
+    let join_timeout = config.join_timeout;
+    let nobody_joined = async {
+        if join_timeout.is_zero() || join_timeout >= ends_in {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(join_timeout) => {}
+            () = game.first_join() => std::future::pending().await,
+        }
+    };
     let reason = tokio::select! {
         () = tokio::time::sleep(ends_in) => EndReason::GameOver,
         () = service.shutdown.cancelled() => EndReason::Shutdown,
+        () = nobody_joined => EndReason::NoPlayers,
     };
     let closed = game.end(reason, config.close_timeout).await;
-    tracing::info!(game_id = %config.game_id, sockets_closed = closed, "game ended: {reason}");
+    if reason == EndReason::NoPlayers {
+        tracing::warn!(
+            game_id = %config.game_id,
+            match_id = %config.match_id,
+            "game ended: no player joined within {} (game.join_timeout)",
+            mm_shared::duration::format(join_timeout)
+        );
+        let _ = EXIT_CODE.set(exit_codes::NO_PLAYERS);
+    } else {
+        tracing::info!(game_id = %config.game_id, sockets_closed = closed, "game ended: {reason}");
+    }
     Ok(())
 }

@@ -11,8 +11,10 @@
 //! | `POST /store/purchase` | `store.purchase` |
 //!
 //! Player routes take `Authorization: Bearer <token>` (checked by `session.verify`)
-//! before anything else, so an anonymous request learns nothing about ids.
+//! before anything else, so an anonymous request learns nothing about ids. `POST /login`
+//! is rate-limited per client address first (`rate_limit`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -28,15 +30,16 @@ use serde::Deserialize;
 use crate::auth::Player;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams};
+use crate::rate_limit::{LoginLimiter, limit_login};
 use crate::state::AppState;
 
 /// Header a client may send to make a purchase safe to retry.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The routes. Add new ones here: the layers in [`router`] then cover them too.
-fn routes() -> Router<AppState> {
+fn routes(login_limiter: Arc<LoginLimiter>) -> Router<AppState> {
     Router::new()
-        .route("/login", post(login))
+        .route("/login", post(login).route_layer(middleware::from_fn_with_state(login_limiter, limit_login)))
         .route("/logout", post(logout))
         .route("/matchmaking/join", post(join))
         .route("/matchmaking/status", get(status))
@@ -46,9 +49,9 @@ fn routes() -> Router<AppState> {
         .route("/game/{game_id}/connect", get(crate::game_proxy::connect))
 }
 
-/// The whole player API with its body limit, JSON fallbacks and metrics.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    routes()
+/// The whole player API with its body limit, login rate, JSON fallbacks and metrics.
+pub fn router(state: AppState, max_body_bytes: usize, login_limiter: Arc<LoginLimiter>) -> Router {
+    routes(login_limiter)
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body_bytes))

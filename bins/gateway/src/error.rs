@@ -55,6 +55,9 @@ impl From<RequestError> for ApiError {
             RequestError::Service { code, message, .. } => match StatusCode::from_u16(*code) {
                 Ok(status) if status.is_client_error() => Self::new(status, message.clone()),
                 Ok(StatusCode::SERVICE_UNAVAILABLE) => Self::unavailable(message.clone()),
+                // The service ran out of the request's time budget before it could start
+                // on it: a timeout, as if it had answered too late.
+                Ok(StatusCode::GATEWAY_TIMEOUT) => Self::new(StatusCode::GATEWAY_TIMEOUT, message.clone()),
                 _ => Self::new(StatusCode::BAD_GATEWAY, err.to_string()),
             },
             RequestError::Transport { .. } => Self::unavailable(err.to_string()),
@@ -84,6 +87,7 @@ mod tests {
             (RequestError::Service { subject: subject.clone(), code: 409, message: "no".into() }, 409),
             (RequestError::Service { subject: subject.clone(), code: 503, message: "no".into() }, 503),
             (RequestError::Service { subject: subject.clone(), code: 500, message: "no".into() }, 502),
+            (RequestError::Service { subject: subject.clone(), code: 504, message: "late".into() }, 504),
             (RequestError::Service { subject: subject.clone(), code: 999, message: "no".into() }, 502),
             (RequestError::Transport { subject, reason: "closed".into() }, 503),
         ];

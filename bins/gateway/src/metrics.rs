@@ -43,6 +43,70 @@ pub fn describe() {
         "mm_gateway_game_frames_total",
         "WebSocket frames the game proxy passed on, by direction (to_server, to_client)."
     );
+    describe_counter!(
+        "mm_gateway_refusals_total",
+        "Requests and sockets the gateway's own limits refused or closed, by reason: login_rate (429 on \
+         POST /login), game_sockets_player (429, the player's game sockets are all open), game_sockets_total \
+         (503, the gateway's are), game_message_too_big (close 1009), game_idle (close 1001 after \
+         gateway.game_idle_timeout)."
+    );
+    describe_gauge!(
+        "mm_gateway_login_rate_clients",
+        "Client addresses the login rate limit is tracking (sampled after each clean-up)."
+    );
+    describe_counter!(
+        "mm_gateway_long_poll_rechecks_total",
+        "Status re-reads a long-poll made when its ticket's event arrived, by result: final, searching, error."
+    );
+    // Known label values exist at 0 from the start, so dashboards and alerts see them
+    // before the first refusal.
+    for reason in Refusal::ALL {
+        metrics::counter!("mm_gateway_refusals_total", "reason" => reason.label()).increment(0);
+    }
+    for result in ["final", "searching", "error"] {
+        metrics::counter!("mm_gateway_long_poll_rechecks_total", "result" => result).increment(0);
+    }
+    metrics::gauge!("mm_gateway_login_rate_clients").set(0.0);
+}
+
+/// Why the gateway's own limits turned something away (`mm_gateway_refusals_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `POST /login` over `gateway.login_rate` for the client's address.
+    LoginRate,
+    /// The player already has `gateway.game_sockets_per_player` game sockets open.
+    GameSocketsPlayer,
+    /// The gateway already proxies `gateway.game_sockets_max` game sockets.
+    GameSocketsTotal,
+    /// A game WebSocket message over the game server's limit (either direction).
+    GameMessageTooBig,
+    /// A game WebSocket with no frame either way for `gateway.game_idle_timeout`.
+    GameIdle,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 5] = [
+        Refusal::LoginRate,
+        Refusal::GameSocketsPlayer,
+        Refusal::GameSocketsTotal,
+        Refusal::GameMessageTooBig,
+        Refusal::GameIdle,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Refusal::LoginRate => "login_rate",
+            Refusal::GameSocketsPlayer => "game_sockets_player",
+            Refusal::GameSocketsTotal => "game_sockets_total",
+            Refusal::GameMessageTooBig => "game_message_too_big",
+            Refusal::GameIdle => "game_idle",
+        }
+    }
+}
+
+/// Counts one refusal.
+pub fn refused(reason: Refusal) {
+    metrics::counter!("mm_gateway_refusals_total", "reason" => reason.label()).increment(1);
 }
 
 /// Middleware: records every request under its route template.

@@ -1,4 +1,5 @@
-//! What every handler shares: the NATS connection and the request limits.
+//! What every handler shares: the NATS connection, the request limits and the game
+//! sockets open.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::error::ApiError;
+use crate::game_proxy::{GameLimits, Sockets};
 
 /// Shared by all handlers; cheap to clone.
 #[derive(Clone)]
@@ -34,10 +36,19 @@ struct Inner {
     requests: TaskTracker,
     /// KV bucket `servers`, opened on first use (it exists once an orchestrator ran).
     servers: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// KV bucket `secrets` (the game servers' secrets, which only gateways read), the same.
+    secrets: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// Game sockets open through this gateway, against `gateway.game_*`.
+    game_sockets: Sockets,
 }
 
 impl AppState {
-    pub fn new(request_timeout: Duration, long_poll_max: Duration, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        request_timeout: Duration,
+        long_poll_max: Duration,
+        game: GameLimits,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 nats: OnceLock::new(),
@@ -46,8 +57,14 @@ impl AppState {
                 shutdown,
                 requests: TaskTracker::new(),
                 servers: tokio::sync::OnceCell::new(),
+                secrets: tokio::sync::OnceCell::new(),
+                game_sockets: Sockets::new(game),
             }),
         }
+    }
+
+    pub fn game_sockets(&self) -> &Sockets {
+        &self.inner.game_sockets
     }
 
     /// Hands over the NATS connection once it is up.
@@ -92,33 +109,51 @@ impl AppState {
 }
 
 impl AppState {
-    /// The live game server of `game_id` from KV bucket `servers`, if there is one.
-    pub async fn game_server(&self, game_id: &str) -> Result<Option<ServerEntry>, ApiError> {
+    /// The value of `key` in KV bucket `bucket` (opened once, on first use).
+    async fn kv_get(
+        &self,
+        cell: &tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+        bucket: &'static str,
+        key: &str,
+    ) -> Result<Option<bytes::Bytes>, ApiError> {
         let nats = self.nats()?.clone();
-        let store = self
-            .inner
-            .servers
-            .get_or_try_init(|| async move {
-                async_nats::jetstream::new(nats).get_key_value(buckets::SERVERS).await
-            })
+        let store = cell
+            .get_or_try_init(|| async move { async_nats::jetstream::new(nats).get_key_value(bucket).await })
             .await
             .map_err(|err| {
                 ApiError::unavailable(format!(
-                    "KV bucket `{}` is not available (is an orchestrator running?): {err}",
-                    buckets::SERVERS
+                    "KV bucket `{bucket}` is not available (is an orchestrator running?): {err}"
                 ))
             })?;
-        let value = tokio::time::timeout(self.inner.request_timeout, store.get(game_id))
+        tokio::time::timeout(self.inner.request_timeout, store.get(key))
             .await
             .map_err(|_| {
-                ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, "KV `servers` did not answer in time")
+                ApiError::new(
+                    axum::http::StatusCode::GATEWAY_TIMEOUT,
+                    format!("KV `{bucket}` did not answer in time"),
+                )
             })?
-            .map_err(|err| ApiError::unavailable(format!("reading KV `servers`: {err}")))?;
-        match value {
+            .map_err(|err| ApiError::unavailable(format!("reading KV `{bucket}`: {err}")))
+    }
+
+    /// The live game server of `game_id` from KV bucket `servers`, if there is one.
+    pub async fn game_server(&self, game_id: &str) -> Result<Option<ServerEntry>, ApiError> {
+        match self.kv_get(&self.inner.servers, buckets::SERVERS, game_id).await? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|err| {
                 ApiError::new(axum::http::StatusCode::BAD_GATEWAY, format!("unreadable server entry: {err}"))
             }),
+        }
+    }
+
+    /// The secret the game server of `game_id` admits the gateway with (bucket `secrets`).
+    pub async fn game_secret(&self, game_id: &str) -> Result<String, ApiError> {
+        match self.kv_get(&self.inner.secrets, buckets::SECRETS, game_id).await? {
+            Some(bytes) if !bytes.is_empty() => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            _ => Err(ApiError::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                format!("game {game_id} has no secret recorded: its server cannot be dialled"),
+            )),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -66,6 +66,8 @@ impl GatewayUrl {
 pub struct Answer {
     pub status: u16,
     pub body: Bytes,
+    /// `Retry-After` in seconds, when the answer has one (429, 503).
+    pub retry_after: Option<Duration>,
 }
 
 impl Answer {
@@ -207,12 +209,18 @@ impl Gateway {
             .await
             .map_err(|err| Failure::new(ErrorKind::Connect, format!("{route}: {}", error_chain(&err))))?;
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let body = Limited::new(response.into_body(), MAX_BODY_BYTES)
             .collect()
             .await
             .map_err(|err| Failure::new(ErrorKind::Connect, format!("{route}: reading the answer: {err}")))?
             .to_bytes();
-        Ok(Answer { status, body })
+        Ok(Answer { status, body, retry_after })
     }
 }
 

@@ -109,10 +109,14 @@ pub enum ErrorKind {
     GameTooLong,
     /// The store had no offers to buy.
     NoOffers,
+    /// `429`: the gateway's rate limit. Counted for every 429 answer, also those a
+    /// scenario waited out (`Retry-After`) and retried successfully; a failure only when
+    /// the retries ran out.
+    Throttled,
 }
 
 /// How many error kinds there are.
-pub const ERROR_KINDS: usize = 18;
+pub const ERROR_KINDS: usize = 19;
 
 impl ErrorKind {
     /// Every kind, in index order.
@@ -135,6 +139,7 @@ impl ErrorKind {
         ErrorKind::WsDropped,
         ErrorKind::GameTooLong,
         ErrorKind::NoOffers,
+        ErrorKind::Throttled,
     ];
 
     pub const fn index(self) -> usize {
@@ -162,6 +167,7 @@ impl ErrorKind {
             ErrorKind::WsDropped => "ws_dropped",
             ErrorKind::GameTooLong => "game_too_long",
             ErrorKind::NoOffers => "no_offers",
+            ErrorKind::Throttled => "http_429",
         }
     }
 
@@ -171,6 +177,7 @@ impl ErrorKind {
             401 => ErrorKind::Unauthorized,
             404 => ErrorKind::NotFound,
             409 => ErrorKind::Conflict,
+            429 => ErrorKind::Throttled,
             400..=499 => ErrorKind::Http4xx,
             500..=599 => ErrorKind::Http5xx,
             _ => ErrorKind::HttpOther,
@@ -235,5 +242,6 @@ mod tests {
         assert_eq!(Scenario::from_name("dance"), None);
         assert_eq!(ErrorKind::from_status(503), ErrorKind::Http5xx);
         assert_eq!(ErrorKind::from_status(422), ErrorKind::Http4xx);
+        assert_eq!(ErrorKind::from_status(429), ErrorKind::Throttled);
     }
 }

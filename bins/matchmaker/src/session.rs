@@ -4,15 +4,35 @@
 //!   the player's from then on) and afterwards checks the password; either way it issues a
 //!   token.
 //! - `session.verify` says whose a token is (the gateway asks on every player request);
-//!   each use restarts the token's lifetime (`session.ttl`).
+//!   each use restarts the token's lifetime (`session.ttl`), and ends a token whose
+//!   account is gone.
 //! - `session.logout` ends a token.
 //!
 //! Passwords are stored as a random salt and SHA-256(salt ‖ password). A fast hash is
 //! enough for a simulation whose players are synthetic; a real system would use a slow,
 //! memory-hard function (Argon2id, scrypt) so that a leaked table is costly to crack.
+//!
+//! **The account table is bounded**, so a flood of first logins cannot fill Redis:
+//! - an account lives `session.account_ttl` (30 days) from its last successful login
+//!   (the key's own expiry, and its score in the `accounts` index), and never less than
+//!   its live tokens: a token in use keeps its account;
+//! - at most `session.max_accounts` accounts are live; past that a first login is refused
+//!   with a 503 that says so, while existing players still log in;
+//! - a player holds at most `session.tokens_per_player` tokens (2; the account lists
+//!   them): a login past it ends the oldest, so logging in again and again cannot fill
+//!   Redis with live tokens;
+//! - a token never outlives its account (see [`VERIFY`]), so an id that expired and was
+//!   registered again cannot be used with a token of the old account;
+//! - each registration also forgets a bounded batch of expired accounts from the index,
+//!   with the store's balance and purchase history they left behind, and a new account
+//!   never inherits what an earlier account of the same id left.
+//!
+//! Every change is one Lua script: registering (with the cap check and the first token),
+//! and logging in (refreshing the account and issuing the token only if the account is
+//! still the one whose password was checked, so an id that expired and was registered
+//! again meanwhile cannot be logged into with the old password).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use mm_shared::duration::millis;
 use mm_shared::nats::ServiceError;
@@ -22,9 +42,111 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::SessionConfig;
 use crate::micro::{MicroService, unavailable};
 
-/// An account as stored under `player:{id}`.
+/// Expired accounts one registration forgets from the index at most (each was already
+/// gone from Redis as a key; this bounds the script's work).
+const PURGE_BATCH: u32 = 100;
+
+/// Times a login re-reads an account that changed under it before giving up with a 503.
+const LOGIN_ATTEMPTS: usize = 3;
+
+/// Redis time in Unix ms, inside a script (the same clock as `PX` expiries).
+const NOW_MS: &str = r#"
+local function now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+"#;
+
+/// What the login scripts share. KEYS: account, accounts index, the new token's session
+/// key. ARGV: 1 player id, 2 account JSON (the new one, or the one whose password was
+/// checked), 3 account ttl ms, 4 session ttl ms, 5 tokens per player, 6 the new token,
+/// then the parts around the variable of the session key (7, 8), the store balance
+/// (9, 10) and purchases (11, 12), so that a script can build those keys for any token or
+/// id. The account keeps the list of its live tokens, oldest first.
+const PRELUDE: &str = r#"
+local function key_of(part, of) return ARGV[part] .. of .. ARGV[part + 1] end
+-- Drops what the store kept for `of`.
+local function forget_store(of)
+  redis.call('DEL', key_of(9, of), key_of(11, of))
+end
+-- Writes `account` with the new token (ending its oldest past the limit) and issues it.
+local function store_with_token(account, ttl)
+  local tokens = account.tokens or {}
+  tokens[#tokens + 1] = ARGV[6]
+  while #tokens > tonumber(ARGV[5]) do
+    redis.call('DEL', key_of(7, table.remove(tokens, 1)))
+  end
+  account.tokens = tokens
+  redis.call('SET', KEYS[1], cjson.encode(account), 'PX', ttl)
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', tonumber(ARGV[4]))
+end
+"#;
+
+/// Registers an account (ARGV 13: max accounts, 14: purge batch).
+/// Returns `{'registered', ''}`, `{'exists', account JSON}` or `{'full', live count}`.
+const REGISTER: &str = r#"
+local existing = redis.call('GET', KEYS[1])
+if existing then return { 'exists', existing } end
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[14]))
+for _, gone in ipairs(expired) do
+  redis.call('ZREM', KEYS[2], gone)
+  forget_store(gone)
+end
+local live = redis.call('ZCARD', KEYS[2]) - redis.call('ZCOUNT', KEYS[2], '-inf', now)
+if live >= tonumber(ARGV[13]) then return { 'full', tostring(live) } end
+local ttl = tonumber(ARGV[3])
+-- Whatever an earlier account of this id left is not the new player's.
+forget_store(ARGV[1])
+store_with_token(cjson.decode(ARGV[2]), ttl)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+return { 'registered', '' }
+"#;
+
+/// Logs into the account whose password was checked, if it is still that account (same
+/// salt and hash). Returns 1 (refreshed, token issued) or 0 (gone, or another now).
+const LOGIN: &str = r#"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local account, checked = cjson.decode(raw), cjson.decode(ARGV[2])
+if account.salt ~= checked.salt or account.hash ~= checked.hash then return 0 end
+local ttl = tonumber(ARGV[3])
+store_with_token(account, ttl)
+redis.call('ZADD', KEYS[2], now_ms() + ttl, ARGV[1])
+return 1
+"#;
+
+/// Checks a token. KEYS: the session key, the accounts index. ARGV: session ttl ms,
+/// account ttl ms, the parts around the id of the account key (3, 4). Returns the player
+/// id, or nil.
+///
+/// A token never outlives its account: an account in use with less than a token's
+/// lifetime left is given its full lifetime again (a write about once per `account_ttl`
+/// for an active player), and a token whose account is gone ends. So an id that expired
+/// and was registered again cannot be used with a token of the old account.
+const VERIFY: &str = r#"
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+local account = ARGV[3] .. id .. ARGV[4]
+local left = redis.call('PTTL', account)
+if left == -2 then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+if left < tonumber(ARGV[1]) then
+  local ttl = tonumber(ARGV[2])
+  redis.call('PEXPIRE', account, ttl)
+  redis.call('ZADD', KEYS[2], now_ms() + ttl, id)
+end
+return id
+"#;
+
+/// An account as stored under `player:{id}`. The scripts add `tokens` (the live tokens,
+/// oldest first), which the password check does not read.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Account {
@@ -40,12 +162,31 @@ struct Account {
 pub struct Sessions {
     redis: ConnectionManager,
     rng: Arc<SystemRandom>,
-    ttl: Duration,
+    config: SessionConfig,
+    register: Arc<redis::Script>,
+    login: Arc<redis::Script>,
+    verify: Arc<redis::Script>,
+}
+
+/// How a first login's registration went.
+enum Registration {
+    Registered,
+    /// Someone registered the id first: check the password against theirs.
+    Exists(String),
+    /// `session.max_accounts` live accounts already (the count).
+    Full(u64),
 }
 
 impl Sessions {
-    pub fn new(redis: ConnectionManager, ttl: Duration) -> Self {
-        Self { redis, rng: Arc::new(SystemRandom::new()), ttl }
+    pub fn new(redis: ConnectionManager, config: &SessionConfig) -> Self {
+        Self {
+            redis,
+            rng: Arc::new(SystemRandom::new()),
+            config: config.clone(),
+            register: Arc::new(redis::Script::new(&format!("{NOW_MS}{PRELUDE}{REGISTER}"))),
+            login: Arc::new(redis::Script::new(&format!("{NOW_MS}{PRELUDE}{LOGIN}"))),
+            verify: Arc::new(redis::Script::new(&format!("{NOW_MS}{VERIFY}"))),
+        }
     }
 
     /// Registers or checks the player, then issues a token.
@@ -53,74 +194,116 @@ impl Sessions {
         limits::check_id("player id", &request.id).map_err(ServiceError::bad_request)?;
         limits::check_password(&request.password).map_err(ServiceError::bad_request)?;
         let key = keys::player(&request.id);
-        let mut redis = self.redis.clone();
-        let stored: Option<String> =
-            redis::cmd("GET").arg(&key).query_async(&mut redis).await.map_err(unavailable)?;
-        let stored = match stored {
-            Some(stored) => Some(stored),
-            None => {
-                let salt = self.random::<16>()?;
-                let account = Account {
-                    salt: hex(&salt),
-                    hash: hex(&password_hash(&salt, &request.password)),
-                    created_at: mm_shared::protocol::now_ms(),
-                };
-                let json = serde_json::to_string(&account)
-                    .map_err(|err| ServiceError::internal(format!("cannot encode the account: {err}")))?;
-                // NX: of two first logins racing, one registers and the other is checked
-                // against it.
-                let created: Option<String> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(json)
-                    .arg("NX")
-                    .query_async(&mut redis)
-                    .await
-                    .map_err(unavailable)?;
-                if created.is_some() {
-                    metrics::counter!("mm_session_logins_total", "result" => "registered").increment(1);
-                    None
-                } else {
-                    redis::cmd("GET").arg(&key).query_async(&mut redis).await.map_err(unavailable)?
-                }
-            }
-        };
-        if let Some(stored) = stored {
-            let account: Account = serde_json::from_str(&stored).map_err(|err| {
-                ServiceError::internal(format!("account of {} is unreadable: {err}", request.id))
-            })?;
-            let salt = unhex(&account.salt)
-                .ok_or_else(|| ServiceError::internal(format!("account of {} has a bad salt", request.id)))?;
-            let expected = unhex(&account.hash)
-                .ok_or_else(|| ServiceError::internal(format!("account of {} has a bad hash", request.id)))?;
-            if !same_bytes(&password_hash(&salt, &request.password), &expected) {
-                metrics::counter!("mm_session_logins_total", "result" => "wrong_password").increment(1);
-                return Err(ServiceError::new(401, format!("wrong password for player {}", request.id)));
-            }
-            metrics::counter!("mm_session_logins_total", "result" => "ok").increment(1);
-        }
         let token = hex(&self.random::<32>()?);
-        let () = redis::cmd("SET")
-            .arg(keys::session(&token))
-            .arg(&request.id)
-            .arg("PX")
-            .arg(millis(self.ttl))
-            .query_async(&mut redis)
-            .await
-            .map_err(unavailable)?;
-        Ok(LoginReply { token, player_id: request.id })
+        let mut redis = self.redis.clone();
+        for _ in 0..LOGIN_ATTEMPTS {
+            let stored: Option<String> =
+                redis::cmd("GET").arg(&key).query_async(&mut redis).await.map_err(unavailable)?;
+            let stored = match stored {
+                Some(stored) => stored,
+                None => match self.register(&request, &token).await? {
+                    Registration::Registered => {
+                        metrics::counter!("mm_session_logins_total", "result" => "registered").increment(1);
+                        return Ok(LoginReply { token, player_id: request.id });
+                    }
+                    Registration::Exists(stored) => stored,
+                    Registration::Full(live) => {
+                        metrics::counter!("mm_session_logins_total", "result" => "accounts_full")
+                            .increment(1);
+                        return Err(ServiceError::unavailable(format!(
+                            "no new accounts for now: {live} accounts exist, the most allowed \
+                             (session.max_accounts); existing players can still log in"
+                        )));
+                    }
+                },
+            };
+            self.check_password(&request, &stored)?;
+            let mut login = self.login.prepare_invoke();
+            self.keys_and_args(&mut login, &request.id, &stored, &token);
+            let issued: i64 = login.invoke_async(&mut redis).await.map_err(unavailable)?;
+            if issued == 1 {
+                metrics::counter!("mm_session_logins_total", "result" => "ok").increment(1);
+                return Ok(LoginReply { token, player_id: request.id });
+            }
+            // The account expired or was registered anew since it was read: look again.
+        }
+        Err(ServiceError::unavailable(format!("the account of {} kept changing; try again", request.id)))
     }
 
-    /// Whose token this is; restarts its lifetime.
+    /// A first login: the new account, its index entry and its first token, in one script.
+    async fn register(&self, request: &LoginRequest, token: &str) -> Result<Registration, ServiceError> {
+        let salt = self.random::<16>()?;
+        let account = Account {
+            salt: hex(&salt),
+            hash: hex(&password_hash(&salt, &request.password)),
+            created_at: mm_shared::protocol::now_ms(),
+        };
+        let json = serde_json::to_string(&account)
+            .map_err(|err| ServiceError::internal(format!("cannot encode the account: {err}")))?;
+        let mut register = self.register.prepare_invoke();
+        self.keys_and_args(&mut register, &request.id, &json, token);
+        register.arg(self.config.max_accounts).arg(PURGE_BATCH);
+        let (outcome, value): (String, String) =
+            register.invoke_async(&mut self.redis.clone()).await.map_err(unavailable)?;
+        match outcome.as_str() {
+            "registered" => Ok(Registration::Registered),
+            "exists" => Ok(Registration::Exists(value)),
+            "full" => Ok(Registration::Full(value.parse().unwrap_or(self.config.max_accounts))),
+            other => Err(ServiceError::internal(format!("the register script answered `{other}`"))),
+        }
+    }
+
+    /// The keys and arguments both scripts take (see [`PRELUDE`]).
+    fn keys_and_args(&self, script: &mut redis::ScriptInvocation<'_>, id: &str, account: &str, token: &str) {
+        script
+            .key(keys::player(id))
+            .key(keys::ACCOUNTS)
+            .key(keys::session(token))
+            .arg(id)
+            .arg(account)
+            .arg(millis(self.config.account_ttl))
+            .arg(millis(self.config.ttl))
+            .arg(self.config.tokens_per_player)
+            .arg(token);
+        for key in [keys::session, keys::player_balance, keys::player_purchases] {
+            let (before, after) = around(key);
+            script.arg(before).arg(after);
+        }
+    }
+
+    /// 401 unless `password` is the one `stored` was made with.
+    fn check_password(&self, request: &LoginRequest, stored: &str) -> Result<(), ServiceError> {
+        let account: Account = serde_json::from_str(stored).map_err(|err| {
+            ServiceError::internal(format!("account of {} is unreadable: {err}", request.id))
+        })?;
+        let salt = unhex(&account.salt)
+            .ok_or_else(|| ServiceError::internal(format!("account of {} has a bad salt", request.id)))?;
+        let expected = unhex(&account.hash)
+            .ok_or_else(|| ServiceError::internal(format!("account of {} has a bad hash", request.id)))?;
+        if !same_bytes(&password_hash(&salt, &request.password), &expected) {
+            metrics::counter!("mm_session_logins_total", "result" => "wrong_password").increment(1);
+            return Err(ServiceError::new(401, format!("wrong password for player {}", request.id)));
+        }
+        Ok(())
+    }
+
+    /// Whose token this is; restarts its lifetime (and, when the account has less than
+    /// a token's lifetime left, the account's: see [`VERIFY`]).
     pub async fn verify(&self, request: TokenRequest) -> Result<SessionInfo, ServiceError> {
         if !limits::is_token(&request.token) {
             metrics::counter!("mm_session_verifications_total", "result" => "unknown").increment(1);
             return Err(invalid_token());
         }
-        let player: Option<String> = redis::cmd("GETEX")
-            .arg(keys::session(&request.token))
-            .arg("PX")
-            .arg(millis(self.ttl))
-            .query_async(&mut self.redis.clone())
+        let (account_before, account_after) = around(keys::player);
+        let player: Option<String> = self
+            .verify
+            .key(keys::session(&request.token))
+            .key(keys::ACCOUNTS)
+            .arg(millis(self.config.ttl))
+            .arg(millis(self.config.account_ttl))
+            .arg(account_before)
+            .arg(account_after)
+            .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
         let result = if player.is_some() { "ok" } else { "unknown" };
@@ -177,6 +360,17 @@ pub async fn serve(
     Ok(service)
 }
 
+/// The parts of a key around its variable (`player:` and `:balance` around the id), from
+/// the one function that names it, so that a script can build the key for any id.
+fn around(key: fn(&str) -> String) -> (String, String) {
+    const MARK: &str = "\u{0}";
+    let whole = key(MARK);
+    match whole.split_once(MARK) {
+        Some((before, after)) => (before.to_owned(), after.to_owned()),
+        None => (whole, String::new()),
+    }
+}
+
 fn invalid_token() -> ServiceError {
     ServiceError::new(401, "invalid or expired token")
 }
@@ -223,6 +417,14 @@ mod tests {
         assert_eq!(unhex("0g"), None);
         assert_eq!(unhex("abc"), None);
         assert!(limits::is_token(&hex(&[7u8; 32])));
+    }
+
+    #[test]
+    fn keys_split_around_the_id() {
+        assert_eq!(around(keys::player_balance), ("player:".to_owned(), ":balance".to_owned()));
+        assert_eq!(around(keys::session), ("session:".to_owned(), String::new()));
+        let (before, after) = around(keys::player_purchases);
+        assert_eq!(format!("{before}ana{after}"), keys::player_purchases("ana"));
     }
 
     #[test]

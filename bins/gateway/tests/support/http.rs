@@ -27,6 +27,17 @@ impl Http {
         Self { client: Client::builder(TokioExecutor::new()).build_http(), base: format!("http://{addr}") }
     }
 
+    /// Like [`Http::new`], with connections made from `local` (another loopback address,
+    /// such as 127.0.0.2, is another client to the gateway).
+    pub fn from_address(addr: &str, local: std::net::IpAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(local));
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            base: format!("http://{addr}"),
+        }
+    }
+
     pub async fn send(
         &self,
         method: Method,
