@@ -1,10 +1,15 @@
 //! Tickets joined and matched per second: through the matchmaker (the release binary,
 //! joins over NATS, a trivial allocator answering `orchestrator.allocate`), and beside it
-//! the ceiling of the same Redis scripts called directly (join, pop, commit; no NATS, no
-//! pipeline). The ratio says what the service layer costs.
+//! the ceiling of the same Redis scripts called directly (join, pop, claim, commit; no
+//! NATS, no pipeline). The ratio says what the service layer costs.
+//!
+//! Then the queue at scale: join, cancel and pop, one at a time, with 100,000 tickets
+//! queued, and one pop behind 10,000 overdue tickets, for the seed's list scripts (kept
+//! in `support/seed_list.rs` as the baseline) and for the sorted set, side by side.
 //!
 //! `cargo bench -p matchmaker` (or `just bench`). Every loop is bounded in count and
-//! time; all traffic stays on 127.0.0.1. `MM_BENCH_TICKETS` changes the ticket count.
+//! time; all traffic stays on 127.0.0.1. `MM_BENCH_TICKETS` changes the ticket count,
+//! `MM_BENCH_QUEUED` the queue at scale.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,11 +17,13 @@ use std::time::{Duration, Instant};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/seed_list.rs"]
+mod seed_list;
 
 use common::{Allocator, Answer};
 use futures_util::StreamExt;
 use matchmaker::config::TicketSettings;
-use matchmaker::tickets::{Joined, TicketStore};
+use matchmaker::tickets::{Cancelled, Claim, Joined, TicketStore};
 use mm_shared::nats::request_json;
 use mm_shared::protocol::{
     JoinReply, JoinRequest, MATCH_SIZE, MatchRecord, ServerAssignment, keys, now_ms, subjects,
@@ -38,6 +45,11 @@ fn main() {
     let direct = runtime.block_on(direct_scripts(&redis.url(), tickets));
     flush(&runtime, &redis.url());
     let through = runtime.block_on(through_matchmaker(&nats, &redis, tickets));
+    let queued: usize = std::env::var("MM_BENCH_QUEUED").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    flush(&runtime, &redis.url());
+    let list = runtime.block_on(at_scale(&redis.url(), queued, Queue::SeedList));
+    flush(&runtime, &redis.url());
+    let sorted = runtime.block_on(at_scale(&redis.url(), queued, Queue::SortedSet));
 
     println!("matchmaker: {tickets} tickets joined and matched, {CONCURRENCY} in flight");
     println!(
@@ -54,6 +66,29 @@ fn main() {
         "  ratio matchmaker / ceiling:              {:>9.2}",
         direct.as_secs_f64() / through.as_secs_f64()
     );
+    println!();
+    println!(
+        "queue:default at scale: {queued} tickets queued; {OPS} operations of each kind, one at a time \
+         (client-side latency, loopback round trip included)"
+    );
+    println!("  {:<34} {:>28}   {:>28}", "", "list (seed scripts)", "sorted set (now)");
+    for (name, seed, now) in [
+        ("join", &list.join, &sorted.join),
+        ("cancel (a random queued ticket)", &list.cancel, &sorted.cancel),
+        ("pop (10 into a lease)", &list.pop, &sorted.pop),
+    ] {
+        println!("  {name:<34} {:>28}   {:>28}", seed.summary(), now.summary());
+    }
+    println!(
+        "  {:<34} {:>28}   {:>28}",
+        format!("one pop behind {OVERDUE} overdue"),
+        format!("{:.2} ms, expired {}", ms(list.overdue_pop), list.overdue_expired),
+        format!("{:.2} ms, expired {}", ms(sorted.overdue_pop), sorted.overdue_expired),
+    );
+}
+
+fn ms(elapsed: Duration) -> f64 {
+    elapsed.as_secs_f64() * 1000.0
 }
 
 fn rate(count: u64, elapsed: Duration) -> f64 {
@@ -96,8 +131,14 @@ async fn direct_scripts(redis_url: &str, tickets: u64) -> Duration {
                 let popped =
                     store.pop(&batch, MATCH_SIZE, MATCH_SIZE, Duration::from_secs(30)).await.expect("pop");
                 assert_eq!(popped.tickets.len(), MATCH_SIZE, "a full batch");
+                let ids: Vec<String> = popped.tickets.iter().map(|ticket| ticket.id.clone()).collect();
+                let match_id =
+                    match store.claim(&batch, &format!("match-{index}"), &ids).await.expect("claim") {
+                        Claim::Claimed { match_id, .. } => match_id,
+                        other => panic!("{other:?}"),
+                    };
                 let record = MatchRecord {
-                    id: format!("match-{index}"),
+                    id: match_id,
                     ticket_ids: popped.tickets.iter().map(|ticket| ticket.id.clone()).collect(),
                     player_ids: popped.tickets.iter().map(|ticket| ticket.player_id.clone()).collect(),
                     server: ServerAssignment {
@@ -160,12 +201,147 @@ async fn through_matchmaker(nats: &NatsServer, redis: &RedisServer, tickets: u64
         .expect("counter");
     let elapsed = started.elapsed();
     drop(allocator);
-    let depth: u64 = redis::cmd("LLEN")
+    let depth: u64 = redis::cmd("ZCARD")
         .arg(keys::QUEUE_DEFAULT)
         .query_async(&mut common::redis(&redis_url).await)
         .await
-        .expect("LLEN");
+        .expect("ZCARD");
     assert_eq!(depth, 0, "nothing left in the queue");
     matchmaker.terminate(Duration::from_secs(10));
     elapsed
+}
+
+/// Operations of each kind measured at scale.
+const OPS: usize = 2_000;
+/// Overdue tickets ahead of the queue for the one-pop measurement.
+const OVERDUE: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    SeedList,
+    SortedSet,
+}
+
+/// Latencies of one kind of operation.
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn summary(&self) -> String {
+        let mut sorted = self.0.clone();
+        sorted.sort_unstable();
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q) as usize];
+        let mean = sorted.iter().sum::<Duration>() / sorted.len().max(1) as u32;
+        format!("{:>7.1} µs mean, p99 {:>7.1} µs", micros(mean), micros(at(0.99)))
+    }
+}
+
+fn micros(elapsed: Duration) -> f64 {
+    elapsed.as_secs_f64() * 1e6
+}
+
+struct AtScale {
+    join: Latencies,
+    cancel: Latencies,
+    pop: Latencies,
+    overdue_pop: Duration,
+    overdue_expired: usize,
+}
+
+/// `OVERDUE` overdue tickets, then `queued` fresh ones; one pop (timed); then `OPS`
+/// joins, cancels of random queued tickets and pops, each timed alone.
+async fn at_scale(redis_url: &str, queued: usize, queue: Queue) -> AtScale {
+    let redis = common::redis(redis_url).await;
+    let fresh = TicketSettings { ttl: Duration::from_secs(600), retention: Duration::from_secs(600) };
+    let overdue = TicketSettings { ttl: Duration::from_millis(1), retention: Duration::from_secs(600) };
+    let store = TicketStore::new(redis.clone(), fresh);
+    let seed = seed_list::SeedList::new(redis.clone(), fresh.ttl);
+    let seed_overdue = seed_list::SeedList::new(redis.clone(), overdue.ttl);
+    let store_overdue = TicketStore::new(redis.clone(), overdue);
+    let started = Instant::now();
+    let join = |player: String, late: bool| {
+        let (store, seed) = if late { (&store_overdue, &seed_overdue) } else { (&store, &seed) };
+        async move {
+            match queue {
+                Queue::SeedList => seed.join(&player).await,
+                Queue::SortedSet => match store.join(&player).await.expect("join") {
+                    Joined::Created { ticket, .. } => ticket.id,
+                    Joined::Existing(ticket) => panic!("{player} joined twice: {}", ticket.id),
+                },
+            }
+        }
+    };
+    futures_util::stream::iter(0..OVERDUE)
+        .for_each_concurrent(CONCURRENCY, |index| {
+            let join = &join;
+            async move {
+                join(format!("overdue-{index}"), true).await;
+            }
+        })
+        .await;
+    let tickets: Vec<(String, String)> = futures_util::stream::iter(0..queued)
+        .map(|index| {
+            let join = &join;
+            async move {
+                let player = format!("queued-{index}");
+                let ticket = join(player.clone(), false).await;
+                (player, ticket)
+            }
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    assert!(started.elapsed() < TIME_LIMIT * 2, "filling the queue took too long");
+
+    let (store, seed) = (&store, &seed);
+    let pop = |batch: String| async move {
+        match queue {
+            Queue::SeedList => seed.pop(&batch, MATCH_SIZE).await,
+            Queue::SortedSet => {
+                let popped =
+                    store.pop(&batch, MATCH_SIZE, MATCH_SIZE, Duration::from_secs(30)).await.expect("pop");
+                (popped.tickets.len(), popped.expired.len())
+            }
+        }
+    };
+    let timed = Instant::now();
+    let (_, overdue_expired) = pop("behind-overdue".to_owned()).await;
+    let overdue_pop = timed.elapsed();
+    // The reaper's sweep clears what one pop left of the overdue head (not timed).
+    while queue == Queue::SortedSet && !store.sweep(1000).await.expect("sweep").expired.is_empty() {}
+
+    let mut joins = Vec::with_capacity(OPS);
+    for index in 0..OPS {
+        let timed = Instant::now();
+        join(format!("measured-{index}"), false).await;
+        joins.push(timed.elapsed());
+    }
+    // Random queued tickets, the same ones for both queues (a fixed stride through them).
+    let mut cancels = Vec::with_capacity(OPS);
+    for index in 0..OPS {
+        let (player, ticket) = &tickets[(index * 7919 + 13) % tickets.len()];
+        let timed = Instant::now();
+        match queue {
+            Queue::SeedList => seed.cancel(player, ticket).await,
+            Queue::SortedSet => match store.cancel(player, ticket).await.expect("cancel") {
+                Cancelled::Cancelled { .. } => {}
+                other => panic!("{other:?}"),
+            },
+        }
+        cancels.push(timed.elapsed());
+    }
+    let mut pops = Vec::with_capacity(OPS);
+    for index in 0..OPS {
+        let timed = Instant::now();
+        let (taken, _) = pop(format!("measured-{index}")).await;
+        pops.push(timed.elapsed());
+        assert_eq!(taken, MATCH_SIZE, "a full batch");
+    }
+    assert!(started.elapsed() < TIME_LIMIT * 4, "the at-scale run hit its time limit");
+    AtScale {
+        join: Latencies(joins),
+        cancel: Latencies(cancels),
+        pop: Latencies(pops),
+        overdue_pop,
+        overdue_expired,
+    }
 }

@@ -42,6 +42,20 @@ impl Config {
         if self.session.ttl < Duration::from_secs(1) {
             return Err("config key `session.ttl` must be at least 1s".to_owned());
         }
+        if self.session.account_ttl <= self.session.ttl {
+            return Err(format!(
+                "config key `session.account_ttl` ({}) must be longer than `session.ttl` ({}): \
+                 a token must not outlive its account",
+                mm_shared::duration::format(self.session.account_ttl),
+                mm_shared::duration::format(self.session.ttl)
+            ));
+        }
+        if self.session.max_accounts == 0 {
+            return Err("config key `session.max_accounts` must be at least 1".to_owned());
+        }
+        if self.session.tokens_per_player == 0 {
+            return Err("config key `session.tokens_per_player` must be at least 1".to_owned());
+        }
         Ok(())
     }
 }
@@ -123,6 +137,13 @@ pub struct MatcherConfig {
     /// How often expired leases and tickets are looked for, and queue gauges refreshed.
     #[serde(with = "mm_shared::duration")]
     pub reap_interval: Duration,
+    /// Deadline of one `orchestrator.release` request (the server of a match that was
+    /// not committed).
+    #[serde(with = "mm_shared::duration")]
+    pub release_timeout: Duration,
+    /// Tries per release (timeouts and 5xx answers are tried again, with the same backoff
+    /// as allocations); releases run in the background and never hold up the matcher.
+    pub release_attempts: usize,
 }
 
 impl Default for MatcherConfig {
@@ -138,6 +159,8 @@ impl Default for MatcherConfig {
             retry_backoff_max: Duration::from_secs(5),
             idle_poll: Duration::from_millis(100),
             reap_interval: Duration::from_secs(1),
+            release_timeout: Duration::from_secs(2),
+            release_attempts: 3,
         }
     }
 }
@@ -163,29 +186,71 @@ impl MatcherConfig {
             return Err("config key `matcher.retry_backoff_min` must not exceed `matcher.retry_backoff_max`"
                 .to_owned());
         }
-        if self.idle_poll.is_zero() || self.reap_interval.is_zero() {
-            return Err(
-                "config keys `matcher.idle_poll` and `matcher.reap_interval` must be above zero".to_owned()
-            );
+        if self.idle_poll.is_zero() || self.reap_interval.is_zero() || self.release_timeout.is_zero() {
+            return Err("config keys `matcher.idle_poll`, `matcher.reap_interval` and \
+                        `matcher.release_timeout` must be above zero"
+                .to_owned());
+        }
+        if self.release_attempts == 0 {
+            return Err("config key `matcher.release_attempts` must be at least 1".to_owned());
         }
         Ok(())
     }
+
+    /// The backoff after failed allocations, Redis errors and failed releases.
+    pub fn backoff(&self) -> crate::retry::Backoff {
+        crate::retry::Backoff::new(self.retry_backoff_min, self.retry_backoff_max)
+    }
+
+    /// How releases are sent.
+    pub fn release(&self) -> crate::release::ReleaseSettings {
+        crate::release::ReleaseSettings {
+            timeout: self.release_timeout,
+            attempts: self.release_attempts,
+            backoff: self.backoff(),
+        }
+    }
 }
 
-/// `[session]`: login tokens.
+/// `[session]`: accounts and login tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
     /// A token unused this long stops working (each use starts the period again).
     #[serde(with = "mm_shared::duration")]
     pub ttl: Duration,
+    /// An account nobody logs into for this long is deleted (each login starts the
+    /// period again); its id may then be registered afresh.
+    #[serde(with = "mm_shared::duration")]
+    pub account_ttl: Duration,
+    /// Live accounts at most; past it, first logins are refused (503) and existing
+    /// players still log in.
+    pub max_accounts: u64,
+    /// Live tokens one player may hold; a login past it ends the oldest.
+    pub tokens_per_player: u32,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(3600) }
+        Self {
+            ttl: Duration::from_secs(3600),
+            account_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_accounts: DEFAULT_MAX_ACCOUNTS,
+            // One client, and a second logging in before the first one's session ends.
+            tokens_per_player: 2,
+        }
     }
 }
+
+/// Default `session.max_accounts`. At its worst (an id of 64 characters, holding its
+/// `tokens_per_player` live tokens) an account costs about 1,000 bytes by `MEMORY USAGE`
+/// (account key ~440 with its token list, index entry ~170, each token ~200) and 1,220 of
+/// `used_memory` with Redis's hash tables, as the `services` test
+/// `a_full_account_table_fits_its_memory_budget` measures. So a full table, every account
+/// holding every token, is ~92 MB: within half of the 200 MB `maxmemory` recommended for
+/// the backend's Redis, which leaves the rest to tickets, matches and the store. Stale
+/// accounts (tokens expired) cost ~700 bytes: ~52 MB.
+pub const DEFAULT_MAX_ACCOUNTS: u64 = 75_000;
 
 /// `[store]`: the catalogue and the players' money.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -265,8 +330,25 @@ mod tests {
         assert!(config.validate().expect_err("lease too short").contains("matcher.lease"));
 
         let mut config = Config::default();
+        config.matcher.release_attempts = 0;
+        assert!(config.validate().expect_err("no release tries").contains("`matcher.release_attempts`"));
+        let mut config = Config::default();
+        config.matcher.release_timeout = Duration::ZERO;
+        assert!(config.validate().expect_err("no release deadline").contains("`matcher.release_timeout`"));
+
+        let mut config = Config::default();
         config.store.offers.push(config.store.offers[0].clone());
         assert!(config.validate().expect_err("duplicate").contains("appears twice"));
+
+        let mut config = Config::default();
+        config.session.account_ttl = config.session.ttl;
+        assert!(config.validate().expect_err("short account ttl").contains("`session.account_ttl`"));
+        let mut config = Config::default();
+        config.session.max_accounts = 0;
+        assert!(config.validate().expect_err("no accounts").contains("`session.max_accounts`"));
+        let mut config = Config::default();
+        config.session.tokens_per_player = 0;
+        assert!(config.validate().expect_err("no tokens").contains("`session.tokens_per_player`"));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! Each request is one ticket script in Redis; every change it makes is published on
 //! `events.ticket.<id>`. A join also wakes this process's idle matcher workers, so a full
-//! queue is popped at once instead of at the next poll.
+//! queue is popped at once instead of at the next poll. A cancel or expiry that orphans
+//! the match id of a group allocated before (see [`crate::tickets`]) releases its server
+//! in the background.
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::Events;
 use crate::metrics::{TicketEvent, tickets};
 use crate::micro::{MicroService, unavailable};
+use crate::release::{Releaser, Why};
 use crate::tickets::{Cancelled, Joined, Status, StoreError, TicketStore};
 
 /// The service's handlers.
@@ -25,20 +28,29 @@ pub struct Matchmaking {
     events: Events,
     /// Notified on every new ticket; idle matcher workers wait on it.
     wake: Arc<Notify>,
+    /// Ends the servers of match ids a cancel or expiry orphaned.
+    releaser: Releaser,
 }
 
 impl Matchmaking {
-    pub fn new(tickets: TicketStore, events: Events, wake: Arc<Notify>) -> Self {
-        Self { tickets, events, wake }
+    pub fn new(tickets: TicketStore, events: Events, wake: Arc<Notify>, releaser: Releaser) -> Self {
+        Self { tickets, events, wake, releaser }
+    }
+
+    fn release(&self, orphaned: Option<String>, why: Why) {
+        if let Some(match_id) = orphaned {
+            self.releaser.release(&match_id, why);
+        }
     }
 
     pub async fn join(&self, request: JoinRequest) -> Result<JoinReply, ServiceError> {
         limits::check_id("player id", &request.player_id).map_err(ServiceError::bad_request)?;
         match self.tickets.join(&request.player_id).await.map_err(store_error)? {
             Joined::Existing(ticket) => Ok(JoinReply { ticket_id: ticket.id, status: ticket.status }),
-            Joined::Created { ticket, expired } => {
+            Joined::Created { ticket, expired, orphaned } => {
                 tickets(TicketEvent::Created, 1);
                 self.wake.notify_waiters();
+                self.release(orphaned, Why::Expired);
                 if let Some(expired) = expired {
                     tickets(TicketEvent::Expired, 1);
                     self.events.ticket_changed(&expired).await;
@@ -53,7 +65,8 @@ impl Matchmaking {
         check_ticket_request(&request)?;
         match self.tickets.status(&request.player_id, &request.ticket_id).await.map_err(store_error)? {
             Status::NotFound => Err(no_such_ticket(&request.ticket_id)),
-            Status::Found { ticket, expired_now } => {
+            Status::Found { ticket, expired_now, orphaned } => {
+                self.release(orphaned, Why::Expired);
                 if expired_now {
                     tickets(TicketEvent::Expired, 1);
                     self.events.ticket_changed(&ticket).await;
@@ -67,8 +80,9 @@ impl Matchmaking {
         check_ticket_request(&request)?;
         match self.tickets.cancel(&request.player_id, &request.ticket_id).await.map_err(store_error)? {
             Cancelled::NotFound => Err(no_such_ticket(&request.ticket_id)),
-            Cancelled::Cancelled(ticket) => {
+            Cancelled::Cancelled { ticket, orphaned } => {
                 tickets(TicketEvent::Cancelled, 1);
+                self.release(orphaned, Why::Cancelled);
                 self.events.ticket_changed(&ticket).await;
                 Ok(CancelReply { status: TicketStatus::Cancelled })
             }

@@ -56,14 +56,28 @@ pub fn describe() {
     );
     describe_counter!(
         "mm_matchmaker_allocations_wasted_total",
-        "Servers allocated but not used, by reason: abandoned (a ticket was cancelled meanwhile), \
-         lease_lost (the lease expired first)."
+        "Servers allocated but not used (and released), by reason: abandoned (a ticket was \
+         cancelled meanwhile), lease_lost (the lease expired first and no other matcher took the group)."
+    );
+    describe_counter!(
+        "mm_matchmaker_releases_total",
+        "Releases asked for (orchestrator.release) of matches that were not committed, by reason: \
+         abandoned, lease_lost, superseded (its tickets were grouped otherwise), cancelled, \
+         expired, failed (a ticket of its group used up its attempts)."
+    );
+    describe_counter!(
+        "mm_matchmaker_release_results_total",
+        "How releases ended: released, not_running (nothing to end), no_responders, failed, \
+         dropped (too many in flight)."
     );
     describe_counter!(
         "mm_matchmaker_lease_expirations_total",
         "Leases whose matcher did not finish in time (crashed or stalled); their tickets went back."
     );
-    describe_gauge!("mm_matchmaker_queue_depth", "Tickets in queue:default (sampled every reap interval).");
+    describe_gauge!(
+        "mm_matchmaker_queue_depth",
+        "Tickets in queue:default, a sorted set by join order (sampled every reap interval)."
+    );
     describe_gauge!(
         "mm_matchmaker_leases_in_flight",
         "Batches popped and awaiting allocation, across all matchers (sampled)."
@@ -73,7 +87,11 @@ pub fn describe() {
         "mm_matchmaker_redis_errors_total",
         "Redis failures of the matcher's background work, by operation."
     );
-    describe_counter!("mm_session_logins_total", "Logins by result: registered, ok, wrong_password.");
+    describe_counter!(
+        "mm_session_logins_total",
+        "Logins by result: registered, ok, wrong_password, accounts_full (a first login refused: \
+         session.max_accounts reached)."
+    );
     describe_counter!("mm_session_verifications_total", "Token checks by result: ok, unknown.");
     describe_counter!(
         "mm_store_purchases_total",
@@ -85,7 +103,14 @@ pub fn describe() {
     for reason in ["abandoned", "lease_lost"] {
         counter!("mm_matchmaker_allocations_wasted_total", "reason" => reason).increment(0);
     }
-    for operation in ["pop", "commit", "give_back", "reap"] {
+    counter!("mm_session_logins_total", "result" => "accounts_full").increment(0);
+    for why in crate::release::Why::ALL {
+        counter!("mm_matchmaker_releases_total", "reason" => why.label()).increment(0);
+    }
+    for result in ["released", "not_running", "no_responders", "failed", "dropped"] {
+        counter!("mm_matchmaker_release_results_total", "result" => result).increment(0);
+    }
+    for operation in ["pop", "claim", "commit", "give_back", "reap"] {
         counter!("mm_matchmaker_redis_errors_total", "operation" => operation).increment(0);
     }
 }

@@ -14,6 +14,7 @@ use mm_shared::protocol::{
     PurchaseRequest, SessionInfo, TicketRequest, TicketStatus, TicketView, TokenRequest, subjects,
 };
 use mm_testkit::{NatsServer, RedisServer, ServiceProcess};
+use redis::aio::ConnectionManager;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -293,6 +294,12 @@ async fn a_matcher_killed_mid_allocation_leaves_its_tickets_to_another_after_the
     let record = common::matches(&connection).await;
     assert_eq!(record.len(), 1);
     assert_eq!(record[0].ticket_ids, tickets, "still in join order");
+    // The survivor asked for the match the dead matcher had asked for, so the
+    // orchestrator's one server per match hands it whatever the first request started.
+    let asked = allocator.asked();
+    assert_eq!(asked.len(), 2);
+    assert_eq!(asked[0], asked[1], "the same ten, the same match id");
+    assert_eq!(record[0].id, asked[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,6 +361,194 @@ async fn sessions_register_check_refresh_and_end() {
     assert_eq!(
         service_code(call::<_, SessionInfo>(&client, subjects::SESSION_VERIFY, &verify(&second.token)).await),
         401
+    );
+}
+
+/// The micro error of a failed call: (code, message).
+fn service_error<T: std::fmt::Debug>(result: Result<T, RequestError>) -> (u16, String) {
+    match result {
+        Err(RequestError::Service { code, message, .. }) => (code, message),
+        other => panic!("expected a micro error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_expire_unless_they_log_in_and_the_table_is_capped() {
+    let nats = NatsServer::start().expect("nats-server");
+    let redis = RedisServer::start().expect("redis-server");
+    let (_matchmaker, admin) = start_matchmaker(
+        &nats,
+        &redis,
+        &[
+            ("MM_SESSION__TTL", "2s"),
+            ("MM_SESSION__ACCOUNT_TTL", "4s"),
+            ("MM_SESSION__MAX_ACCOUNTS", "3"),
+            ("MM_STORE__STARTING_BALANCE", "2000"),
+        ],
+    );
+    let client = common::nats(&nats.url()).await;
+    let connection = common::redis(&redis.url()).await;
+    let login = |id: &str, password: &str| {
+        let (client, request) = (client.clone(), LoginRequest { id: id.into(), password: password.into() });
+        async move { call::<_, LoginReply>(&client, subjects::SESSION_LOGIN, &request).await }
+    };
+    let verify = |token: &str| {
+        let (client, request) = (client.clone(), TokenRequest { token: token.to_owned() });
+        async move { call::<_, SessionInfo>(&client, subjects::SESSION_VERIFY, &request).await }
+    };
+    let redis_int = |command: &'static str, key: String| {
+        let mut connection = connection.clone();
+        async move { redis::cmd(command).arg(key).query_async::<i64>(&mut connection).await.expect("redis") }
+    };
+    use mm_shared::protocol::keys;
+
+    let first = login("ana", "pw").await.expect("registers").token;
+    for id in ["bo", "cy"] {
+        login(id, "pw").await.expect("registers");
+    }
+    let pttl = redis_int("PTTL", keys::player("ana")).await;
+    assert!((1..=4000).contains(&pttl), "an account expires after session.account_ttl: {pttl} ms");
+    assert_eq!(redis_int("ZCARD", keys::ACCOUNTS.to_owned()).await, 3);
+    // bo has something in the store, which must not outlive his account.
+    let buy = PurchaseRequest { player_id: "bo".into(), offer_id: "spray-gg".into(), idempotency_key: None };
+    let _: PurchaseReply = call(&client, subjects::STORE_PURCHASE, &buy).await.expect("bo buys");
+    assert_eq!(redis_int("EXISTS", keys::player_balance("bo")).await, 1);
+
+    // Full: a first login is refused, clearly; nothing is written; players still log in.
+    let (code, message) = service_error(login("dee", "pw").await);
+    assert_eq!(code, 503, "{message}");
+    assert!(message.contains("session.max_accounts"), "{message}");
+    assert_eq!(redis_int("EXISTS", keys::player("dee")).await, 0);
+    assert_eq!(common::metric(&admin, "mm_session_logins_total", &[("result", "accounts_full")]), 1.0);
+
+    // A player holds two tokens at most: a third login ends the oldest.
+    let second = login("ana", "pw").await.expect("ana logs in").token;
+    let third = login("ana", "pw").await.expect("ana logs in").token;
+    assert_eq!(service_error(verify(&first).await).0, 401, "the oldest token ended");
+    verify(&second).await.expect("still valid");
+    verify(&third).await.expect("still valid");
+
+    // An account in use is kept: when it has less than a token's lifetime left, a use
+    // gives it its full lifetime again. The others, unused, run out.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    verify(&third).await.expect("in use");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    verify(&third).await.expect("in use");
+    let refreshed = redis_int("PTTL", keys::player("ana")).await;
+    assert!(refreshed > 3000, "refreshed by its use: {refreshed} ms");
+    let gone = common::eventually(Duration::from_secs(6), || async {
+        redis_int("EXISTS", keys::player("bo")).await == 0
+            && redis_int("EXISTS", keys::player("cy")).await == 0
+    })
+    .await;
+    assert!(gone, "accounts nobody uses expire");
+    assert_eq!(redis_int("EXISTS", keys::player("ana")).await, 1, "ana is in use: still there");
+
+    // Expired accounts free their places: a new player registers and the index forgets
+    // them, with the store's leftovers.
+    login("dee", "pw").await.expect("room again");
+    assert_eq!(redis_int("ZCARD", keys::ACCOUNTS.to_owned()).await, 2, "ana and dee");
+    assert_eq!(redis_int("EXISTS", keys::player_balance("bo")).await, 0, "bo's balance went with him");
+    assert_eq!(redis_int("EXISTS", keys::player_purchases("bo")).await, 0);
+
+    // The id is free again: a newcomer takes it with a new password and starts afresh.
+    login("bo", "new-pw").await.expect("a new bo registers");
+    assert_eq!(service_error(login("bo", "pw").await).0, 401, "the old password is worthless");
+    let bought: PurchaseReply = call(&client, subjects::STORE_PURCHASE, &buy).await.expect("the new bo buys");
+    let offers: Vec<Offer> = call(&client, subjects::STORE_OFFERS, &()).await.expect("offers");
+    let price = offers.iter().find(|offer| offer.id == "spray-gg").expect("offer").price;
+    assert_eq!(bought.balance, 2000 - price, "the new bo did not inherit the old one's balance");
+
+    // A token never outlives its account.
+    assert_eq!(redis_int("DEL", keys::player("ana")).await, 1);
+    assert_eq!(service_error(verify(&third).await).0, 401, "the account is gone, so is its token");
+    assert_eq!(redis_int("EXISTS", keys::session(&third)).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_account_table_fits_its_memory_budget() {
+    const ACCOUNTS: usize = 1000;
+    const PARALLEL: usize = 8;
+    let nats = NatsServer::start().expect("nats-server");
+    let redis = RedisServer::start().expect("redis-server");
+    let (_matchmaker, _admin) = start_matchmaker(&nats, &redis, &[]);
+    let client = common::nats(&nats.url()).await;
+    let connection = common::redis(&redis.url()).await;
+    // The longest ids allowed (64 characters): the worst case per account.
+    let id = |n: usize| format!("{n:0>64}");
+    let used_memory = |connection: &ConnectionManager| {
+        let mut connection = connection.clone();
+        async move {
+            let info: String =
+                redis::cmd("INFO").arg("memory").query_async(&mut connection).await.expect("INFO");
+            info.lines()
+                .find_map(|line| line.strip_prefix("used_memory:"))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .expect("used_memory")
+        }
+    };
+    // Warm up (scripts loaded, connections made) before the baseline.
+    let warm = LoginRequest { id: "warm".into(), password: "pw".into() };
+    call::<_, LoginReply>(&client, subjects::SESSION_LOGIN, &warm).await.expect("registers");
+    let before = used_memory(&connection).await;
+    // Every account registered and logged into until it holds the most tokens it may:
+    // the worst case of a table an attacker filled and keeps alive.
+    let tokens_each = matchmaker::config::SessionConfig::default().tokens_per_player as usize;
+    let mut tokens = Vec::new();
+    for _ in 0..tokens_each {
+        for chunk in (0..ACCOUNTS).collect::<Vec<_>>().chunks(PARALLEL) {
+            let logins = chunk.iter().map(|n| {
+                let request = LoginRequest { id: id(*n), password: "a-password-of-some-length".into() };
+                let client = client.clone();
+                async move { call::<_, LoginReply>(&client, subjects::SESSION_LOGIN, &request).await }
+            });
+            for reply in futures_util::future::join_all(logins).await {
+                tokens.push(reply.expect("logs in").token);
+            }
+        }
+    }
+    use mm_shared::protocol::keys;
+    let usage = |key: String| {
+        let mut connection = connection.clone();
+        async move {
+            redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .arg("SAMPLES")
+                .arg(0)
+                .query_async::<u64>(&mut connection)
+                .await
+                .expect("MEMORY USAGE")
+        }
+    };
+    let mut account_keys = 0;
+    for n in (0..ACCOUNTS).step_by(50) {
+        account_keys += usage(keys::player(&id(n))).await;
+    }
+    let per_key = account_keys as f64 / (ACCOUNTS / 50) as f64;
+    let per_index_entry = usage(keys::ACCOUNTS.to_owned()).await as f64 / ACCOUNTS as f64;
+    let per_token = usage(keys::session(&tokens[0])).await as f64;
+    let per_account = per_key + per_index_entry;
+    let with_tokens = per_account + tokens_each as f64 * per_token;
+    let grown = (used_memory(&connection).await - before) / ACCOUNTS as f64;
+    let max = matchmaker::config::DEFAULT_MAX_ACCOUNTS as f64;
+    println!(
+        "MEMORY USAGE per account (64-character id, {tokens_each} live tokens): {with_tokens:.0} bytes = \
+         key {per_key:.0} + index entry {per_index_entry:.0} + {tokens_each} × token {per_token:.0}; \
+         used_memory grew {grown:.0} per account; default session.max_accounts {max} → {:.1} MB \
+         (used_memory {:.1} MB) when full",
+        with_tokens * max / 1e6,
+        grown * max / 1e6,
+    );
+    assert!(
+        per_key > 100.0 && per_index_entry > 50.0 && per_token > 50.0,
+        "the measure sees the data: {per_key}, {per_index_entry}, {per_token}"
+    );
+    assert!(with_tokens <= 1100.0, "an account costs {with_tokens:.0} bytes, more than the default assumes");
+    assert!(
+        grown * max <= 100e6,
+        "a full default table takes {:.1} MB: keep it within half of a 200 MB maxmemory",
+        grown * max / 1e6
     );
 }
 

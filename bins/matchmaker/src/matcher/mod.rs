@@ -1,25 +1,43 @@
 //! The matcher: forms matches from the queue and gets each a game server.
 //!
 //! ```text
-//! pop (Lua: ≥10 queued → window of the oldest into a lease with a deadline)
+//! pop (Lua: ≥10 queued → the live tickets of a window of the oldest into a lease with a deadline)
 //!  → match function proposes groups of 10; the rest go back to the queue head
-//!  → per group: orchestrator.allocate (NATS request with a deadline)
+//!  → per group: claim (Lua: the group's match id, the same one when the same group is
+//!                allocated again; ids its tickets carried before are orphaned → release)
+//!  → orchestrator.allocate {matchId} (NATS request with a deadline)
 //!     ok        → commit (Lua: all ten still searching? → matched + match record)
 //!                 → events.ticket.<id> ×10, events.match.created
-//!     failure   → give back to the queue head in join order; attempt counted,
-//!                 `failed` after matcher.max_attempts; this process backs off
+//!                 abandoned (a ticket cancelled) or lease lost → orchestrator.release
+//!     failure   → give back to the queue head in join order, the match id kept for the
+//!                 retry; attempt counted, `failed` after matcher.max_attempts (→ release);
+//!                 this process backs off
 //!     no orchestrator → give back without counting; back off until one answers
 //! reaper (every reap_interval): leases past their deadline → back to the queue;
-//!          overdue tickets at the queue head → expired; gauges
+//!          overdue tickets at the queue head → expired (→ release); gauges
 //! ```
 //!
 //! Any number of matchers may run, in one process and across many: a pop moves tickets
 //! out of the queue atomically, so no two matchers hold the same ticket; a matcher that
 //! dies holding a lease only delays its tickets until the lease expires.
+//!
+//! **Nothing allocated for nobody keeps running.** Every allocation asks for a server
+//! under the match id its group claimed. A failed or timed-out allocation keeps the id
+//! on the tickets, so when the same ten are grouped again the retry asks under the same
+//! id and the orchestrator answers with the server it may have started meanwhile. Every
+//! other way an id can end without a match releases its server
+//! ([`crate::release`], in the background, never holding up this loop): the commit found
+//! a ticket cancelled, the lease was lost (unless another lease took the same group, and
+//! with it the server), the group was formed otherwise, or a ticket carrying it was
+//! cancelled, expired or failed. Only a commit whose outcome Redis never told (it is
+//! retried first) releases nothing: the commit may have happened, and releasing a
+//! committed match's server would be far worse than a server that ends at its join
+//! timeout; if it did not happen, the lease's expiry returns the group with its id.
 
 mod function;
 mod reaper;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -41,7 +59,16 @@ pub use reaper::Reaped;
 use crate::config::MatcherConfig;
 use crate::events::Events;
 use crate::metrics::{TicketEvent, tickets};
-use crate::tickets::{Committed, GiveBack, StoreError, TicketStore};
+use crate::release::{Releaser, Why};
+use crate::retry::Backoff;
+use crate::tickets::{Claim, Committed, GiveBack, StoreError, TicketStore};
+
+/// Pops one round may make when dead entries (expired, gone) fill a window, before the
+/// loop waits: each pop looks at one window, so a round stays bounded too.
+const POPS_PER_ROUND: usize = 16;
+
+/// Tries of a claim, commit or give-back when Redis fails (each is safe to repeat).
+const REDIS_ATTEMPTS: usize = 3;
 
 /// Tickets popped into one lease, grouped by the match function.
 #[derive(Debug, Clone)]
@@ -55,16 +82,18 @@ pub struct Batch {
 pub enum Settled {
     /// A match: its record, as written.
     Matched(MatchRecord),
-    /// The allocation failed (the reason is logged); the tickets went back, or `failed`
-    /// of them ran out of attempts. `counted` when the failure used up an attempt.
+    /// The allocation failed (the reason is logged); the tickets went back with their
+    /// match id, or `failed` of them ran out of attempts. `counted` when the failure used
+    /// up an attempt.
     Requeued { counted: bool, failed: usize },
-    /// A ticket was cancelled during the allocation; the rest went back. The server
-    /// allocated for them is unused.
+    /// A ticket was cancelled before the commit; the rest went back. A server allocated
+    /// for them is released.
     Abandoned,
-    /// The lease expired before the commit; the reaper had returned the tickets.
+    /// The lease expired before the commit; the reaper had returned the tickets. The
+    /// server is released unless another lease took the same group (and the server).
     LeaseLost,
-    /// Redis failed mid-way (the error is logged); the lease's expiry will return the
-    /// tickets.
+    /// Redis failed mid-way, even after retries (the error is logged); the lease's
+    /// expiry will return the tickets.
     StoreFailed,
 }
 
@@ -75,12 +104,16 @@ pub struct Matcher {
     events: Events,
     function: Arc<dyn MatchFunction>,
     config: MatcherConfig,
+    /// Pauses after failed allocations (and between Redis retries).
+    backoff: Backoff,
     /// Failed allocations in a row; sets the backoff before the next pop.
     failures: AtomicU32,
     /// Batches this matcher may have in flight at once.
     allocations: Arc<Semaphore>,
     /// Notified when a ticket joins in this process.
     wake: Arc<Notify>,
+    /// Ends the servers of matches that were not committed.
+    releaser: Releaser,
 }
 
 impl Matcher {
@@ -90,6 +123,7 @@ impl Matcher {
         function: Arc<dyn MatchFunction>,
         config: MatcherConfig,
         wake: Arc<Notify>,
+        releaser: Releaser,
     ) -> Self {
         let allocations = Arc::new(Semaphore::new(config.max_allocations.max(1)));
         Self {
@@ -97,10 +131,12 @@ impl Matcher {
             tickets,
             nats,
             function,
+            backoff: config.backoff(),
             config,
             failures: AtomicU32::new(0),
             allocations,
             wake,
+            releaser,
         }
     }
 
@@ -123,10 +159,12 @@ impl Matcher {
 
     async fn pop_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let mut in_flight = JoinSet::new();
-        // Redis failures in a row: they back the loop off and thin out its logs.
+        // Redis failures in a row: they back the loop off (from one idle poll on) and
+        // thin out its logs.
+        let store_backoff = Backoff::new(self.config.idle_poll, self.config.retry_backoff_max);
         let mut store_errors = 0u32;
         loop {
-            let delay = self.backoff();
+            let delay = self.backoff.delay(self.failures.load(Ordering::Relaxed));
             if !delay.is_zero() && sleep_or_shutdown(delay, &shutdown).await {
                 break;
             }
@@ -169,9 +207,7 @@ impl Matcher {
                         tracing::warn!(failures = store_errors, "cannot pop from the queue: {err}");
                     }
                     metrics::counter!("mm_matchmaker_redis_errors_total", "operation" => "pop").increment(1);
-                    let pause =
-                        backoff_delay(store_errors, self.config.idle_poll, self.config.retry_backoff_max);
-                    if sleep_or_shutdown(pause, &shutdown).await {
+                    if sleep_or_shutdown(store_backoff.delay(store_errors), &shutdown).await {
                         break;
                     }
                 }
@@ -181,6 +217,7 @@ impl Matcher {
     }
 
     async fn reap_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        // A fixed interval, not a retry: a failed pass is simply the next pass's work.
         let mut tick = tokio::time::interval(self.config.reap_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut store_errors = 0u32;
@@ -203,19 +240,32 @@ impl Matcher {
     }
 
     /// Pops a window of the oldest tickets into a new lease and groups them; tickets no
-    /// group took go straight back. `None` when fewer than ten are queued.
+    /// group took go straight back. `None` when fewer than ten live tickets are queued.
+    /// When a window held only dead entries (which the pop removed), pops again, up to
+    /// [`POPS_PER_ROUND`] times.
     pub async fn form_batch(&self) -> Result<Option<Batch>, StoreError> {
-        let batch_id = uuid::Uuid::new_v4().to_string();
-        let popped =
-            self.tickets.pop(&batch_id, MATCH_SIZE, self.function.window(), self.config.lease).await?;
-        if !popped.expired.is_empty() {
-            tickets(TicketEvent::Expired, popped.expired.len());
-            self.events.tickets_changed(&popped.expired).await;
+        for _ in 0..POPS_PER_ROUND {
+            let batch_id = uuid::Uuid::new_v4().to_string();
+            let popped =
+                self.tickets.pop(&batch_id, MATCH_SIZE, self.function.window(), self.config.lease).await?;
+            if !popped.expired.is_empty() {
+                tickets(TicketEvent::Expired, popped.expired.len());
+                self.releaser.release_all(&popped.orphaned, Why::Expired);
+                self.events.tickets_changed(&popped.expired).await;
+            }
+            if !popped.tickets.is_empty() {
+                return self.group(batch_id, popped.tickets).await.map(Some);
+            }
+            if popped.removed == 0 {
+                break;
+            }
         }
-        if popped.tickets.is_empty() {
-            return Ok(None);
-        }
-        let proposal = check_proposal(popped.tickets.len(), self.function.propose(&popped.tickets));
+        Ok(None)
+    }
+
+    /// Asks the match function for groups among the popped tickets; gives back the rest.
+    async fn group(&self, batch_id: String, popped: Vec<Ticket>) -> Result<Batch, StoreError> {
+        let proposal = check_proposal(popped.len(), self.function.propose(&popped));
         if proposal.rejected_groups > 0 {
             tracing::warn!(
                 function = self.function.name(),
@@ -223,7 +273,7 @@ impl Matcher {
                 "match function proposed invalid groups; their tickets go back to the queue"
             );
         }
-        let mut candidates: Vec<Option<Ticket>> = popped.tickets.into_iter().map(Some).collect();
+        let mut candidates: Vec<Option<Ticket>> = popped.into_iter().map(Some).collect();
         if !proposal.leftover.is_empty() {
             let leftover: Vec<String> = proposal
                 .leftover
@@ -237,7 +287,7 @@ impl Matcher {
             .iter()
             .map(|group| group.iter().filter_map(|&index| candidates[index].take()).collect())
             .collect();
-        Ok(Some(Batch { id: batch_id, groups }))
+        Ok(Batch { id: batch_id, groups })
     }
 
     /// Allocates and settles every group of the batch concurrently (one lease covers all).
@@ -246,9 +296,34 @@ impl Matcher {
         futures_util::future::join_all(groups.into_iter().map(|group| self.settle(&id, group))).await
     }
 
-    /// Gets a server for one group and makes it a match, or gives its tickets back.
+    /// Claims the group's match id, gets a server for it and makes it a match, or gives
+    /// its tickets back (and releases what was allocated for nobody).
     pub async fn settle(&self, batch_id: &str, group: Vec<Ticket>) -> Settled {
-        let match_id = uuid::Uuid::new_v4().to_string();
+        let ids: Vec<String> = group.iter().map(|ticket| ticket.id.clone()).collect();
+        let fresh = uuid::Uuid::new_v4().to_string();
+        let claim = self.on_redis("claim", || self.tickets.claim(batch_id, &fresh, &ids)).await;
+        let match_id = match claim {
+            Ok(Claim::Claimed { match_id, reused, orphaned }) => {
+                self.releaser.release_all(&orphaned, Why::Superseded);
+                if reused {
+                    tracing::debug!(%match_id, "the same group again: allocating under its match id");
+                }
+                match_id
+            }
+            Ok(Claim::Gone { orphaned }) => {
+                self.releaser.release_all(&orphaned, Why::Cancelled);
+                return self.give_back_gone(batch_id, &ids).await;
+            }
+            Ok(Claim::Lost) => {
+                tracing::warn!(batch = %batch_id, "lease expired before its group was claimed");
+                return Settled::LeaseLost;
+            }
+            Err(err) => {
+                tracing::warn!("cannot claim a match id; the lease will return the tickets: {err}");
+                metrics::counter!("mm_matchmaker_redis_errors_total", "operation" => "claim").increment(1);
+                return Settled::StoreFailed;
+            }
+        };
         let request = AllocateRequest {
             match_id: match_id.clone(),
             player_ids: group.iter().map(|ticket| ticket.player_id.clone()).collect(),
@@ -276,7 +351,7 @@ impl Matcher {
                 // An absent or overloaded orchestrator is nobody's fault: wait for it
                 // without using up the tickets' attempts.
                 let counted = !matches!(result, "no_responders" | "unavailable");
-                self.give_back(batch_id, &group, err.to_string(), counted).await
+                self.give_back(batch_id, &match_id, &group, err.to_string(), counted).await
             }
         }
     }
@@ -295,7 +370,7 @@ impl Matcher {
             server: ServerAssignment { url: server.url, game_id: server.game_id },
             created_at: now_ms(),
         };
-        match self.tickets.commit(batch_id, &record).await {
+        match self.on_redis("commit", || self.tickets.commit(batch_id, &record)).await {
             Ok(Committed::Matched(matched)) => {
                 self.failures.store(0, Ordering::Relaxed);
                 let now = now_ms();
@@ -324,35 +399,62 @@ impl Matcher {
                     match_id = %record.id,
                     game_id = %record.server.game_id,
                     returned = returned.len(),
-                    "a ticket was cancelled during allocation; the others went back to the queue"
+                    "a ticket was cancelled during allocation; the others went back to the queue, \
+                     the server is released"
                 );
+                self.releaser.release(&record.id, Why::Abandoned);
                 tickets(TicketEvent::Requeued, returned.len());
                 metrics::counter!("mm_matchmaker_allocations_wasted_total", "reason" => "abandoned")
                     .increment(1);
                 self.wake.notify_waiters();
                 Settled::Abandoned
             }
-            Ok(Committed::Lost) => {
-                tracing::warn!(match_id = %record.id, "lease expired before the match was committed");
-                metrics::counter!("mm_matchmaker_allocations_wasted_total", "reason" => "lease_lost")
-                    .increment(1);
+            Ok(Committed::Lost { release }) => {
+                if release {
+                    tracing::warn!(
+                        match_id = %record.id,
+                        "lease expired before the match was committed; the server is released"
+                    );
+                    self.releaser.release(&record.id, Why::LeaseLost);
+                    metrics::counter!("mm_matchmaker_allocations_wasted_total", "reason" => "lease_lost")
+                        .increment(1);
+                } else {
+                    tracing::warn!(
+                        match_id = %record.id,
+                        "lease expired before the match was committed; another matcher has the same \
+                         group, and the server, now"
+                    );
+                }
                 Settled::LeaseLost
             }
             Err(err) => {
-                tracing::warn!(match_id = %record.id, "cannot commit the match; the lease will return its tickets: {err}");
+                // The commit may have happened with its reply lost: releasing now could end a
+                // committed match's server. If it did not, the lease's expiry returns the
+                // group with its match id (retried under it, or released when regrouped).
+                tracing::warn!(
+                    match_id = %record.id,
+                    "cannot commit the match; the lease will return its tickets: {err}"
+                );
                 metrics::counter!("mm_matchmaker_redis_errors_total", "operation" => "commit").increment(1);
                 Settled::StoreFailed
             }
         }
     }
 
-    async fn give_back(&self, batch_id: &str, group: &[Ticket], reason: String, counted: bool) -> Settled {
+    async fn give_back(
+        &self,
+        batch_id: &str,
+        match_id: &str,
+        group: &[Ticket],
+        reason: String,
+        counted: bool,
+    ) -> Settled {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         // During an outage every pop fails the same way: log the 1st, 2nd, 4th, 8th...
         if failures.is_power_of_two() {
-            tracing::warn!(failures, counted, "allocation failed; tickets go back to the queue: {reason}");
+            tracing::warn!(failures, counted, %match_id, "allocation failed; tickets go back to the queue: {reason}");
         } else {
-            tracing::debug!(failures, counted, "allocation failed; tickets go back to the queue: {reason}");
+            tracing::debug!(failures, counted, %match_id, "allocation failed; tickets go back to the queue: {reason}");
         }
         let ids: Vec<String> = group.iter().map(|ticket| ticket.id.clone()).collect();
         let full_reason =
@@ -362,8 +464,9 @@ impl Matcher {
         } else {
             GiveBack::Release
         };
-        match self.tickets.give_back(batch_id, &ids, how).await {
+        match self.on_redis("give back", || self.tickets.give_back(batch_id, &ids, how)).await {
             Ok(returned) => {
+                self.releaser.release_all(&returned.orphaned, Why::Failed);
                 tickets(TicketEvent::Requeued, returned.queued.len());
                 tickets(TicketEvent::Failed, returned.failed.len());
                 self.events.tickets_changed(&returned.failed).await;
@@ -378,11 +481,39 @@ impl Matcher {
         }
     }
 
-    /// How long to wait before the next pop: nothing while allocations succeed, then
-    /// `retry_backoff_min` doubling per failure in a row up to `retry_backoff_max`.
-    fn backoff(&self) -> Duration {
-        let failures = self.failures.load(Ordering::Relaxed);
-        backoff_delay(failures, self.config.retry_backoff_min, self.config.retry_backoff_max)
+    /// A group with a ticket cancelled before its claim: the others go back, no
+    /// allocation is made.
+    async fn give_back_gone(&self, batch_id: &str, ids: &[String]) -> Settled {
+        match self.on_redis("give back", || self.tickets.give_back(batch_id, ids, GiveBack::Release)).await {
+            Ok(returned) => {
+                tickets(TicketEvent::Requeued, returned.queued.len());
+                self.wake.notify_waiters();
+                Settled::Abandoned
+            }
+            Err(err) => {
+                tracing::warn!("cannot give tickets back; the lease will return them: {err}");
+                metrics::counter!("mm_matchmaker_redis_errors_total", "operation" => "give_back")
+                    .increment(1);
+                Settled::StoreFailed
+            }
+        }
+    }
+
+    /// Runs a ticket-store call that is safe to repeat, trying again (with the backoff)
+    /// while Redis fails, [`REDIS_ATTEMPTS`] times at most.
+    async fn on_redis<T, F, Fut>(&self, what: &str, call: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.backoff
+            .retry(
+                REDIS_ATTEMPTS,
+                call,
+                |err| matches!(err, StoreError::Redis(_)),
+                |err, pause| tracing::debug!("{what} failed, trying again in {pause:?}: {err}"),
+            )
+            .await
     }
 
     /// The lease-expiry reason recorded on tickets that fail through it.
@@ -395,34 +526,10 @@ impl Matcher {
     }
 }
 
-fn backoff_delay(failures: u32, min: Duration, max: Duration) -> Duration {
-    if failures == 0 {
-        return Duration::ZERO;
-    }
-    let factor = 1u32.checked_shl(failures.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
-    min.saturating_mul(factor).min(max)
-}
-
 /// Sleeps; true if shutdown came first.
 async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         () = tokio::time::sleep(delay) => false,
         () = shutdown.cancelled() => true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap() {
-        let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
-        assert_eq!(backoff_delay(0, min, max), Duration::ZERO);
-        assert_eq!(backoff_delay(1, min, max), min);
-        assert_eq!(backoff_delay(2, min, max), Duration::from_millis(200));
-        assert_eq!(backoff_delay(5, min, max), Duration::from_millis(1600));
-        assert_eq!(backoff_delay(6, min, max), max);
-        assert_eq!(backoff_delay(u32::MAX, min, max), max);
     }
 }

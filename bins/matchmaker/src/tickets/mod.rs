@@ -7,13 +7,29 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `queue:default` | list | ids of queued tickets, join order, oldest at the head |
+//! | `queue:default` | sorted set | ids of queued tickets scored by `seq`: join order, oldest first |
 //! | `queue:default:seq` | integer | join-order counter (each ticket's `seq`) |
-//! | `ticket:{id}` | string | the ticket's JSON ([`Ticket`]) |
+//! | `ticket:{id}` | string | the ticket's JSON ([`Ticket`], plus the matcher's fields below) |
 //! | `player:{id}:ticket` | string | the player's latest ticket id |
 //! | `lease:{batch}` | set | ids of tickets a matcher popped and is allocating for |
 //! | `leases:default` | sorted set | batch ids by lease deadline (ms) |
 //! | `match:{id}` | string | the match's JSON ([`MatchRecord`]) |
+//!
+//! The queue was a list before: [`TicketStore::upgrade`] turns a list left by an older
+//! matchmaker into the sorted set at start. A sorted set makes every change bounded:
+//! joining, cancelling, expiring and giving back cost O(log n) each, a pop looks at its
+//! window and no further.
+//!
+//! **Match ids live with their group.** Before a group is allocated, [`TicketStore::claim`]
+//! gives it its match id and writes it on its tickets (`pendingMatch`, `pendingSize`, and
+//! `lease`: the batch that claimed it, which a matched ticket keeps; fields [`Ticket`]
+//! does not carry, so players never see them). When the allocation
+//! fails and the same tickets are grouped again, they get the same id back, so the
+//! orchestrator's one-server-per-match turns the retry into the server it may already have
+//! started. An id that can no longer be committed (its group lost a ticket to a cancel,
+//! an expiry or a failure, or its tickets were grouped otherwise, or its lease was lost)
+//! is reported as *orphaned* by the call that made it so: its server, if any, is to be
+//! released (`orchestrator.release`). The same id may be reported more than once.
 //!
 //! Expiry: a ticket still `searching` at `expiresAt` (join + `ticket_ttl`) becomes
 //! `expired` when anything meets it in the queue: a status read, the player joining
@@ -48,36 +64,63 @@ pub enum StoreError {
 pub enum Joined {
     /// The player already had a searching ticket: this one.
     Existing(Ticket),
-    /// A new ticket; `expired` is the player's previous one if joining expired it.
-    Created { ticket: Ticket, expired: Option<Ticket> },
+    /// A new ticket; `expired` is the player's previous one if joining expired it, and
+    /// `orphaned` the match id that expiry orphaned.
+    Created { ticket: Ticket, expired: Option<Ticket>, orphaned: Option<String> },
 }
 
 /// What a status read found.
 #[derive(Debug, Clone)]
+#[expect(clippy::large_enum_variant, reason = "one per request, moved once and never stored")]
 pub enum Status {
     /// Unknown, or not this player's.
     NotFound,
-    /// The ticket; `expired_now` when this read is what expired it.
-    Found { ticket: Ticket, expired_now: bool },
+    /// The ticket; `expired_now` when this read is what expired it, and `orphaned` the
+    /// match id that expiry orphaned.
+    Found { ticket: Ticket, expired_now: bool, orphaned: Option<String> },
 }
 
 /// What cancelling did.
 #[derive(Debug, Clone)]
 pub enum Cancelled {
     NotFound,
-    /// It was searching and is cancelled now.
-    Cancelled(Ticket),
+    /// It was searching and is cancelled now; `orphaned` is the match id its group was
+    /// given, if it was queued with one (in flight, the matcher releases it).
+    Cancelled {
+        ticket: Ticket,
+        orphaned: Option<String>,
+    },
     /// It was already cancelled.
     Unchanged(Ticket),
     /// It is final in another way (matched, expired, failed): too late to cancel.
     TooLate(Ticket),
 }
 
-/// Tickets a pop took (empty if fewer than `min` were queued) and those it expired.
+/// Tickets a pop took (empty if fewer than `min` of its window were live) and those it
+/// expired.
 #[derive(Debug, Clone, Default)]
 pub struct Popped {
     pub tickets: Vec<Ticket>,
     pub expired: Vec<Ticket>,
+    /// Match ids the expiries orphaned.
+    pub orphaned: Vec<String>,
+    /// Entries that left the queue without being popped (expired, or dead: their ticket
+    /// gone or final). When the pop took nothing but removed some, popping again at once
+    /// may find a batch behind them.
+    pub removed: usize,
+}
+
+/// What claiming a match id for a group did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Allocate the group under `match_id` (the group's previous id when `reused`).
+    /// `orphaned`: ids its tickets carried that no group can commit any more.
+    Claimed { match_id: String, reused: bool, orphaned: Vec<String> },
+    /// A ticket of the group is no longer searching (cancelled since the pop): nothing
+    /// changed; give the group back instead of allocating.
+    Gone { orphaned: Vec<String> },
+    /// The lease is gone (it expired and was reaped): nothing changed.
+    Lost,
 }
 
 /// What committing a group did.
@@ -85,10 +128,13 @@ pub struct Popped {
 pub enum Committed {
     /// The match is written; these are its tickets, now `matched`.
     Matched(Vec<Ticket>),
-    /// A ticket was no longer searching (cancelled); no match, these ids went back.
+    /// A ticket was no longer searching (cancelled); no match, these ids went back and
+    /// the match id is retired: release its server.
     Abandoned(Vec<String>),
-    /// The lease is gone (it expired and was reaped): nothing changed.
-    Lost,
+    /// The lease is gone (it expired and was reaped): no match. `release`: the match id
+    /// is retired and its server is to be released; otherwise another lease has claimed
+    /// the same group under the same id since (or committed it), and the server is its.
+    Lost { release: bool },
 }
 
 /// How tickets go back from a lease to the queue.
@@ -110,6 +156,8 @@ pub struct Returned {
     pub queued: Vec<String>,
     /// Tickets that used up their attempts and are `failed`.
     pub failed: Vec<Ticket>,
+    /// Match ids the failures orphaned.
+    pub orphaned: Vec<String>,
     /// False if the lease did not exist, or (for `Expired`) had not expired.
     pub applied: bool,
 }
@@ -151,9 +199,14 @@ impl TicketStore {
             .await?;
         match reply.as_slice() {
             [kind, ticket] if kind == "existing" => Ok(Joined::Existing(decode(ticket)?)),
-            [kind, ticket, expired] if kind == "created" => Ok(Joined::Created {
-                ticket: decode(ticket)?,
-                expired: if expired.is_empty() { None } else { Some(decode(expired)?) },
+            [kind, ticket, expired] if kind == "created" => Ok(if expired.is_empty() {
+                Joined::Created { ticket: decode(ticket)?, expired: None, orphaned: None }
+            } else {
+                Joined::Created {
+                    ticket: decode(ticket)?,
+                    expired: Some(decode(expired)?),
+                    orphaned: pending_match(expired),
+                }
             }),
             other => Err(unexpected("join", other)),
         }
@@ -182,11 +235,13 @@ impl TicketStore {
         match reply.as_slice() {
             [kind] if kind == "not_found" => Ok(Status::NotFound),
             [kind, ticket] if kind == "ok" => {
-                Ok(Status::Found { ticket: decode(ticket)?, expired_now: false })
+                Ok(Status::Found { ticket: decode(ticket)?, expired_now: false, orphaned: None })
             }
-            [kind, ticket] if kind == "expired" => {
-                Ok(Status::Found { ticket: decode(ticket)?, expired_now: true })
-            }
+            [kind, ticket] if kind == "expired" => Ok(Status::Found {
+                ticket: decode(ticket)?,
+                expired_now: true,
+                orphaned: pending_match(ticket),
+            }),
             other => Err(unexpected("status", other)),
         }
     }
@@ -196,15 +251,19 @@ impl TicketStore {
         let reply = self.on_ticket(&self.scripts.cancel, player_id, ticket_id).await?;
         match reply.as_slice() {
             [kind] if kind == "not_found" => Ok(Cancelled::NotFound),
-            [kind, ticket] if kind == "cancelled" => Ok(Cancelled::Cancelled(decode(ticket)?)),
+            [kind, ticket, orphaned] if kind == "cancelled" => Ok(Cancelled::Cancelled {
+                ticket: decode(ticket)?,
+                orphaned: (!orphaned.is_empty()).then(|| orphaned.clone()),
+            }),
             [kind, ticket] if kind == "unchanged" => Ok(Cancelled::Unchanged(decode(ticket)?)),
             [kind, ticket] if kind == "final" => Ok(Cancelled::TooLate(decode(ticket)?)),
             other => Err(unexpected("cancel", other)),
         }
     }
 
-    /// Moves up to `window` searching tickets from the head of the queue into the lease
-    /// `batch_id`, but only if at least `min` can be taken.
+    /// Moves the searching tickets among the `window` oldest entries of the queue into
+    /// the lease `batch_id`, but only if at least `min` of them can be taken. Looks at
+    /// `window` entries at most, overdue and dead ones included.
     pub async fn pop(
         &self,
         batch_id: &str,
@@ -212,7 +271,7 @@ impl TicketStore {
         window: usize,
         lease: Duration,
     ) -> Result<Popped, StoreError> {
-        let (popped, expired): (Vec<String>, Vec<String>) = self
+        let (popped, expired, removed): (Vec<String>, Vec<String>, usize) = self
             .scripts
             .pop
             .key(keys::QUEUE_DEFAULT)
@@ -226,11 +285,43 @@ impl TicketStore {
             .arg(millis(self.settings.retention))
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(Popped { tickets: decode_all(&popped)?, expired: decode_all(&expired)? })
+        Ok(Popped {
+            tickets: decode_all(&popped)?,
+            orphaned: orphans(&expired),
+            expired: decode_all(&expired)?,
+            removed,
+        })
     }
 
-    /// Turns `record.ticket_ids` (all in lease `batch_id`) into the match `record`, if
-    /// every one of them is still searching.
+    /// Gives the group `ticket_ids` of lease `batch_id` its match id before it is
+    /// allocated: the one the same group had before, or `fresh_id`.
+    pub async fn claim(
+        &self,
+        batch_id: &str,
+        fresh_id: &str,
+        ticket_ids: &[String],
+    ) -> Result<Claim, StoreError> {
+        let (kind, match_id, orphaned): (String, String, Vec<String>) = self
+            .scripts
+            .claim
+            .key(keys::lease(batch_id))
+            .arg(keys::TICKET_PREFIX)
+            .arg(batch_id)
+            .arg(fresh_id)
+            .arg(ticket_ids)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        match kind.as_str() {
+            "claimed" => Ok(Claim::Claimed { reused: match_id != fresh_id, match_id, orphaned }),
+            "gone" => Ok(Claim::Gone { orphaned }),
+            "lost" => Ok(Claim::Lost),
+            other => Err(StoreError::Corrupt(format!("claim answered {other:?}"))),
+        }
+    }
+
+    /// Turns `record.ticket_ids` (all in lease `batch_id`, claimed under `record.id`) into
+    /// the match `record`, if every one of them is still searching. Safe to call again
+    /// after an error: a match this lease already wrote answers `Matched` again.
     pub async fn commit(&self, batch_id: &str, record: &MatchRecord) -> Result<Committed, StoreError> {
         let record_json = serde_json::to_string(record)
             .map_err(|err| StoreError::Corrupt(format!("cannot encode match {}: {err}", record.id)))?;
@@ -254,7 +345,11 @@ impl TicketStore {
         match kind.as_str() {
             "matched" => Ok(Committed::Matched(decode_all(&items)?)),
             "abandoned" => Ok(Committed::Abandoned(items)),
-            "lost" => Ok(Committed::Lost),
+            "lost" => match items.as_slice() {
+                [what] if what == "release" => Ok(Committed::Lost { release: true }),
+                [what] if what == "taken" => Ok(Committed::Lost { release: false }),
+                other => Err(unexpected("commit", other)),
+            },
             other => Err(StoreError::Corrupt(format!("commit answered {other:?}"))),
         }
     }
@@ -287,11 +382,16 @@ impl TicketStore {
             .arg(ticket_ids)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(Returned { queued, failed: decode_all(&failed)?, applied: kind == "returned" })
+        Ok(Returned {
+            queued,
+            orphaned: orphans(&failed),
+            failed: decode_all(&failed)?,
+            applied: kind == "returned",
+        })
     }
 
-    /// Expires overdue tickets at the head of the queue (at most `limit`).
-    pub async fn sweep(&self, limit: usize) -> Result<Vec<Ticket>, StoreError> {
+    /// Expires overdue tickets at the head of the queue (looks at `limit` entries at most).
+    pub async fn sweep(&self, limit: usize) -> Result<Swept, StoreError> {
         let expired: Vec<String> = self
             .scripts
             .sweep
@@ -301,7 +401,21 @@ impl TicketStore {
             .arg(limit)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        decode_all(&expired)
+        Ok(Swept { orphaned: orphans(&expired), expired: decode_all(&expired)? })
+    }
+
+    /// Turns a queue left by an older matchmaker (a list) into the sorted set this one
+    /// uses, in one atomic step; returns how many tickets it moved (`None`: nothing to do).
+    /// Older matchmakers must be stopped first: they cannot use the sorted set.
+    pub async fn upgrade(&self) -> Result<Option<u64>, StoreError> {
+        let moved: i64 = self
+            .scripts
+            .upgrade
+            .key(keys::QUEUE_DEFAULT)
+            .arg(keys::TICKET_PREFIX)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(u64::try_from(moved).ok())
     }
 
     /// Batch ids whose lease deadline has passed (by this host's clock; the give-back
@@ -323,7 +437,7 @@ impl TicketStore {
     /// Queue length and number of leases, in one round trip.
     pub async fn gauges(&self) -> Result<(u64, u64), StoreError> {
         let (depth, leases): (u64, u64) = redis::pipe()
-            .cmd("LLEN")
+            .cmd("ZCARD")
             .arg(keys::QUEUE_DEFAULT)
             .cmd("ZCARD")
             .arg(keys::LEASES_DEFAULT)
@@ -331,6 +445,31 @@ impl TicketStore {
             .await?;
         Ok((depth, leases))
     }
+}
+
+/// What a sweep expired.
+#[derive(Debug, Clone, Default)]
+pub struct Swept {
+    pub expired: Vec<Ticket>,
+    /// Match ids the expiries orphaned.
+    pub orphaned: Vec<String>,
+}
+
+/// The match id a stored ticket's group was given (`pendingMatch`, which [`Ticket`] does
+/// not carry), if any.
+fn pending_match(raw: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Pending {
+        #[serde(rename = "pendingMatch", default)]
+        pending_match: Option<String>,
+    }
+    serde_json::from_str::<Pending>(raw).ok()?.pending_match.filter(|id| !id.is_empty())
+}
+
+/// The distinct pending match ids of tickets that just left `searching`.
+fn orphans(raws: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    raws.iter().filter_map(|raw| pending_match(raw)).filter(|id| seen.insert(id.clone())).collect()
 }
 
 fn decode(raw: &str) -> Result<Ticket, StoreError> {

@@ -5,10 +5,18 @@
 //! these invariants:
 //!
 //! - a `searching` ticket is in exactly one place: the queue, or one lease (in flight);
-//! - the queue is sorted by `seq` (join order), oldest at the head;
+//! - the queue is sorted by `seq` (join order), oldest at the head: it is a sorted set
+//!   scored by `seq`, so a ticket given back lands in its place and a removal (cancel,
+//!   expiry) costs O(log n), never a walk of the queue;
+//! - every script does bounded work: a pop looks at its window of entries and no more,
+//!   dead ones included; a sweep at its limit;
 //! - only `searching` changes; every other status is final;
 //! - a match is written only if every one of its tickets is still `searching` in the
-//!   lease that popped it.
+//!   lease that popped it;
+//! - a match id is given to one group of tickets, once (CLAIM), and that group keeps it
+//!   when it is allocated again; the script that makes an id impossible to commit (a
+//!   cancel, an expiry, a failure, another grouping, a lost lease) says so, so that its
+//!   server, if one was allocated, is released.
 //!
 //! Scripts read key prefixes from their arguments (`ARGV`) instead of spelling them, so
 //! the names live only in `mm_shared::protocol::keys`. Time is Redis's own clock (`TIME`),
@@ -50,49 +58,49 @@ local function save_final(prefix, t, retention_ms)
   return raw
 end
 
+-- A searching ticket changed in place: its key keeps its lifetime.
+local function save_searching(prefix, t)
+  redis.call('SET', prefix .. t.id, cjson.encode(t), 'KEEPTTL')
+end
+
 local function expire_ticket(prefix, t, retention_ms)
   t.status = 'expired'
   t.reason = 'no match was found before the ticket expired'
   return save_final(prefix, t, retention_ms)
 end
 
--- Puts searching tickets back at the head of the queue. Tickets of other failed
--- batches may already wait there, so both runs are merged by seq: the queue stays in
--- join order however many batches come back at once. Only the returned tickets and
--- the (few) older ones ahead of them are read.
-local function return_to_head(queue, prefix, tickets)
-  if #tickets == 0 then return end
-  table.sort(tickets, function(a, b) return a.seq < b.seq end)
-  local newest = tickets[#tickets].seq
-  local ahead = {}
-  local offset = 0
-  local scanning = true
-  while scanning do
-    local chunk = redis.call('LRANGE', queue, offset, offset + 31)
-    if #chunk == 0 then break end
-    for _, id in ipairs(chunk) do
-      local t = load_ticket(prefix, id)
-      if t == nil or t.seq > newest then
-        scanning = false
-        break
-      end
-      table.insert(ahead, { id = id, seq = t.seq })
-    end
-    offset = offset + #chunk
+-- The match id a ticket's group was given (`pendingMatch`), or nil.
+local function pending_of(t)
+  if type(t.pendingMatch) == 'string' and t.pendingMatch ~= '' then return t.pendingMatch end
+  return nil
+end
+
+-- Retires the ticket's pending match: no group may be allocated under it again.
+local function forget_pending(t)
+  t.pendingMatch = nil
+  t.pendingSize = nil
+end
+
+-- Removes ids from the queue (a sorted set: O(log n) each), in chunks that stay well
+-- inside Lua's argument limit.
+local function unqueue(queue, ids)
+  for first = 1, #ids, 1000 do
+    redis.call('ZREM', queue, unpack(ids, first, math.min(first + 999, #ids)))
   end
-  if #ahead > 0 then redis.call('LTRIM', queue, #ahead, -1) end
-  local merged = {}
-  local i, j = 1, 1
-  while i <= #tickets or j <= #ahead do
-    if j > #ahead or (i <= #tickets and tickets[i].seq < ahead[j].seq) then
-      table.insert(merged, tickets[i].id)
-      i = i + 1
-    else
-      table.insert(merged, ahead[j].id)
-      j = j + 1
+end
+
+-- Puts searching tickets (back) into the queue. Its score is the ticket's `seq`, so
+-- tickets given back land at the head in join order, merged with whatever other batches
+-- came back, however many come back at once; each costs O(log n).
+local function requeue(queue, tickets)
+  for first = 1, #tickets, 500 do
+    local args = {}
+    for k = first, math.min(first + 499, #tickets) do
+      args[#args + 1] = tickets[k].seq
+      args[#args + 1] = tickets[k].id
     end
+    redis.call('ZADD', queue, unpack(args))
   end
-  for k = #merged, 1, -1 do redis.call('LPUSH', queue, merged[k]) end
 end
 
 local function close_lease_if_empty(lease, leases, batch_id)
@@ -119,7 +127,7 @@ if current then
   local t = load_ticket(prefix, current)
   if t and t.status == 'searching' and t.playerId == player then
     -- Past its deadline but in flight: its allocation decides, so it is still live.
-    if t.expiresAt > now or redis.call('LREM', queue, 1, current) == 0 then
+    if t.expiresAt > now or redis.call('ZREM', queue, current) == 0 then
       return { 'existing', cjson.encode(t) }
     end
     expired = expire_ticket(prefix, t, retention_ms)
@@ -131,7 +139,7 @@ local t = {
 }
 local raw = cjson.encode(t)
 redis.call('SET', prefix .. id, raw, 'PX', key_ttl_ms)
-redis.call('RPUSH', queue, id)
+redis.call('ZADD', queue, t.seq, id)
 redis.call('SET', index, id, 'PX', key_ttl_ms)
 return { 'created', raw, expired }
 "#;
@@ -144,7 +152,7 @@ const STATUS: &str = r#"
 local t, raw = load_own_ticket(KEYS[1], ARGV[1])
 if not t then return { 'not_found' } end
 if t.status == 'searching' and (tonumber(t.expiresAt) or 0) <= now_ms()
-    and redis.call('LREM', KEYS[2], 1, t.id) == 1 then
+    and redis.call('ZREM', KEYS[2], t.id) == 1 then
   return { 'expired', expire_ticket(ARGV[3], t, tonumber(ARGV[2])) }
 end
 return { 'ok', raw }
@@ -154,87 +162,195 @@ return { 'ok', raw }
 /// and becomes `cancelled`.
 ///
 /// KEYS: ticket key, queue. ARGV: player id, retention ms, ticket prefix.
-/// Returns `{'not_found'}`, `{'cancelled', ticket}`, `{'unchanged', ticket}` (already
-/// cancelled) or `{'final', ticket}` (matched, expired or failed: too late).
+/// Returns `{'not_found'}`, `{'cancelled', ticket, orphaned match id or ''}`,
+/// `{'unchanged', ticket}` (already cancelled) or `{'final', ticket}` (matched, expired or
+/// failed: too late). A queued ticket's pending match (see CLAIM) is orphaned: its group
+/// has lost a member for good. In flight, the matcher holding it releases it instead.
 const CANCEL: &str = r#"
 local t, raw = load_own_ticket(KEYS[1], ARGV[1])
 if not t then return { 'not_found' } end
 if t.status == 'cancelled' then return { 'unchanged', raw } end
 if t.status ~= 'searching' then return { 'final', raw } end
-redis.call('LREM', KEYS[2], 1, t.id)
+local queued = redis.call('ZREM', KEYS[2], t.id) == 1
 t.status = 'cancelled'
-return { 'cancelled', save_final(ARGV[3], t, tonumber(ARGV[2])) }
+local orphaned = ''
+if queued then orphaned = pending_of(t) or '' end
+return { 'cancelled', save_final(ARGV[3], t, tonumber(ARGV[2])), orphaned }
 "#;
 
-/// Pop: when at least `min` tickets are queued, moves up to `window` searching tickets
-/// from the head into a new lease. Overdue tickets met on the way become `expired`;
-/// entries whose ticket is gone or final are dropped.
+/// Pop: when at least `min` tickets are queued, looks at the `window` oldest entries and,
+/// if at least `min` of them are live, moves those into a new lease. Every entry looked
+/// at counts against the window: overdue tickets become `expired` and entries whose
+/// ticket is gone or final are dropped, and both leave the queue, so one pop does bounded
+/// work however many dead entries wait at the head (the next pop sees the ones behind).
 ///
 /// KEYS: queue, leases, lease. ARGV: ticket prefix, batch id, min, window, lease ms,
-/// retention ms. Returns `{popped tickets, expired tickets}` (popped is empty when fewer
-/// than `min` could be taken; those go back where they were).
+/// retention ms. Returns `{popped tickets, expired tickets, entries removed without
+/// being popped}` (popped is empty when fewer than `min` were live; they stay queued).
 const POP: &str = r#"
 local queue, leases, lease = KEYS[1], KEYS[2], KEYS[3]
 local prefix, batch_id = ARGV[1], ARGV[2]
 local min, window = tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease_ms, retention_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local popped, expired = {}, {}
-if redis.call('LLEN', queue) < min then return { popped, expired } end
+if redis.call('ZCARD', queue) < min then return { popped, expired, 0 } end
 local now = now_ms()
-local tickets = {}
-while #tickets < window do
-  local id = redis.call('LPOP', queue)
-  if not id then break end
+local tickets, ids, dropped = {}, {}, {}
+for _, id in ipairs(redis.call('ZRANGE', queue, 0, window - 1)) do
   local t = load_ticket(prefix, id)
   if t and t.status == 'searching' then
     if t.expiresAt <= now then
       table.insert(expired, expire_ticket(prefix, t, retention_ms))
+      table.insert(dropped, id)
     else
       table.insert(tickets, t)
+      table.insert(ids, id)
     end
+  else
+    table.insert(dropped, id)
   end
 end
-if #tickets < min then
-  for k = #tickets, 1, -1 do redis.call('LPUSH', queue, tickets[k].id) end
-  return { popped, expired }
+unqueue(queue, dropped)
+if #tickets < min then return { popped, expired, #dropped } end
+unqueue(queue, ids)
+for first = 1, #ids, 1000 do
+  redis.call('SADD', lease, unpack(ids, first, math.min(first + 999, #ids)))
+end
+for _, t in ipairs(tickets) do table.insert(popped, cjson.encode(t)) end
+redis.call('ZADD', leases, now + lease_ms, batch_id)
+return { popped, expired, #dropped }
+"#;
+
+/// Claim: gives one group of a lease the match id it is allocated under, before the
+/// allocation, and records it on its tickets (`pendingMatch`, `pendingSize`, and `lease`:
+/// the batch that claimed it).
+///
+/// The same group keeps its id: if every ticket of the group carries the same pending
+/// match, given to a group of this size, the group is that one (an id is given to one
+/// group only, and ids are never given again), so the allocation is retried under that
+/// id and the orchestrator's one-server-per-match applies. Any other group gets the fresh
+/// id, and the pending matches its tickets carried are orphaned: no group can commit them
+/// any more.
+///
+/// KEYS: lease. ARGV: ticket prefix, batch id, fresh match id, ticket ids...
+/// Returns `{'claimed', match id, orphaned ids}`, `{'gone', '', orphaned ids}` (a ticket
+/// is no longer searching: cancelled since the pop; nothing changed) or `{'lost', '', {}}`
+/// (the lease is gone: it expired and its tickets were returned).
+const CLAIM: &str = r#"
+local lease = KEYS[1]
+local prefix, batch_id, fresh = ARGV[1], ARGV[2], ARGV[3]
+local size = #ARGV - 3
+for i = 4, #ARGV do
+  if redis.call('SISMEMBER', lease, ARGV[i]) == 0 then return { 'lost', '', {} } end
+end
+local orphaned, seen = {}, {}
+local function orphan(id)
+  if id and not seen[id] then
+    seen[id] = true
+    table.insert(orphaned, id)
+  end
+end
+local tickets, gone = {}, false
+for i = 4, #ARGV do
+  local t = load_ticket(prefix, ARGV[i])
+  if t and t.status == 'searching' then
+    table.insert(tickets, t)
+  else
+    gone = true
+    if t then orphan(pending_of(t)) end
+  end
+end
+if gone then return { 'gone', '', orphaned } end
+local kept = pending_of(tickets[1])
+local same = kept ~= nil and tonumber(tickets[1].pendingSize) == size
+for _, t in ipairs(tickets) do
+  if pending_of(t) ~= kept then same = false end
+end
+local match_id = fresh
+if same then
+  match_id = kept
+else
+  for _, t in ipairs(tickets) do orphan(pending_of(t)) end
 end
 for _, t in ipairs(tickets) do
-  redis.call('SADD', lease, t.id)
-  table.insert(popped, cjson.encode(t))
+  t.pendingMatch, t.pendingSize, t.lease = match_id, size, batch_id
+  save_searching(prefix, t)
 end
-redis.call('ZADD', leases, now + lease_ms, batch_id)
-return { popped, expired }
+return { 'claimed', match_id, orphaned }
 "#;
 
 /// Commit: one group of a lease becomes a match, all or nothing. If any of its tickets
-/// is no longer searching (cancelled meanwhile), no match is written and the others go
-/// back to the head of the queue.
+/// is no longer searching (cancelled meanwhile), no match is written, the others go back
+/// to the queue and the match id is retired from them (its server is to be released).
+///
+/// Committing again is safe: a match already written by this lease answers `matched`
+/// again (so a commit whose reply was lost can be retried).
+///
+/// When the lease is gone (it expired and the reaper returned the tickets), the match is
+/// the releaser's only if no other lease has claimed it since (the same group popped
+/// again): then it is retired from the tickets and `release` is answered; otherwise
+/// `taken` (its server is the other lease's now).
 ///
 /// KEYS: lease, leases, match key, queue. ARGV: ticket prefix, batch id, match id,
 /// server url, game id, retention ms, match JSON, ticket ids...
-/// Returns `{'matched', tickets}`, `{'abandoned', returned ids}` or `{'lost', {}}` (the
-/// lease is gone: it expired and its tickets were returned).
+/// Returns `{'matched', tickets}`, `{'abandoned', returned ids}`, `{'lost', {'release'}}`
+/// or `{'lost', {'taken'}}`.
 const COMMIT: &str = r#"
 local lease, leases, match_key, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix, batch_id, match_id = ARGV[1], ARGV[2], ARGV[3]
 local url, game_id, retention_ms = ARGV[4], ARGV[5], tonumber(ARGV[6])
-if redis.call('EXISTS', lease) == 0 then return { 'lost', {} } end
+if redis.call('EXISTS', match_key) == 1 then
+  local raws, ours = {}, true
+  for i = 8, #ARGV do
+    local raw = redis.call('GET', prefix .. ARGV[i])
+    local ok, t = false, nil
+    if raw then ok, t = pcall(cjson.decode, raw) end
+    if ok and type(t) == 'table' and t.lease == batch_id then table.insert(raws, raw) else ours = false end
+  end
+  if ours then return { 'matched', raws } end
+  return { 'lost', { 'taken' } }
+end
+local held = redis.call('EXISTS', lease) == 1
+for i = 8, #ARGV do
+  if held and redis.call('SISMEMBER', lease, ARGV[i]) == 0 then held = false end
+end
+if not held then
+  local mine = {}
+  for i = 8, #ARGV do
+    local t = load_ticket(prefix, ARGV[i])
+    if t and t.status == 'searching' and pending_of(t) == match_id then
+      if t.lease ~= batch_id then return { 'lost', { 'taken' } } end
+      table.insert(mine, t)
+    end
+  end
+  for _, t in ipairs(mine) do
+    forget_pending(t)
+    save_searching(prefix, t)
+  end
+  return { 'lost', { 'release' } }
+end
 local tickets, gone = {}, false
 for i = 8, #ARGV do
-  if redis.call('SISMEMBER', lease, ARGV[i]) == 0 then return { 'lost', {} } end
   local t = load_ticket(prefix, ARGV[i])
   if t and t.status == 'searching' then table.insert(tickets, t) else gone = true end
 end
 for i = 8, #ARGV do redis.call('SREM', lease, ARGV[i]) end
 if gone then
-  return_to_head(queue, prefix, tickets)
-  close_lease_if_empty(lease, leases, batch_id)
   local ids = {}
-  for _, t in ipairs(tickets) do table.insert(ids, t.id) end
+  for _, t in ipairs(tickets) do
+    if pending_of(t) == match_id then
+      forget_pending(t)
+      save_searching(prefix, t)
+    end
+    table.insert(ids, t.id)
+  end
+  requeue(queue, tickets)
+  close_lease_if_empty(lease, leases, batch_id)
   return { 'abandoned', ids }
 end
 local matched = {}
 for _, t in ipairs(tickets) do
+  forget_pending(t)
   t.status = 'matched'
   t.matchId = match_id
   t.server = { url = url, gameId = game_id }
@@ -245,9 +361,10 @@ close_lease_if_empty(lease, leases, batch_id)
 return { 'matched', matched }
 "#;
 
-/// Give back: tickets of a lease return to the head of the queue (after a failed
-/// allocation, a lease that expired, or because the match function left them out).
-/// Counted returns add an attempt; a ticket at `max_attempts` becomes `failed` instead.
+/// Give back: tickets of a lease return to the queue, at the head by `seq` (after a
+/// failed allocation, a lease that expired, or because the match function left them
+/// out). Counted returns add an attempt; a ticket at `max_attempts` becomes `failed`
+/// instead. Tickets keep their pending match, so the same group retries under it.
 ///
 /// KEYS: lease, leases, queue. ARGV: ticket prefix, batch id, count ('1'/'0'),
 /// only-if-expired ('1'/'0'), max attempts, reason, retention ms, ticket ids... (none =
@@ -283,36 +400,55 @@ for _, id in ipairs(ids) do
         t.reason = reason
         table.insert(failed, save_final(prefix, t, retention_ms))
       else
-        if count then redis.call('SET', prefix .. id, cjson.encode(t), 'KEEPTTL') end
+        if count then save_searching(prefix, t) end
         table.insert(back, t)
         table.insert(back_ids, id)
       end
     end
   end
 end
-return_to_head(queue, prefix, back)
+requeue(queue, back)
 close_lease_if_empty(lease, leases, batch_id)
 return { 'returned', back_ids, failed }
 "#;
 
 /// Sweep: expires overdue tickets at the head of the queue (the queue is in join order,
 /// so the overdue ones are all there), and drops entries whose ticket is gone or final.
+/// Looks at `limit` entries at most.
 ///
 /// KEYS: queue. ARGV: ticket prefix, retention ms, limit. Returns the expired tickets.
 const SWEEP: &str = r#"
 local queue, prefix = KEYS[1], ARGV[1]
 local retention_ms, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
-local expired = {}
-for _ = 1, limit do
-  local id = redis.call('LINDEX', queue, 0)
-  if not id then break end
+local expired, dropped = {}, {}
+for _, id in ipairs(redis.call('ZRANGE', queue, 0, limit - 1)) do
   local t = load_ticket(prefix, id)
   if t and t.status == 'searching' and t.expiresAt > now then break end
-  redis.call('LPOP', queue)
+  table.insert(dropped, id)
   if t and t.status == 'searching' then table.insert(expired, expire_ticket(prefix, t, retention_ms)) end
 end
+unqueue(queue, dropped)
 return expired
+"#;
+
+/// Upgrade: turns a queue left by an older matchmaker (a list of ticket ids) into the
+/// sorted set by `seq`, keeping only searching tickets. One atomic step, O(n) once.
+///
+/// KEYS: queue. ARGV: ticket prefix. Returns the number of tickets moved, or -1 when the
+/// queue is not a list (nothing to do).
+const UPGRADE: &str = r#"
+local queue, prefix = KEYS[1], ARGV[1]
+if redis.call('TYPE', queue).ok ~= 'list' then return -1 end
+local ids = redis.call('LRANGE', queue, 0, -1)
+redis.call('DEL', queue)
+local tickets = {}
+for _, id in ipairs(ids) do
+  local t = load_ticket(prefix, id)
+  if t and t.status == 'searching' then table.insert(tickets, t) end
+end
+requeue(queue, tickets)
+return #tickets
 "#;
 
 /// The compiled scripts (each sent by SHA, loaded on first use).
@@ -324,6 +460,8 @@ pub struct Scripts {
     pub commit: redis::Script,
     pub give_back: redis::Script,
     pub sweep: redis::Script,
+    pub claim: redis::Script,
+    pub upgrade: redis::Script,
 }
 
 impl Scripts {
@@ -337,6 +475,8 @@ impl Scripts {
             commit: script(COMMIT),
             give_back: script(GIVE_BACK),
             sweep: script(SWEEP),
+            claim: script(CLAIM),
+            upgrade: script(UPGRADE),
         }
     }
 }

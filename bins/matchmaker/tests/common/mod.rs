@@ -1,19 +1,22 @@
 //! What the matchmaker's integration tests share: real servers, a stand-in orchestrator
-//! (tests only: the product never answers `orchestrator.allocate` itself), and readers of
-//! the Redis state the tests check.
+//! (tests only: the product never answers `orchestrator.allocate` or
+//! `orchestrator.release` itself) that records what it was asked, and readers of the
+//! Redis state the tests check.
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
 use futures_util::StreamExt;
 use mm_shared::config::RedisConfig;
-use mm_shared::protocol::{AllocateReply, AllocateRequest, MatchRecord, Ticket, keys, subjects};
+use mm_shared::protocol::{
+    AllocateReply, AllocateRequest, MatchRecord, ReleaseReply, ReleaseRequest, Ticket, keys, subjects,
+};
 use mm_testkit::{NatsServer, RedisServer};
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +57,8 @@ pub async fn synced(client: &async_nats::Client) {
 /// What the stand-in orchestrator does with one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
-    /// A server, after the given delay.
+    /// A server (placed at once, as far as the test is concerned), answered after the
+    /// given delay: a delay past the matcher's deadline is a server it never hears of.
     Server(Duration),
     /// A micro error with this code.
     Fail(u16),
@@ -62,9 +66,12 @@ pub enum Answer {
     Silent,
 }
 
-/// A responder on `orchestrator.allocate` that decides per request (numbered from 0).
+/// A responder on `orchestrator.allocate` that decides per request (numbered from 0) and
+/// records the match id of every request, and of every server it placed.
 pub struct Allocator {
     requests: Arc<AtomicU64>,
+    asked: Arc<Mutex<Vec<String>>>,
+    placed: Arc<Mutex<HashSet<String>>>,
     stop: CancellationToken,
 }
 
@@ -74,8 +81,11 @@ impl Allocator {
         let mut requests_sub = client.subscribe(subjects::ORCHESTRATOR_ALLOCATE).await.expect("subscribe");
         synced(&client).await;
         let requests = Arc::new(AtomicU64::new(0));
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let placed = Arc::new(Mutex::new(HashSet::new()));
         let stop = CancellationToken::new();
         let (counter, stopped) = (requests.clone(), stop.clone());
+        let (asked_by, placed_by) = (asked.clone(), placed.clone());
         let decide = Arc::new(decide);
         tokio::spawn(async move {
             loop {
@@ -86,13 +96,19 @@ impl Allocator {
                     },
                     () = stopped.cancelled() => break,
                 };
+                let request: AllocateRequest =
+                    serde_json::from_slice(&message.payload).expect("allocate request");
+                // Recorded before the request counts, so a reader that saw the count sees it.
+                lock(&asked_by).push(request.match_id.clone());
                 let number = counter.fetch_add(1, Ordering::SeqCst);
-                let (client, decide) = (client.clone(), decide.clone());
+                let answer = decide(number);
+                if let Answer::Server(_) = answer {
+                    lock(&placed_by).insert(request.match_id.clone());
+                }
+                let client = client.clone();
                 tokio::spawn(async move {
                     let Some(reply) = message.reply else { return };
-                    let request: AllocateRequest =
-                        serde_json::from_slice(&message.payload).expect("allocate request");
-                    match decide(number) {
+                    match answer {
                         Answer::Server(delay) => {
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
@@ -118,12 +134,76 @@ impl Allocator {
                 });
             }
         });
-        Self { requests, stop }
+        Self { requests, asked, placed, stop }
     }
 
     /// Requests received so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The match id of every request so far, in arrival order.
+    pub fn asked(&self) -> Vec<String> {
+        lock(&self.asked).clone()
+    }
+
+    /// Match ids a server was placed for (answered or not).
+    pub fn placed(&self) -> HashSet<String> {
+        lock(&self.placed).clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A responder on `orchestrator.release` (the orchestrator's side, idempotent) that
+/// records every match id it is asked to release, in arrival order.
+pub struct Releases {
+    released: Arc<Mutex<Vec<String>>>,
+    stop: CancellationToken,
+}
+
+impl Releases {
+    pub async fn start(nats_url: &str) -> Self {
+        let client = nats(nats_url).await;
+        let mut requests = client.subscribe(subjects::ORCHESTRATOR_RELEASE).await.expect("subscribe");
+        synced(&client).await;
+        let released = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (recorded, stopped) = (released.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = requests.next() => match message {
+                        Some(message) => message,
+                        None => break,
+                    },
+                    () = stopped.cancelled() => break,
+                };
+                let request: ReleaseRequest =
+                    serde_json::from_slice(&message.payload).expect("release request");
+                lock(&recorded).push(request.match_id.clone());
+                if let Some(reply) = message.reply {
+                    let answer =
+                        ReleaseReply { game_id: format!("game-{}", request.match_id), released: true };
+                    let payload = serde_json::to_vec(&answer).expect("json");
+                    let _ = client.publish(reply, payload.into()).await;
+                }
+            }
+        });
+        Self { released, stop }
+    }
+
+    /// Every match id released so far, in arrival order (repeats included).
+    pub fn ids(&self) -> Vec<String> {
+        lock(&self.released).clone()
+    }
+}
+
+impl Drop for Releases {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -133,14 +213,21 @@ impl Drop for Allocator {
     }
 }
 
+/// The queue's ticket ids, oldest first.
 pub async fn queue(redis: &ConnectionManager) -> Vec<String> {
-    redis::cmd("LRANGE")
+    queue_head(redis, usize::MAX).await
+}
+
+/// The `count` oldest ticket ids in the queue.
+pub async fn queue_head(redis: &ConnectionManager, count: usize) -> Vec<String> {
+    let last = i64::try_from(count).map_or(-1, |count| count - 1);
+    redis::cmd("ZRANGE")
         .arg(keys::QUEUE_DEFAULT)
         .arg(0)
-        .arg(-1)
+        .arg(last)
         .query_async(&mut redis.clone())
         .await
-        .expect("LRANGE")
+        .expect("ZRANGE")
 }
 
 pub async fn lease_count(redis: &ConnectionManager) -> u64 {
