@@ -27,6 +27,8 @@ pub enum EndReason {
     GameOver,
     /// SIGTERM/SIGINT.
     Shutdown,
+    /// No player joined within the join timeout (the match was probably not committed).
+    NoPlayers,
 }
 
 impl EndReason {
@@ -38,6 +40,10 @@ impl EndReason {
             Self::Shutdown => {
                 CloseFrame { code: close_code::AWAY, reason: Utf8Bytes::from_static("server shutting down") }
             }
+            Self::NoPlayers => CloseFrame {
+                code: close_code::AWAY,
+                reason: Utf8Bytes::from_static("no player joined in time"),
+            },
         }
     }
 }
@@ -47,6 +53,7 @@ impl std::fmt::Display for EndReason {
         f.write_str(match self {
             Self::GameOver => "its time is up",
             Self::Shutdown => "the server was asked to stop",
+            Self::NoPlayers => "no player joined within its join timeout",
         })
     }
 }
@@ -64,6 +71,8 @@ pub struct Game {
     ending: OnceLock<Ending>,
     /// The socket tasks, so the end can wait for their close handshakes.
     sockets: TaskTracker,
+    /// Cancelled when the first player is admitted.
+    joined: CancellationToken,
 }
 
 /// How the game ended, for the socket loops.
@@ -117,6 +126,7 @@ impl Game {
             over: CancellationToken::new(),
             ending: OnceLock::new(),
             sockets: TaskTracker::new(),
+            joined: CancellationToken::new(),
         }
     }
 
@@ -136,6 +146,11 @@ impl Game {
             return Err(Refusal::NotInMatch(player.to_owned()));
         }
         Ok(player.to_owned())
+    }
+
+    /// Returns once a player has joined (been admitted and upgraded).
+    pub async fn first_join(&self) {
+        self.joined.cancelled().await;
     }
 
     /// Ends the game: every socket gets the close frame for `reason` and waits up to
@@ -204,6 +219,7 @@ async fn connect(
         }
     };
     metrics::counter!("mm_game_connections_total", "result" => "accepted").increment(1);
+    game.joined.cancel();
     let max = game.max_message_bytes;
     upgrade.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| {
         // Tracked, so the game's end can wait for every close handshake.
@@ -312,6 +328,15 @@ mod tests {
         assert_eq!(game.end(EndReason::GameOver, Duration::from_millis(10)).await, 0);
         assert_eq!(game.admit(None, Some("late")), Err(Refusal::GameOver));
         assert_eq!(game.close_frame().code, close_code::NORMAL);
+    }
+
+    #[tokio::test]
+    async fn first_join_waits_for_a_player() {
+        let game = game("", &[]);
+        let waiting = tokio::time::timeout(Duration::from_millis(50), game.first_join()).await;
+        assert!(waiting.is_err(), "nobody joined yet");
+        game.joined.cancel();
+        tokio::time::timeout(Duration::from_millis(50), game.first_join()).await.expect("joined");
     }
 
     #[test]

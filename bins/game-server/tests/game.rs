@@ -155,3 +155,48 @@ async fn a_silent_player_is_dropped_after_the_configured_close_timeout() {
     assert!(!log.contains("did not answer the close frame"), "{log}");
     assert!(log.contains("sockets_closed=1"), "{log}");
 }
+
+/// Waits for the game server to exit; its exit code.
+fn exit_code(game: &mut Game, within: Duration) -> Option<i32> {
+    let exited = mm_shared::probe::wait_until(within, Duration::from_millis(20), || {
+        game.process.process().exited().is_some()
+    });
+    assert!(exited, "the server exits within {within:?}");
+    game.process.process().exited().and_then(|status| status.code())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_nobody_joins_ends_itself_and_says_why() {
+    use mm_shared::protocol::game_server::exit_codes;
+    let mut game = start_with("30s", r#"["p1"]"#, &[("MM_GAME__JOIN_TIMEOUT", "700ms")]);
+    let started = Instant::now();
+    let code = exit_code(&mut game, Duration::from_secs(10));
+    assert_eq!(code.map(i64::from), Some(exit_codes::NO_PLAYERS), "{}", game.process.log());
+    assert!(started.elapsed() < Duration::from_secs(5), "ended at its join timeout, not its game's end");
+    let log = game.process.log();
+    assert!(log.contains("no player joined within 700ms (game.join_timeout)"), "{log}");
+
+    // A player who joins in time keeps it open past the join timeout, to the game's end.
+    let mut game = start_with("2500ms", r#"["p1"]"#, &[("MM_GAME__JOIN_TIMEOUT", "700ms")]);
+    let mut socket = connect(&game.addr, Some("p1"), Some(SECRET)).await.expect("admitted");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_echo(&mut socket).await;
+    let (code, _) = close_frame(&mut socket, Duration::from_secs(10)).await;
+    assert_eq!(code, CloseCode::Normal);
+    assert_eq!(exit_code(&mut game, Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn a_taken_address_is_its_own_exit_code() {
+    use mm_shared::protocol::game_server::exit_codes;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let mut process =
+        ServiceProcess::start("game-server", &[], &[("MM_GAME__LISTEN", addr.as_str())]).expect("starts");
+    let exited = mm_shared::probe::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        process.process().exited().is_some()
+    });
+    assert!(exited, "it cannot listen, so it exits");
+    let code = process.process().exited().and_then(|status| status.code());
+    assert_eq!(code.map(i64::from), Some(exit_codes::ADDRESS_IN_USE), "{}", process.log());
+}

@@ -54,6 +54,7 @@ impl Orchestrator {
             ("MM_ORCHESTRATOR__CAPACITY__CPU_MILLICORES", "100000000".to_owned()),
             ("MM_ORCHESTRATOR__CAPACITY__MEMORY_MB", "100000000".to_owned()),
             ("MM_ORCHESTRATOR__ALLOCATE_TIMEOUT", "30s".to_owned()),
+            ("MM_ORCHESTRATOR__PLACE_TIMEOUT", "30s".to_owned()),
             ("MM_ORCHESTRATOR__GAME__START_TIMEOUT", "25s".to_owned()),
             ("MM_ORCHESTRATOR__GAME__STOP_TIMEOUT", "2s".to_owned()),
             ("MM_ORCHESTRATOR__SHUTDOWN_TIMEOUT", "5m".to_owned()),

@@ -6,8 +6,13 @@
 //! 2. The live nodes (from a watch of KV `nodes`, this node's own entry taken fresh
 //!    from its books) go through the [`scheduler`]; nothing fits → 503 saying why.
 //! 3. The best node is asked on `orchestrator.node.<id>.place` (this node calls itself
-//!    directly). A node that has filled up meanwhile refuses (409) and the next one is
-//!    asked, as Nomad's plan applier rejects a stale plan; every try shares one deadline.
+//!    directly). A node that has filled up meanwhile, or whose start queue could not have
+//!    the server ready in time, refuses (409) and the next one is asked, as Nomad's plan
+//!    applier rejects a stale plan.
+//!
+//! Time is a budget, not a clock: the allocation works to the request's own budget
+//! (`Mm-Budget-Ms`, at most `allocate_timeout`), and hands each node the part of it that
+//! is left, at most `place_timeout`, as that node's budget.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -15,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
-use mm_shared::nats::{RequestError, ServiceError};
+use mm_shared::nats::{Budget, RequestError, ServiceError};
 use mm_shared::protocol::{
     AllocateReply, AllocateRequest, NodeEntry, PlaceRequest, ServerEntry, ServerState, limits, now_ms,
     subjects,
@@ -30,6 +35,10 @@ pub const MAX_PLAYERS: usize = 100;
 
 /// How often a request for a match whose server is still starting looks again.
 const EXISTING_POLL: Duration = Duration::from_millis(50);
+
+/// How much longer than the budget it grants a node the allocator waits for its answer,
+/// so the node's own "not ready in time" arrives rather than a timeout.
+const ANSWER_MARGIN: Duration = Duration::from_millis(500);
 
 /// The game id of a match: `g` and 24 hex digits of SHA-256(matchId). Safe as a KV key,
 /// a NATS subject token, a container name and a URL path segment.
@@ -61,51 +70,74 @@ pub fn check_request(match_id: &str, player_ids: &[String]) -> Result<(), Servic
     Ok(())
 }
 
-/// The other nodes as KV `nodes` says, kept current by a watch.
+/// The other nodes as KV `nodes` says, kept current by a watch; and when each was last
+/// seen to write a new heartbeat, on this process's own clock (no clock of another host
+/// is compared with ours to decide that a node is gone).
 #[derive(Default)]
 pub struct Directory {
-    nodes: RwLock<HashMap<String, NodeEntry>>,
+    nodes: RwLock<HashMap<String, Known>>,
+}
+
+struct Known {
+    entry: NodeEntry,
+    revision: u64,
+    /// When this revision was first seen here.
+    seen: Instant,
 }
 
 impl Directory {
     /// Every known node, with `own` (fresh from this node's books) in place of its KV copy.
     pub fn snapshot(&self, own: NodeEntry) -> Vec<NodeEntry> {
         let nodes = self.nodes.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut all: Vec<NodeEntry> = nodes.values().filter(|node| node.node != own.node).cloned().collect();
+        let mut all: Vec<NodeEntry> = nodes
+            .values()
+            .filter(|known| known.entry.node != own.node)
+            .map(|known| known.entry.clone())
+            .collect();
         all.push(own);
         all
     }
 
-    /// Follows KV `nodes` until `shutdown`, watching again after a break.
-    pub async fn follow(self: Arc<Self>, bucket: kv::Store, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match bucket.watch_with_history(">").await {
-                Ok(mut watch) => loop {
-                    let next = tokio::select! {
-                        next = watch.next() => next,
-                        () = shutdown.cancelled() => return,
-                    };
-                    match next {
-                        Some(Ok(entry)) => {
-                            backoff = Duration::from_millis(100);
-                            self.apply(&entry);
-                        }
-                        Some(Err(err)) => {
-                            tracing::warn!("watching KV nodes: {err}");
-                            break;
-                        }
-                        None => break,
-                    }
-                },
-                Err(err) => tracing::warn!("cannot watch KV nodes: {err}"),
+    /// Nodes whose entry changed within `within` (by this process's clock), and how long
+    /// each other node has been silent. A node without an entry is not listed.
+    pub fn liveness(&self, within: Duration) -> (Vec<String>, HashMap<String, (Duration, u64)>) {
+        let nodes = self.nodes.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut live = Vec::new();
+        let mut silent = HashMap::new();
+        for (id, known) in nodes.iter() {
+            let quiet = known.seen.elapsed();
+            if quiet < within {
+                live.push(id.clone());
             }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = shutdown.cancelled() => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            silent.insert(id.clone(), (quiet, known.revision));
         }
+        (live, silent)
+    }
+
+    /// Follows KV `nodes` until `shutdown`, watching again (with backoff) after a break.
+    pub async fn follow(self: Arc<Self>, bucket: kv::Store, shutdown: CancellationToken) {
+        let session = || {
+            let (directory, bucket) = (self.clone(), bucket.clone());
+            async move {
+                let mut watch = bucket
+                    .watch_with_history(">")
+                    .await
+                    .map_err(|err| format!("cannot watch KV nodes: {err}"))?;
+                while let Some(entry) = watch.next().await {
+                    let entry = entry.map_err(|err| format!("watching KV nodes: {err}"))?;
+                    directory.apply(&entry);
+                }
+                Err("the watch of KV nodes ended".to_owned())
+            }
+        };
+        crate::retry::forever(
+            "following KV nodes",
+            &shutdown,
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+            session,
+        )
+        .await;
     }
 
     fn apply(&self, entry: &kv::Entry) {
@@ -113,7 +145,12 @@ impl Directory {
         match entry.operation {
             kv::Operation::Put => match serde_json::from_slice::<NodeEntry>(&entry.value) {
                 Ok(node) => {
-                    nodes.insert(entry.key.clone(), node);
+                    // The same revision again (a watch started over) is no sign of life.
+                    let seen = match nodes.get(&entry.key) {
+                        Some(known) if known.revision == entry.revision => known.seen,
+                        _ => Instant::now(),
+                    };
+                    nodes.insert(entry.key.clone(), Known { entry: node, revision: entry.revision, seen });
                 }
                 Err(err) => {
                     tracing::debug!(key = %entry.key, "ignoring a node entry that does not decode: {err}")
@@ -137,9 +174,14 @@ pub struct Allocator {
 type Labelled<T> = Result<(T, &'static str), (ServiceError, &'static str)>;
 
 impl Allocator {
-    pub async fn allocate(&self, request: AllocateRequest) -> Result<AllocateReply, ServiceError> {
-        let started = Instant::now();
-        let result = self.allocate_inner(request, started).await;
+    pub async fn allocate(
+        &self,
+        request: AllocateRequest,
+        budget: Budget,
+    ) -> Result<AllocateReply, ServiceError> {
+        let started = budget.arrived();
+        let deadline = budget.deadline_within(self.node.config.allocate_timeout);
+        let result = self.allocate_inner(request, deadline).await;
         let (result_label, reason) = match &result {
             Ok((_, reason)) => ("ok", *reason),
             Err((_, reason)) => ("error", *reason),
@@ -159,12 +201,10 @@ impl Allocator {
         }
     }
 
-    async fn allocate_inner(&self, request: AllocateRequest, started: Instant) -> Labelled<AllocateReply> {
+    async fn allocate_inner(&self, request: AllocateRequest, deadline: Instant) -> Labelled<AllocateReply> {
         check_request(&request.match_id, &request.player_ids).map_err(|err| (err, "bad_request"))?;
         let node = &self.node;
         let game_id = game_id_for(&request.match_id);
-        let deadline = started + node.config.allocate_timeout;
-        let deadline_ms = now_ms() + node.config.allocate_timeout.as_millis() as u64;
 
         if let Some(reply) = self.existing(&game_id, deadline).await? {
             return Ok((reply, "existing"));
@@ -190,29 +230,34 @@ impl Allocator {
             game_id: game_id.clone(),
             match_id: request.match_id,
             player_ids: request.player_ids,
-            deadline: deadline_ms,
         };
         let mut failures = Vec::new();
         for candidate in &ranked {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                failures.push(format!("{}: not asked, the deadline passed", candidate.node));
+                failures.push(format!("{}: not asked, the budget ran out", candidate.node));
                 break;
             }
+            let budget = remaining.min(node.config.place_timeout);
             // Each failure carries its metric label, decided where the failure is known.
             let outcome = if candidate.node == node.id {
-                crate::place::place(node.clone(), place.clone()).await.map_err(|err| {
-                    let label = answered_label(&err);
-                    (err, label)
-                })
+                crate::place::place(node.clone(), place.clone(), Instant::now() + budget).await.map_err(
+                    |err| {
+                        let label = answered_label(&err);
+                        (err, label)
+                    },
+                )
             } else {
                 let subject = subjects::orchestrator_node_place(&candidate.node);
-                // A little longer than the node's own deadline, so its answer (even "not
-                // ready in time") arrives rather than our timeout.
-                let timeout = remaining + Duration::from_millis(500);
-                mm_shared::nats::request_json(&self.nats, &subject, &place, timeout)
-                    .await
-                    .map_err(|err| place_failure(&candidate.node, err))
+                mm_shared::nats::request_json_with_budget(
+                    &self.nats,
+                    &subject,
+                    &place,
+                    budget + ANSWER_MARGIN,
+                    budget,
+                )
+                .await
+                .map_err(|err| place_failure(&candidate.node, err))
             };
             let attempt = match &outcome {
                 Ok(_) => "placed",
@@ -234,9 +279,11 @@ impl Allocator {
                 }
             }
         }
-        let timed_out = Instant::now() >= deadline;
         let message = format!("no node could run the game server: {}", failures.join("; "));
-        Err((ServiceError::unavailable(message), if timed_out { "timeout" } else { "all_refused" }))
+        if Instant::now() >= deadline {
+            return Err((ServiceError::out_of_time(message), "timeout"));
+        }
+        Err((ServiceError::unavailable(message), "all_refused"))
     }
 
     /// The live server of `game_id`, if there is one; waits (until `deadline`) for one
@@ -269,7 +316,7 @@ impl Allocator {
             }
             if Instant::now() + EXISTING_POLL >= deadline {
                 return Err((
-                    ServiceError::unavailable(format!(
+                    ServiceError::out_of_time(format!(
                         "game {game_id} of this match did not become ready in time"
                     )),
                     "timeout",

@@ -6,12 +6,18 @@
 //! driver = "auto"                 # auto | podman | process
 //! port_range = "20000-32000"
 //! public_url = "ws://127.0.0.1:8080"
+//! allocate_timeout = "8s"         # the most an allocation takes (a smaller request budget wins)
+//! place_timeout = "6s"            # the most one node takes for one placement
+//! reconcile_interval = "2s"       # KV `servers` made to agree with what runs
+//! reap_after = "5s"               # a node silent this long loses its `servers` entries
 //! [orchestrator.capacity]
 //! cpu_millicores = 2000           # 0: 1000 per CPU of this machine
 //! memory_mb = 0                   # 0: this machine's memory
 //! max_servers = 1000
 //! [orchestrator.game]
 //! duration = "30s"
+//! start_timeout = "5s"            # at most place_timeout
+//! join_timeout = "15s"            # no player by then: the server ends itself ("0s": never)
 //! [orchestrator.podman]
 //! socket = "/run/user/1000/podman/podman.sock"
 //! ```
@@ -92,9 +98,23 @@ pub struct OrchestratorSection {
     /// least twice `heartbeat_interval`.
     #[serde(with = "mm_shared::duration")]
     pub node_timeout: Duration,
-    /// The longest an allocation may take, request to ready, over every node tried.
+    /// The longest an allocation may take, request to ready, over every node tried. A
+    /// request whose own budget (`Mm-Budget-Ms`) is smaller gets that instead.
     #[serde(with = "mm_shared::duration")]
     pub allocate_timeout: Duration,
+    /// The longest one node may take for one placement, so an allocation has time left to
+    /// ask another node after a slow one. At most `allocate_timeout`.
+    #[serde(with = "mm_shared::duration")]
+    pub place_timeout: Duration,
+    /// How often this node makes KV `servers` agree with what its driver runs (and after
+    /// every NATS reconnect): stale entries deleted, missing ones rewritten, leftover
+    /// servers removed, a dead node's entries reaped.
+    #[serde(with = "mm_shared::duration")]
+    pub reconcile_interval: Duration,
+    /// How long a node must have been silent (no new heartbeat seen, or no node entry at
+    /// all) before a live node deletes its `servers` entries. At least `node_timeout`.
+    #[serde(with = "mm_shared::duration")]
+    pub reap_after: Duration,
     /// `orchestrator.allocate` requests handled at once by this node.
     pub concurrency: usize,
     pub on_shutdown: OnShutdown,
@@ -127,6 +147,10 @@ impl Default for OrchestratorSection {
             node_timeout: Duration::from_secs(5),
             // Under the matchmaker's 10 s: it gets this clear answer rather than a timeout.
             allocate_timeout: Duration::from_secs(8),
+            place_timeout: Duration::from_secs(6),
+            reconcile_interval: Duration::from_secs(2),
+            // With reconcile_interval, a dead node's entries go within 10 s of its end.
+            reap_after: Duration::from_secs(5),
             concurrency: 64,
             on_shutdown: OnShutdown::Stop,
             shutdown_timeout: Duration::from_secs(8),
@@ -142,15 +166,20 @@ impl Default for OrchestratorSection {
 
 impl OrchestratorSection {
     /// Checks the relations between timings that serde cannot: a zero interval would
-    /// panic the heartbeat task, and a node timeout no longer than two heartbeats would
-    /// have healthy nodes counted down between beats. The error names the config key.
+    /// panic the heartbeat task, a node timeout no longer than two heartbeats would have
+    /// healthy nodes counted down between beats, and time limits must nest (a start fits
+    /// in a placement, a placement in an allocation) or the outer one always runs out
+    /// first. The error names the config key.
     pub fn validate(&self) -> Result<(), String> {
         let format = mm_shared::duration::format;
         for (key, value) in [
             ("heartbeat_interval", self.heartbeat_interval),
             ("node_timeout", self.node_timeout),
             ("allocate_timeout", self.allocate_timeout),
+            ("place_timeout", self.place_timeout),
+            ("reconcile_interval", self.reconcile_interval),
             ("driver_timeout", self.driver_timeout),
+            ("game.start_timeout", self.game.start_timeout),
         ] {
             if value.is_zero() {
                 return Err(format!("config key `orchestrator.{key}` must be above zero"));
@@ -163,6 +192,28 @@ impl OrchestratorSection {
                  between two heartbeats",
                 format(self.node_timeout),
                 format(self.heartbeat_interval)
+            ));
+        }
+        let nested = [
+            ("game.start_timeout", self.game.start_timeout, "place_timeout", self.place_timeout),
+            ("place_timeout", self.place_timeout, "allocate_timeout", self.allocate_timeout),
+        ];
+        for (inner_key, inner, outer_key, outer) in nested {
+            if inner > outer {
+                return Err(format!(
+                    "config key `orchestrator.{inner_key}` ({}) must be at most `orchestrator.{outer_key}` \
+                     ({}): it is part of it",
+                    format(inner),
+                    format(outer)
+                ));
+            }
+        }
+        if self.reap_after < self.node_timeout {
+            return Err(format!(
+                "config key `orchestrator.reap_after` ({}) must be at least `orchestrator.node_timeout` \
+                 ({}): a node's entries may be reaped only once it is counted down",
+                format(self.reap_after),
+                format(self.node_timeout)
             ));
         }
         Ok(())
@@ -209,9 +260,14 @@ pub struct GameSection {
     pub cpu_millicores: u64,
     /// Memory a server is counted for (and its container's memory limit).
     pub memory_mb: u64,
-    /// How long a server may take from start until its `/healthz` answers.
+    /// How long a server may take from start until its `/healthz` answers. At most
+    /// `orchestrator.place_timeout`.
     #[serde(with = "mm_shared::duration")]
     pub start_timeout: Duration,
+    /// A server that no player joins within this ends itself (its match was probably
+    /// never committed); 0: it waits for the whole game.
+    #[serde(with = "mm_shared::duration")]
+    pub join_timeout: Duration,
     /// How long after its game's end a server may take to exit before it is stopped.
     #[serde(with = "mm_shared::duration")]
     pub end_grace: Duration,
@@ -228,7 +284,8 @@ impl Default for GameSection {
             duration: Duration::from_secs(30),
             cpu_millicores: 10,
             memory_mb: 32,
-            start_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(5),
+            join_timeout: Duration::from_secs(15),
             end_grace: Duration::from_secs(5),
             stop_timeout: Duration::from_secs(3),
             worker_threads: 1,
@@ -364,29 +421,7 @@ impl<'de> Deserialize<'de> for PortRange {
     }
 }
 
-/// The node id to use: the configured one, or this machine's host name.
-pub fn node_id(configured: &str) -> Result<String, String> {
-    let id = if configured.is_empty() {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|name| name.trim().to_owned())
-            .unwrap_or_default()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
-            .collect()
-    } else {
-        configured.to_owned()
-    };
-    let valid = !id.is_empty()
-        && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if valid {
-        Ok(id)
-    } else {
-        Err(format!(
-            "invalid node id `{id}` (config key `orchestrator.node`): use 1-64 letters, digits, `-` or `_`"
-        ))
-    }
-}
+pub use mm_shared::config::node_id;
 
 #[cfg(test)]
 mod tests {
@@ -423,10 +458,24 @@ mod tests {
     }
 
     #[test]
-    fn node_ids_are_checked() {
-        assert_eq!(node_id("node-a_1"), Ok("node-a_1".to_owned()));
-        assert!(node_id("a.b").is_err());
-        assert!(node_id("a b").is_err());
-        assert!(node_id("").is_ok(), "the host name, cleaned up");
+    fn time_limits_must_nest() {
+        let place =
+            OrchestratorSection { place_timeout: Duration::from_secs(9), ..OrchestratorSection::default() };
+        let err = place.validate().expect_err("a placement longer than its allocation");
+        assert!(
+            err.contains("`orchestrator.place_timeout` (9s)")
+                && err.contains("`orchestrator.allocate_timeout` (8s)"),
+            "{err}"
+        );
+        let mut start = OrchestratorSection::default();
+        start.game.start_timeout = Duration::from_secs(7);
+        let err = start.validate().expect_err("a start longer than its placement");
+        assert!(err.contains("`orchestrator.game.start_timeout`"), "{err}");
+        let reap =
+            OrchestratorSection { reap_after: Duration::from_secs(1), ..OrchestratorSection::default() };
+        assert!(reap.validate().expect_err("reaping live nodes").contains("`orchestrator.reap_after`"));
+        let zero =
+            OrchestratorSection { reconcile_interval: Duration::ZERO, ..OrchestratorSection::default() };
+        assert!(zero.validate().expect_err("zero").contains("`orchestrator.reconcile_interval`"));
     }
 }

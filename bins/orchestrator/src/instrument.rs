@@ -21,7 +21,9 @@ pub fn describe() {
     );
     metrics::describe_counter!(
         "mm_orchestrator_placements_total",
-        "Placement requests this node answered, by result (placed, refused, failed) and reason."
+        "Placement requests this node answered, by result (placed, refused, failed) and reason \
+         (placed, no_room, busy: its start queue could not make the budget, duplicate, released, \
+         draining, out_of_time, bad_request, failed)."
     );
     metrics::describe_counter!(
         "mm_orchestrator_place_attempts_total",
@@ -48,8 +50,29 @@ pub fn describe() {
     );
     metrics::describe_counter!(
         "mm_orchestrator_reconcile_actions_total",
-        "What start-up reconciliation did, by action (adopted, removed_orphan, removed_expired, \
-         removed_exited, deleted_entry)."
+        "What reconciliation did, by action: at start-up adopted, removed_orphan, removed_expired, \
+         removed_exited, deleted_entry; periodically also deleted_stale_entry, rewrote_entry, \
+         reaped_entry (a silent node's); at shutdown swept."
+    );
+    metrics::describe_counter!(
+        "mm_orchestrator_reconcile_runs_total",
+        "Anti-entropy passes, by trigger (periodic, reconnect) and result (ok, error)."
+    );
+    metrics::describe_counter!(
+        "mm_orchestrator_releases_total",
+        "orchestrator.release requests, by result (released, forwarded, not_found, bad_request, error)."
+    );
+    metrics::describe_counter!(
+        "mm_orchestrator_join_timeouts_total",
+        "Game servers that ended themselves because no player joined within the join timeout, by node."
+    );
+    metrics::describe_gauge!(
+        "mm_orchestrator_starts_in_flight",
+        "Server starts this node admitted that are not ready yet (its driver's queue), by node."
+    );
+    metrics::describe_counter!(
+        "mm_orchestrator_node_claim_lost_total",
+        "Times another orchestrator process took this node's id over, by node."
     );
     metrics::describe_gauge!(
         "mm_orchestrator_node_cpu_cores",
@@ -106,9 +129,25 @@ pub fn init_counters(node: &str) {
     for filter in crate::scheduler::Filter::ALL {
         metrics::counter!("mm_orchestrator_rejected_nodes_total", "filter" => filter.label()).increment(0);
     }
-    for action in ["adopted", "removed_orphan", "removed_expired", "removed_exited", "deleted_entry"] {
+    for action in crate::reconcile::ACTIONS {
         metrics::counter!("mm_orchestrator_reconcile_actions_total", "action" => action).increment(0);
     }
+    for trigger in crate::reconcile::TRIGGERS {
+        for result in ["ok", "error"] {
+            metrics::counter!("mm_orchestrator_reconcile_runs_total", "trigger" => trigger, "result" => result)
+                .increment(0);
+        }
+    }
+    for result in crate::release::RESULTS {
+        metrics::counter!("mm_orchestrator_releases_total", "result" => result).increment(0);
+    }
+    for (result, reason) in crate::place::PLACEMENT_LABELS {
+        metrics::counter!("mm_orchestrator_placements_total", "result" => result, "reason" => reason)
+            .increment(0);
+    }
+    metrics::counter!("mm_orchestrator_join_timeouts_total", "node" => node.to_owned()).increment(0);
+    metrics::counter!("mm_orchestrator_node_claim_lost_total", "node" => node.to_owned()).increment(0);
+    metrics::gauge!("mm_orchestrator_starts_in_flight", "node" => node.to_owned()).set(0.0);
 }
 
 /// The node's capacity and use, in base units, labelled with the node like every other

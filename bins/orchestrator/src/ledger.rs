@@ -124,6 +124,11 @@ impl Ledger {
         self.ports.used()
     }
 
+    /// The games holding resources here.
+    pub fn games(&self) -> impl Iterator<Item = String> + '_ {
+        self.holdings.keys().cloned()
+    }
+
     #[cfg(test)]
     pub fn holding(&self, game_id: &str) -> Option<Holding> {
         self.holdings.get(game_id).copied()

@@ -7,11 +7,21 @@
 //!   ([`allocate`]); serves its own `orchestrator.node.<id>.place` ([`place`]);
 //! - runs each game server through a driver — rootless Podman or child processes
 //!   ([`driver`]) — under an allocation runner ([`runner`]) that records every state
-//!   change in KV `servers` ([`store`]);
-//! - reconciles KV with its driver at start-up ([`reconcile`]).
+//!   change in KV `servers` ([`store`]), admitting only the starts its driver can have
+//!   ready within the request's budget ([`admission`]);
+//! - serves `orchestrator.release` and its own `orchestrator.node.<id>.release`
+//!   ([`release`]);
+//! - reconciles KV with its driver at start-up, every `reconcile_interval` and after each
+//!   NATS reconnect, and reaps the entries of nodes gone silent ([`reconcile`]).
 //!
-//! On SIGTERM it stops answering, stops its game servers (or leaves them for the next
-//! start with `on_shutdown = "keep"`), removes its node entry and exits 0.
+//! It holds its node id alone: a second process with a live node's id refuses to start
+//! ([`node::Node::claim`]).
+//!
+//! On SIGTERM it stops taking servers and gives up the placements under way at once,
+//! stops its game servers (or leaves them for the next start with `on_shutdown =
+//! "keep"`), removes whatever they left, removes its node entry and exits 0.
+
+mod admission;
 
 mod allocate;
 mod config;
@@ -21,6 +31,8 @@ mod ledger;
 mod node;
 mod place;
 mod reconcile;
+mod release;
+mod retry;
 mod runner;
 mod scheduler;
 mod store;
@@ -101,6 +113,9 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     }
     driver.watch(background.clone());
     let node = Arc::new(Node::new(node_id.clone(), config.clone(), driver, store, health));
+    // The id first: reconciling touches the id's containers, which another live process
+    // with this id would be running.
+    node.claim().await?;
     let dispatcher = node.clone();
     tokio::spawn(async move {
         while let Some(exit) = exits_rx.recv().await {
@@ -122,6 +137,35 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     tokio::spawn(async move { janitor.store.janitor(janitor_stop).await });
     let directory = Arc::new(Directory::default());
     tokio::spawn(directory.clone().follow(node.store.nodes().clone(), background.clone()));
+    let reconcile_stop = CancellationToken::new();
+    tokio::spawn(
+        reconcile::Reconciler::new(node.clone(), directory.clone()).run(nats.clone(), reconcile_stop.clone()),
+    );
+
+    // Another process took the id over: stop, leaving the servers to it.
+    let (lost, stop_service) = (node.clone(), service.shutdown.clone());
+    tokio::spawn(async move {
+        lost.claim_lost.cancelled().await;
+        stop_service.cancel();
+    });
+    // At the signal, placements under way are given up at once (not after the endpoints
+    // drained), and anti-entropy stops so it does not race the shutdown.
+    let (stopping, signal, reconcile_halt) = (node.clone(), service.shutdown.clone(), reconcile_stop.clone());
+    let on_shutdown = config.on_shutdown;
+    tokio::spawn(async move {
+        signal.cancelled().await;
+        reconcile_halt.cancel();
+        let keep = keeps_servers(&stopping, on_shutdown);
+        stopping.begin_shutdown(keep);
+        if !keep {
+            // All at once, so they end together rather than one by one in the driver's
+            // turn as their runners stop them.
+            let signalled = stopping.driver.terminate_all(&stopping.id).await;
+            if signalled > 0 {
+                tracing::info!(servers = signalled, "sent every game server SIGTERM");
+            }
+        }
+    });
 
     let micro = nats
         .service_builder()
@@ -129,54 +173,94 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
         .start(subjects::ORCHESTRATOR_SERVICE, mm_shared::VERSION)
         .await
         .map_err(|err| anyhow::anyhow!("cannot start the orchestrator micro service: {err}"))?;
-    let allocate_endpoint = micro
-        .endpoint_builder()
-        .name("allocate")
-        .add(subjects::ORCHESTRATOR_ALLOCATE)
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot serve {}: {err}", subjects::ORCHESTRATOR_ALLOCATE))?;
+    let endpoint = |name: &'static str, subject: String| {
+        let micro = &micro;
+        async move {
+            micro
+                .endpoint_builder()
+                .name(name)
+                .add(subject.clone())
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot serve {subject}: {err}"))
+        }
+    };
+    let allocate_endpoint = endpoint("allocate", subjects::ORCHESTRATOR_ALLOCATE.to_owned()).await?;
+    let release_endpoint = endpoint("release", subjects::ORCHESTRATOR_RELEASE.to_owned()).await?;
     let place_subject = subjects::orchestrator_node_place(&node_id);
-    let place_endpoint = micro
-        .endpoint_builder()
-        .name("place")
-        .add(place_subject.clone())
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot serve {place_subject}: {err}"))?;
+    let place_endpoint = endpoint("place", place_subject.clone()).await?;
+    let node_release_endpoint =
+        endpoint("node_release", subjects::orchestrator_node_release(&node_id)).await?;
     let allocator = Arc::new(Allocator { node: node.clone(), nats: nats.clone(), directory });
     let concurrency = config.concurrency.max(1);
-    let serve_allocate = mm_shared::nats::serve_endpoint(
+    let serve_allocate = mm_shared::nats::serve_endpoint_with_budget(
         allocate_endpoint,
         "allocate",
         concurrency,
         service.shutdown.clone(),
-        move |request| {
+        move |request, budget| {
             let allocator = allocator.clone();
-            async move { allocator.allocate(request).await }
+            async move { allocator.allocate(request, budget).await }
         },
     );
     let place_node = node.clone();
-    let serve_place = mm_shared::nats::serve_endpoint(
+    let place_timeout = config.place_timeout;
+    let serve_place = mm_shared::nats::serve_endpoint_with_budget(
         place_endpoint,
         "place",
         concurrency,
         service.shutdown.clone(),
-        move |request| place::place(place_node.clone(), request),
+        move |request, budget: mm_shared::nats::Budget| {
+            place::place(place_node.clone(), request, budget.deadline_within(place_timeout))
+        },
     );
-    tracing::info!(node = %node_id, "serving {} and {place_subject}", subjects::ORCHESTRATOR_ALLOCATE);
+    let (release_node, release_nats) = (node.clone(), nats.clone());
+    let serve_release = mm_shared::nats::serve_endpoint_with_budget(
+        release_endpoint,
+        "release",
+        concurrency,
+        service.shutdown.clone(),
+        move |request, budget| release::release(release_node.clone(), release_nats.clone(), request, budget),
+    );
+    let node_release_node = node.clone();
+    let serve_node_release = mm_shared::nats::serve_endpoint(
+        node_release_endpoint,
+        "node_release",
+        concurrency,
+        service.shutdown.clone(),
+        move |request| release::release_local(node_release_node.clone(), request),
+    );
+    tracing::info!(
+        node = %node_id,
+        "serving {}, {} and {place_subject}",
+        subjects::ORCHESTRATOR_ALLOCATE,
+        subjects::ORCHESTRATOR_RELEASE
+    );
     serving.store(true, Ordering::Relaxed);
-    tokio::join!(serve_allocate, serve_place);
+    tokio::join!(serve_allocate, serve_place, serve_release, serve_node_release);
     serving.store(false, Ordering::Relaxed);
     if let Err(err) = micro.stop().await {
         tracing::debug!("stopping the micro service: {err}");
     }
 
-    shut_down(&node, config.on_shutdown, heartbeat_stop, heartbeat).await;
+    reconcile_stop.cancel();
+    shut_down(&node, on_shutdown, heartbeat_stop, heartbeat).await;
     background.cancel();
     nats.drain().await.context("draining the NATS connection")?;
+    if node.claim_lost.is_cancelled() {
+        return Err(anyhow::anyhow!("stopped: another orchestrator took node id `{node_id}` over"));
+    }
     Ok(())
 }
 
-/// Stops (or leaves) this node's game servers and removes its node entry.
+/// Does this shutdown leave the servers running? With `on_shutdown = "keep"` under
+/// Podman (process-driver servers die with their node anyway), and always once another
+/// process holds the node id: the servers are its now.
+fn keeps_servers(node: &Node, on_shutdown: OnShutdown) -> bool {
+    node.claim_lost.is_cancelled() || (on_shutdown == OnShutdown::Keep && node.driver.name() == "podman")
+}
+
+/// Stops (or leaves) this node's game servers, removes what they left behind, and
+/// removes its node entry.
 async fn shut_down(
     node: &Arc<Node>,
     on_shutdown: OnShutdown,
@@ -185,7 +269,7 @@ async fn shut_down(
 ) {
     // Other nodes' allocators skip this node from its next heartbeat on.
     node.set_draining();
-    let keep = on_shutdown == OnShutdown::Keep && node.driver.name() == "podman";
+    let keep = keeps_servers(node, on_shutdown);
     let reason = if keep { StopReason::Keep } else { StopReason::Shutdown };
     let live = node.stop_all(reason);
     if live > 0 {
@@ -196,19 +280,30 @@ async fn shut_down(
         );
     }
     node.tasks.close();
-    let deadline = node.config.shutdown_timeout;
-    if tokio::time::timeout(deadline, node.tasks.wait()).await.is_err() {
+    // One time limit for the whole shutdown, from the signal: the runners get most of
+    // it, the bulk removal of what they leave the last quarter (at least a second).
+    let limit = node.config.shutdown_timeout;
+    let deadline = node.draining_since() + limit;
+    let runners_until = deadline - limit / 4;
+    if tokio::time::timeout_at(runners_until.into(), node.tasks.wait()).await.is_err() {
         tracing::warn!(
             servers = node.live_servers(),
-            "game servers still stopping after {deadline:?}; leaving them"
+            "game servers still stopping after {}; removing what is left in bulk",
+            mm_shared::duration::format(runners_until.saturating_duration_since(node.draining_since()))
         );
+    }
+    // What the runners could not remove in time (a busy Podman), in as few calls as the
+    // driver allows. Not once the id is another process's: those servers are its.
+    if !node.claim_lost.is_cancelled() {
+        let left = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(std::time::Duration::from_secs(1));
+        reconcile::sweep_at_shutdown(node, keep, left).await;
     }
     // The heartbeat stops first, so it cannot write the entry back.
     heartbeat_stop.cancel();
     let _ = heartbeat.await;
-    if let Err(err) = node.store.delete_node(&node.id).await {
-        tracing::warn!("removing this node's entry: {err}");
-    }
+    node.release_claim().await;
 }
 
 /// Raises the soft open-files limit to the hard one: each game server of the process

@@ -1,20 +1,31 @@
-//! One orchestrator process is one node: its books, its driver, its runners, and its
-//! heartbeat in KV `nodes`.
+//! One orchestrator process is one node: its books, its driver, its runners, its start
+//! queue, and its heartbeat in KV `nodes`.
+//!
+//! **One node, one id.** The node entry is this process's claim on its id: it carries a
+//! random `instance`, and every heartbeat is a compare-and-set on the revision this
+//! process wrote last. A second process with the same id refuses to start while the
+//! holder's heartbeat moves ([`Node::claim`]); a process whose entry was taken over
+//! stops writing it and shuts down, leaving its servers to the new holder.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use mm_shared::protocol::{NodeEntry, now_ms};
+use mm_shared::protocol::{NodeEntry, ServerEntry, ServerState, now_ms};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Busy, StartQueue};
 use crate::config::OrchestratorSection;
 use crate::driver::{Driver, Exit};
 use crate::ledger::{Holding, Ledger, Refusal};
-use crate::store::Store;
+use crate::store::{Latest, Store, StoreError};
+
+/// Busy time over which the learnt start rate halves its weight.
+const START_RATE_HALF_LIFE: Duration = Duration::from_secs(30);
 
 /// What a runner is told.
 #[derive(Debug)]
@@ -33,11 +44,40 @@ pub enum StopReason {
     Shutdown,
     /// The orchestrator is stopping and leaves its servers running for the next start.
     Keep,
+    /// Its match was not committed (`orchestrator.release`): stop the server.
+    Released,
 }
 
 struct RunnerLink {
     id: u64,
     control: mpsc::UnboundedSender<Control>,
+    /// The entry as the runner last wrote it (what KV should hold).
+    entry: ServerEntry,
+}
+
+/// One admitted start: counted in the node's start queue until dropped (when the
+/// server is ready, or its start failed or was given up).
+pub struct StartTicket {
+    node: Arc<Node>,
+    /// False once withdrawn: nothing was started, so nothing is learnt from it.
+    counts: bool,
+}
+
+impl StartTicket {
+    /// Takes the start back before the driver saw it (the placement failed first).
+    pub fn withdraw(mut self) {
+        self.counts = false;
+        lock(&self.node.starts).withdraw(Instant::now());
+    }
+}
+
+impl Drop for StartTicket {
+    fn drop(&mut self) {
+        if self.counts {
+            lock(&self.node.starts).finish(Instant::now());
+        }
+        self.node.changed.notify_one();
+    }
 }
 
 /// The driver's health as the last check saw it.
@@ -62,7 +102,20 @@ pub struct Node {
     changed: Notify,
     /// Set when the node stops: its driver checks no longer mark it healthy.
     draining: AtomicBool,
+    /// When the node started stopping: its shutdown's time limit counts from here.
+    draining_since: std::sync::OnceLock<Instant>,
+    /// Cancelled when the node starts stopping (placements waiting for a server answer).
+    pub stopping: CancellationToken,
     started_at: u64,
+    starts: Mutex<StartQueue>,
+    /// This process's claim on the node id (random per start), its pid and host.
+    pub instance: String,
+    pid: u32,
+    host: String,
+    /// The revision of this process's last write of its node entry.
+    claim: Mutex<Option<u64>>,
+    /// Cancelled when another process took the node id over.
+    pub claim_lost: CancellationToken,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -82,6 +135,7 @@ impl Node {
         let span = u64::from(range.1 - range.0) + 1;
         let offset = (u64::from(uuid::Uuid::new_v4().as_u128() as u32) % span) as u16;
         let ledger = Ledger::new(config.capacity.resolve(), range, range.0 + offset);
+        let learning = driver.parallel() as u64;
         Self {
             id,
             config,
@@ -94,8 +148,39 @@ impl Node {
             health: Mutex::new(health),
             changed: Notify::new(),
             draining: AtomicBool::new(false),
+            draining_since: std::sync::OnceLock::new(),
+            stopping: CancellationToken::new(),
             started_at: now_ms(),
+            starts: Mutex::new(StartQueue::new(Instant::now(), START_RATE_HALF_LIFE, learning)),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            pid: std::process::id(),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_default(),
+            claim: Mutex::new(None),
+            claim_lost: CancellationToken::new(),
         }
+    }
+
+    /// When the node started stopping (now, if it has not).
+    pub fn draining_since(&self) -> Instant {
+        *self.draining_since.get_or_init(Instant::now)
+    }
+
+    /// Is the node stopping (it takes no new servers)?
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Admits one more server start that must be ready within `budget`, or refuses it
+    /// at once because the driver's queue could not have it ready in time.
+    pub fn admit_start(self: &Arc<Self>, budget: Duration) -> Result<StartTicket, Busy> {
+        let admitted = lock(&self.starts).admit(Instant::now(), budget);
+        let in_flight = lock(&self.starts).in_flight();
+        metrics::gauge!("mm_orchestrator_starts_in_flight", "node" => self.id.clone()).set(in_flight as f64);
+        admitted?;
+        self.changed.notify_one();
+        Ok(StartTicket { node: self.clone(), counts: true })
     }
 
     /// The address written to KV for a server on `port`.
@@ -114,7 +199,9 @@ impl Node {
 
     /// Marks the node as taking no new servers (it is stopping), from now on.
     pub fn set_draining(&self) {
+        let _ = self.draining_since.set(Instant::now());
         self.draining.store(true, Ordering::Relaxed);
+        self.stopping.cancel();
         *lock(&self.health) = DriverHealth { healthy: false, status: "the node is shutting down".to_owned() };
         self.changed.notify_one();
     }
@@ -135,6 +222,175 @@ impl Node {
             started_at: self.started_at,
             driver_status: health.status,
             version: mm_shared::VERSION.to_owned(),
+            instance: self.instance.clone(),
+            pid: self.pid,
+            host: self.host.clone(),
+            starting: lock(&self.starts).in_flight(),
+        }
+    }
+
+    /// Takes the node id for this process: creates the node entry, or takes over one
+    /// whose holder has stopped heartbeating (no new revision within two heartbeat
+    /// intervals, watched on this process's own clock). Refuses, naming the holder,
+    /// while another process with this id is alive.
+    pub async fn claim(&self) -> anyhow::Result<()> {
+        let quiet = self.config.heartbeat_interval * 2 + Duration::from_millis(250);
+        for _ in 0..5 {
+            let latest = self.store.node_latest(&self.id).await.map_err(|err| {
+                anyhow::anyhow!(
+                    "cannot read this node's entry in KV nodes to claim the id `{}`: {err}",
+                    self.id
+                )
+            })?;
+            let written = match latest {
+                None | Some(Latest::Deleted { .. }) => self.store.create_node(&self.entry()).await,
+                Some(Latest::Value(held)) => {
+                    // Alive if its entry gets a new revision while we watch.
+                    let watched_since = Instant::now();
+                    let mut alive = false;
+                    while watched_since.elapsed() < quiet {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        match self.store.node_latest(&self.id).await {
+                            Ok(Some(Latest::Value(now))) if now.revision == held.revision => {}
+                            Ok(_) => {
+                                alive = true;
+                                break;
+                            }
+                            Err(err) => tracing::debug!("watching the node entry: {err}"),
+                        }
+                    }
+                    if alive {
+                        return Err(anyhow::anyhow!(holder_message(&self.id, &held.value, quiet)));
+                    }
+                    tracing::info!(
+                        node = %self.id,
+                        "taking the node id over from instance {} (pid {} on {}): no heartbeat for {}",
+                        held.value.instance,
+                        held.value.pid,
+                        held.value.host,
+                        mm_shared::duration::format(quiet)
+                    );
+                    self.store.update_node(&self.entry(), held.revision).await
+                }
+            };
+            match written {
+                Ok(revision) => {
+                    *lock(&self.claim) = Some(revision);
+                    return Ok(());
+                }
+                // Someone wrote it meanwhile: look again.
+                Err(StoreError::Conflict { .. }) => {}
+                Err(err) => {
+                    return Err(anyhow::anyhow!("cannot claim the node id `{}` in KV nodes: {err}", self.id));
+                }
+            }
+        }
+        Err(anyhow::anyhow!(
+            "cannot claim the node id `{}`: its entry in KV nodes keeps changing (another orchestrator \
+             with this id?)",
+            self.id
+        ))
+    }
+
+    /// Writes this node's entry over this process's last revision. When the revision
+    /// moved: rewritten by this same process (a lost acknowledgement, or a NATS restart
+    /// that lost writes) → carry on from the entry's revision; gone → create it again;
+    /// another process's → the claim is lost.
+    async fn write_entry(&self, entry: &NodeEntry) -> Result<(), StoreError> {
+        let last = *lock(&self.claim);
+        let written = match last {
+            Some(revision) => self.store.update_node(entry, revision).await,
+            None => self.store.create_node(entry).await,
+        };
+        let conflict = match written {
+            Ok(revision) => {
+                *lock(&self.claim) = Some(revision);
+                return Ok(());
+            }
+            Err(StoreError::Conflict { bucket, key }) => StoreError::Conflict { bucket, key },
+            Err(other) => return Err(other),
+        };
+        match self.store.node_latest(&self.id).await? {
+            Some(Latest::Value(held)) if held.value.instance != self.instance => {
+                metrics::counter!("mm_orchestrator_node_claim_lost_total", "node" => self.id.clone())
+                    .increment(1);
+                tracing::error!(
+                    node = %self.id,
+                    "another orchestrator took this node id over: instance {} (pid {} on {}); this one stops, \
+                     leaving its game servers to it",
+                    held.value.instance,
+                    held.value.pid,
+                    held.value.host
+                );
+                self.claim_lost.cancel();
+                Err(conflict)
+            }
+            Some(Latest::Value(held)) => {
+                *lock(&self.claim) = Some(held.revision);
+                Err(conflict)
+            }
+            Some(Latest::Deleted { .. }) | None => {
+                *lock(&self.claim) = None;
+                Err(conflict)
+            }
+        }
+    }
+
+    /// Removes this node's entry at shutdown, unless another process holds it now.
+    pub async fn release_claim(&self) {
+        if self.claim_lost.is_cancelled() {
+            return;
+        }
+        let Some(revision) = *lock(&self.claim) else { return };
+        match self.store.delete_node_if(&self.id, revision).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("this node's entry changed since its last heartbeat; left as it is"),
+            Err(err) => tracing::warn!("removing this node's entry: {err}"),
+        }
+    }
+
+    /// Records the entry a runner just wrote (what KV should hold for it).
+    pub fn record(&self, game_id: &str, runner: u64, entry: &ServerEntry) {
+        if let Some(link) = lock(&self.runners).get_mut(game_id)
+            && link.id == runner
+        {
+            link.entry = entry.clone();
+        }
+    }
+
+    /// The entries this node's runners last wrote.
+    pub fn runner_entries(&self) -> Vec<ServerEntry> {
+        lock(&self.runners).values().map(|link| link.entry.clone()).collect()
+    }
+
+    /// Games this node knows: supervised by a runner, or holding resources (a placement
+    /// between its reservation and its runner).
+    pub fn known_games(&self) -> HashSet<String> {
+        let mut known: HashSet<String> = lock(&self.runners).keys().cloned().collect();
+        known.extend(lock(&self.ledger).games());
+        known
+    }
+
+    /// Stops the server of `game_id` because its match was released; false if this node
+    /// runs none.
+    pub fn release_game(&self, game_id: &str) -> bool {
+        match lock(&self.runners).get(game_id) {
+            Some(link) => link.control.send(Control::Stop(StopReason::Released)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// The node starts stopping: it takes no new servers, and the placements still under
+    /// way are given up at once (their servers stopped, their callers answered) rather
+    /// than after the endpoints drained. Without `keep`, every server is stopped now.
+    pub fn begin_shutdown(&self, keep: bool) {
+        self.set_draining();
+        let runners = lock(&self.runners);
+        for link in runners.values() {
+            let placed = matches!(link.entry.state, ServerState::Ready | ServerState::Running);
+            if !keep || !placed {
+                let _ = link.control.send(Control::Stop(StopReason::Shutdown));
+            }
         }
     }
 
@@ -165,10 +421,10 @@ impl Node {
         }
     }
 
-    /// Registers a runner for `game_id`; returns the id to unregister it with.
-    pub fn register(&self, game_id: &str, control: mpsc::UnboundedSender<Control>) -> u64 {
+    /// Registers a runner for `entry`'s game; returns the id to unregister it with.
+    pub fn register(&self, entry: &ServerEntry, control: mpsc::UnboundedSender<Control>) -> u64 {
         let id = self.next_runner.fetch_add(1, Ordering::Relaxed);
-        lock(&self.runners).insert(game_id.to_owned(), RunnerLink { id, control });
+        lock(&self.runners).insert(entry.game_id.clone(), RunnerLink { id, control, entry: entry.clone() });
         id
     }
 
@@ -215,6 +471,9 @@ impl Node {
                 () = self.changed.notified() => {}
                 () = shutdown.cancelled() => return,
             }
+            if self.claim_lost.is_cancelled() {
+                return;
+            }
             let entry = self.entry();
             crate::instrument::node_usage(
                 &entry.node,
@@ -222,7 +481,7 @@ impl Node {
                 entry.used,
                 (crate::scheduler::port_count(entry.port_range), entry.ports_used),
             );
-            let result = self.store.put_node(&entry).await;
+            let result = self.write_entry(&entry).await;
             let outcome = if result.is_ok() { "ok" } else { "error" };
             metrics::counter!("mm_orchestrator_heartbeats_total", "result" => outcome).increment(1);
             if let Err(err) = result {
@@ -287,9 +546,29 @@ impl Node {
     }
 }
 
-/// Is `port` free on `ip` (nothing else on the host has bound it)?
+/// What a second process with a live node's id is told.
+fn holder_message(id: &str, holder: &NodeEntry, quiet: Duration) -> String {
+    let who = if holder.instance.is_empty() {
+        "an orchestrator of an older version".to_owned()
+    } else {
+        format!("instance {} (pid {} on host {})", holder.instance, holder.pid, holder.host)
+    };
+    format!(
+        "node id `{id}` is held by a live orchestrator: {who} heartbeated within the last {}; \
+         stop it first, or give this one another id (config key `orchestrator.node`)",
+        mm_shared::duration::format(quiet)
+    )
+}
+
+/// Is `port` free on `ip` (nothing else on the host has bound it)? When `ip` is no
+/// address of this network namespace (a node in a container publishing on the host's
+/// side of its network, as under compose) nothing can be learnt here: the port counts as
+/// free, and the driver refuses it if it is not ([`crate::driver::DriverError::PortTaken`]).
 fn port_is_free(ip: IpAddr, port: u16) -> bool {
-    TcpListener::bind((ip, port)).is_ok()
+    match TcpListener::bind((ip, port)) {
+        Ok(_) => true,
+        Err(err) => err.kind() == std::io::ErrorKind::AddrNotAvailable,
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +591,9 @@ mod tests {
         }
         fn check(&self) -> BoxFuture<'_, DriverResult<String>> {
             std::future::pending().boxed()
+        }
+        fn parallel(&self) -> usize {
+            1
         }
         fn start<'a>(&'a self, _: &'a LaunchSpec) -> BoxFuture<'a, DriverResult<String>> {
             std::future::pending().boxed()

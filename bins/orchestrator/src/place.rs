@@ -3,11 +3,15 @@
 //! The node checks the ask against its own books (not the KV view the allocator ranked
 //! with), reserves resources and a port, records the server as `pending` in KV with a
 //! create (so a game id is placed once across all nodes), and answers once the runner
-//! says the server is ready — or stops it and answers 503 when the request's deadline
-//! passes first, so a caller that gave up never leaves a server behind.
+//! says the server is ready — or stops it and answers when the request's budget runs out
+//! first, so a caller that gave up never leaves a server behind.
+//!
+//! Before any of that it asks its start queue whether a start admitted now could be
+//! ready within the request's budget ([`crate::admission`]): when not, it refuses at once
+//! with a 409, like a full node, and the allocator asks the next one.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use mm_shared::nats::ServiceError;
 use mm_shared::protocol::{AllocateReply, PlaceRequest, ServerEntry, ServerState, now_ms};
@@ -15,46 +19,103 @@ use tokio::sync::oneshot;
 
 use crate::ledger::Refusal;
 use crate::node::{Control, Node, StopReason};
+use crate::runner::PlaceFailure;
 use crate::store::StoreError;
 
-/// Places `request` on this node.
-pub async fn place(node: Arc<Node>, request: PlaceRequest) -> Result<AllocateReply, ServiceError> {
-    let result = place_inner(&node, request).await;
+/// How a placement was refused or failed (its `reason` label).
+#[derive(Debug)]
+pub struct Refused {
+    pub error: ServiceError,
+    pub reason: &'static str,
+}
+
+impl Refused {
+    fn new(error: ServiceError, reason: &'static str) -> Self {
+        Self { error, reason }
+    }
+}
+
+/// Places `request` on this node; the server must be ready by `deadline`.
+pub async fn place(
+    node: Arc<Node>,
+    request: PlaceRequest,
+    deadline: Instant,
+) -> Result<AllocateReply, ServiceError> {
+    let result = place_inner(&node, request, deadline).await;
     let (result_label, reason) = match &result {
         Ok(_) => ("placed", "placed"),
-        Err(err) if err.code == 409 => ("refused", "no_room"),
-        Err(err) if err.code == 400 => ("refused", "bad_request"),
-        Err(_) => ("failed", "failed"),
+        Err(refused) if refused.error.code == 409 || refused.error.code == 400 => ("refused", refused.reason),
+        Err(refused) => ("failed", refused.reason),
     };
     metrics::counter!("mm_orchestrator_placements_total", "result" => result_label, "reason" => reason)
         .increment(1);
-    result
+    result.map_err(|refused| refused.error)
 }
 
-async fn place_inner(node: &Arc<Node>, request: PlaceRequest) -> Result<AllocateReply, ServiceError> {
-    crate::allocate::check_request(&request.match_id, &request.player_ids)?;
+/// Every (result, reason) pair [`place`] counts, registered at 0 at start-up.
+pub const PLACEMENT_LABELS: [(&str, &str); 9] = [
+    ("placed", "placed"),
+    ("refused", "bad_request"),
+    ("refused", "no_room"),
+    ("refused", "busy"),
+    ("refused", "duplicate"),
+    ("refused", "released"),
+    ("failed", "draining"),
+    ("failed", "out_of_time"),
+    ("failed", "failed"),
+];
+
+async fn place_inner(
+    node: &Arc<Node>,
+    request: PlaceRequest,
+    deadline: Instant,
+) -> Result<AllocateReply, Refused> {
+    crate::allocate::check_request(&request.match_id, &request.player_ids)
+        .map_err(|err| Refused::new(err, "bad_request"))?;
     if crate::allocate::game_id_for(&request.match_id) != request.game_id {
-        return Err(ServiceError::bad_request("gameId does not belong to matchId"));
+        return Err(Refused::new(
+            ServiceError::bad_request("gameId does not belong to matchId"),
+            "bad_request",
+        ));
     }
-    let now = now_ms();
-    if request.deadline <= now {
-        return Err(ServiceError::unavailable(format!(
-            "node {}: the placement's deadline passed before it arrived",
-            node.id
-        )));
+    let budget = deadline.saturating_duration_since(Instant::now());
+    if budget.is_zero() {
+        return Err(Refused::new(
+            ServiceError::out_of_time(format!(
+                "node {}: the placement's budget ran out before it started",
+                node.id
+            )),
+            "out_of_time",
+        ));
+    }
+    if node.is_draining() {
+        return Err(Refused::new(
+            ServiceError::unavailable(format!("node {} is shutting down", node.id)),
+            "draining",
+        ));
     }
     let health = node.driver_health();
     if !health.healthy {
-        return Err(ServiceError::unavailable(format!(
-            "node {}: driver unhealthy: {}",
-            node.id, health.status
-        )));
+        return Err(Refused::new(
+            ServiceError::unavailable(format!("node {}: driver unhealthy: {}", node.id, health.status)),
+            "failed",
+        ));
     }
     let game = &node.config.game;
     let holding = node.reserve(&request.game_id, game.ask()).map_err(|refusal| match refusal {
-        Refusal::Full { .. } => ServiceError::conflict(format!("node {} has no room: {refusal}", node.id)),
-        Refusal::Duplicate(_) => ServiceError::conflict(format!("node {}: {refusal}", node.id)),
+        Refusal::Full { .. } => Refused::new(
+            ServiceError::conflict(format!("node {} has no room: {refusal}", node.id)),
+            "no_room",
+        ),
+        Refusal::Duplicate(_) => {
+            Refused::new(ServiceError::conflict(format!("node {}: {refusal}", node.id)), "duplicate")
+        }
     })?;
+    let ticket = node.admit_start(budget).map_err(|busy| {
+        node.release(&request.game_id);
+        Refused::new(ServiceError::conflict(format!("node {} is {busy}", node.id)), "busy")
+    })?;
+    let now = now_ms();
     let entry = ServerEntry {
         game_id: request.game_id.clone(),
         match_id: request.match_id,
@@ -73,37 +134,58 @@ async fn place_inner(node: &Arc<Node>, request: PlaceRequest) -> Result<Allocate
         detail: String::new(),
     };
     if let Err(err) = node.store.create_server(&entry).await {
+        ticket.withdraw();
         node.release(&entry.game_id);
         return Err(match err {
-            StoreError::Exists(_) => {
-                ServiceError::conflict(format!("game {} is already running or being placed", entry.game_id))
-            }
-            other => {
-                ServiceError::unavailable(format!("node {}: cannot record the server: {other}", node.id))
-            }
+            StoreError::Exists(_) => Refused::new(
+                ServiceError::conflict(format!("game {} is already running or being placed", entry.game_id)),
+                "duplicate",
+            ),
+            other => Refused::new(
+                ServiceError::unavailable(format!("node {}: cannot record the server: {other}", node.id)),
+                "failed",
+            ),
         });
     }
     let (ready_tx, ready_rx) = oneshot::channel();
-    let control = crate::runner::spawn(node, entry.clone(), holding.port, ready_tx);
-    let wait = Duration::from_millis(request.deadline.saturating_sub(now_ms()));
-    match tokio::time::timeout(wait, ready_rx).await {
+    let control = crate::runner::spawn(node, entry.clone(), holding.port, ready_tx, ticket);
+    let ready = tokio::select! {
+        ready = tokio::time::timeout_at(deadline.into(), ready_rx) => ready,
+        // The node stops: its runner stops the server (in its turn); the caller hears now.
+        () = node.stopping.cancelled() => Ok(Ok(Err(PlaceFailure::Stopped(StopReason::Shutdown)))),
+    };
+    match ready {
         Ok(Ok(Ok(address))) => Ok(AllocateReply {
             url: node.player_url(&entry.game_id),
             game_id: entry.game_id,
             node: node.id.clone(),
             address,
         }),
-        Ok(Ok(Err(reason))) => Err(ServiceError::unavailable(format!("node {}: {reason}", node.id))),
-        Ok(Err(_)) => {
-            Err(ServiceError::internal(format!("node {}: the runner ended without an answer", node.id)))
+        Ok(Ok(Err(PlaceFailure::Stopped(StopReason::Released)))) => Err(Refused::new(
+            ServiceError::conflict(format!("game {} was released while it was being placed", entry.game_id)),
+            "released",
+        )),
+        Ok(Ok(Err(PlaceFailure::Stopped(_)))) => Err(Refused::new(
+            ServiceError::unavailable(format!("node {} is shutting down", node.id)),
+            "draining",
+        )),
+        Ok(Ok(Err(PlaceFailure::Failed(reason)))) => {
+            Err(Refused::new(ServiceError::unavailable(format!("node {}: {reason}", node.id)), "failed"))
         }
+        Ok(Err(_)) => Err(Refused::new(
+            ServiceError::internal(format!("node {}: the runner ended without an answer", node.id)),
+            "failed",
+        )),
         Err(_) => {
             let _ = control.send(Control::Stop(StopReason::Abort));
-            Err(ServiceError::unavailable(format!(
-                "node {}: the game server was not ready within {}",
-                node.id,
-                mm_shared::duration::format(wait)
-            )))
+            Err(Refused::new(
+                ServiceError::out_of_time(format!(
+                    "node {}: the game server was not ready within the placement's budget of {}",
+                    node.id,
+                    mm_shared::duration::format(budget)
+                )),
+                "out_of_time",
+            ))
         }
     }
 }

@@ -15,21 +15,42 @@
 //!   go back to the node, the final state is written and the KV entry deleted.
 //!
 //! Exits arrive as [`Control::Exited`] from the driver's event stream; the runner never
-//! polls a running server. Every state change is written to KV `servers`.
+//! polls a running server. Every state change is written to KV `servers`, and recorded
+//! with the node, whose reconciliation rewrites the entry if KV lost it.
+//!
+//! A server says why it ended early by its exit code
+//! ([`mm_shared::protocol::game_server::exit_codes`]): nobody joined within the join
+//! timeout (it ended itself: complete, no restart), or its port was taken (start it on
+//! another port). A stop (shutdown, release, a placement given up) interrupts even a
+//! start that is still queued in the driver; whatever that start created is removed.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mm_shared::protocol::game_server::exit_codes;
 use mm_shared::protocol::{ServerEntry, ServerState, now_ms};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::{DriverError, LaunchSpec};
-use crate::node::{Control, Node, StopReason};
+use crate::node::{Control, Node, StartTicket, StopReason};
 
-/// What a new server's placement waits for: its address once ready, or why it failed.
-pub type ReadySender = oneshot::Sender<Result<String, String>>;
+/// Why a new server's placement got no server.
+#[derive(Debug)]
+pub enum PlaceFailure {
+    /// It was stopped before it was ready.
+    Stopped(StopReason),
+    /// Its start failed.
+    Failed(String),
+}
+
+/// What a new server's placement waits for: its address once ready, or why not.
+pub type ReadySender = oneshot::Sender<Result<String, PlaceFailure>>;
+
+/// Tries at removing a server through a busy driver before giving it up (to the node's
+/// reconciliation).
+const REMOVE_ATTEMPTS: usize = 3;
 
 /// How often `/healthz` is tried while a server starts.
 const PROBE_INTERVAL: Duration = Duration::from_millis(10);
@@ -60,6 +81,8 @@ enum Attempt {
 
 struct Runner {
     node: Arc<Node>,
+    /// Its registration with the node.
+    id: u64,
     entry: ServerEntry,
     /// The host port the server is published on: the node's books hold it, and
     /// `entry.address` is this port on the advertised address.
@@ -74,73 +97,77 @@ struct Runner {
 }
 
 /// Starts the runner of a newly placed server (its `pending` entry is already in KV) on
-/// the host port the node reserved for it.
+/// the host port the node reserved for it. `ticket` counts its start in the node's
+/// queue until it is ready or failed.
 pub fn spawn(
     node: &Arc<Node>,
     entry: ServerEntry,
     port: u16,
     ready: ReadySender,
+    ticket: StartTicket,
 ) -> mpsc::UnboundedSender<Control> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let id = node.register(&entry.game_id, tx.clone());
-    let runner = Runner::new(node.clone(), entry, port, rx);
-    node.tasks.spawn(runner.run(id, Some(ready), None));
+    let id = node.register(&entry, tx.clone());
+    let runner = Runner::new(node.clone(), id, entry, port, rx);
+    node.tasks.spawn(runner.run(Some((ready, ticket)), None));
     tx
 }
 
 /// Starts the runner of a server found running at start-up on host port `port`.
 pub fn spawn_adopted(node: &Arc<Node>, entry: ServerEntry, port: u16, handle: String) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let id = node.register(&entry.game_id, tx);
-    let runner = Runner::new(node.clone(), entry, port, rx);
-    node.tasks.spawn(runner.run(id, None, Some(handle)));
+    let id = node.register(&entry, tx);
+    let runner = Runner::new(node.clone(), id, entry, port, rx);
+    node.tasks.spawn(runner.run(None, Some(handle)));
 }
 
 impl Runner {
     fn new(
         node: Arc<Node>,
+        id: u64,
         entry: ServerEntry,
         port: u16,
         control: mpsc::UnboundedReceiver<Control>,
     ) -> Self {
         let counted = Some(entry.state);
         crate::instrument::transition(&node.id, None, counted);
-        Self { node, entry, port, control, handle: None, restarts: VecDeque::new(), counted }
+        Self { node, id, entry, port, control, handle: None, restarts: VecDeque::new(), counted }
     }
 
-    async fn run(mut self, runner_id: u64, ready: Option<ReadySender>, adopted: Option<String>) {
-        let outcome = match adopted {
-            Some(handle) => {
+    async fn run(mut self, placement: Option<(ReadySender, StartTicket)>, adopted: Option<String>) {
+        let outcome = match (adopted, placement) {
+            (Some(handle), _) => {
                 self.handle = Some(handle);
                 tracing::info!(game_id = %self.entry.game_id, address = %self.entry.address, "adopted a running game server");
                 self.supervise().await
             }
-            None => self.first_start(ready).await,
+            (None, Some((ready, ticket))) => self.first_start(ready, ticket).await,
+            (None, None) => Outcome::Ended {
+                state: ServerState::Failed,
+                detail: "a runner with neither a placement nor a server".to_owned(),
+            },
         };
         self.finish(outcome).await;
-        self.node.unregister(&self.entry.game_id, runner_id);
+        self.node.unregister(&self.entry.game_id, self.id);
     }
 
-    async fn first_start(&mut self, ready: Option<ReadySender>) -> Outcome {
-        match self.launch().await {
+    async fn first_start(&mut self, ready: ReadySender, ticket: StartTicket) -> Outcome {
+        let launched = self.launch().await;
+        // Ready or not, this start has left the node's queue.
+        drop(ticket);
+        match launched {
             Ok(()) => {}
             Err(LaunchError::Stopped(reason)) => {
-                if let Some(ready) = ready {
-                    let _ = ready.send(Err("the placement was stopped".to_owned()));
-                }
+                let _ = ready.send(Err(PlaceFailure::Stopped(reason)));
                 return self.stopped(reason).await;
             }
             Err(LaunchError::Failed(detail)) => {
-                if let Some(ready) = ready {
-                    let _ = ready.send(Err(detail.clone()));
-                }
+                let _ = ready.send(Err(PlaceFailure::Failed(detail.clone())));
                 return Outcome::Ended { state: ServerState::Failed, detail };
             }
         }
         self.set_state(ServerState::Ready).await;
-        if let Some(ready) = ready
-            && ready.send(Ok(self.entry.address.clone())).is_err()
-        {
+        if ready.send(Ok(self.entry.address.clone())).is_err() {
             // The placement gave up waiting (its deadline passed) a moment ago.
             return self.stopped(StopReason::Abort).await;
         }
@@ -177,14 +204,42 @@ impl Runner {
         }
     }
 
+    /// The driver's start, given up when the runner is told to stop meanwhile (a start
+    /// waiting for its turn in a busy driver would otherwise hold a shutdown up).
+    async fn driver_start(&mut self) -> Result<Result<String, DriverError>, StopReason> {
+        let node = self.node.clone();
+        let spec = self.spec();
+        // A boxed future: dropping it below gives the start up.
+        let mut start = node.driver.start(&spec);
+        loop {
+            tokio::select! {
+                started = &mut start => return Ok(started),
+                control = self.control.recv() => match control {
+                    Some(Control::Exited(_)) => {}
+                    Some(Control::Stop(reason)) => {
+                        drop(start);
+                        // The start may have created a server before it was dropped.
+                        let timeout = node.config.game.stop_timeout;
+                        if let Err(err) = node.driver.discard_game(&spec.game_id, timeout).await {
+                            tracing::warn!(game_id = %spec.game_id, "removing an interrupted start: {err}");
+                        }
+                        return Err(reason);
+                    }
+                    None => return Err(StopReason::Shutdown),
+                },
+            }
+        }
+    }
+
     async fn start_once(&mut self) -> Result<(), Attempt> {
         let node = self.node.clone();
         let driver_name = node.driver.name();
         let started = Instant::now();
-        let handle = match node.driver.start(&self.spec()).await {
-            Ok(handle) => handle,
-            Err(DriverError::PortTaken(port)) => return Err(Attempt::PortTaken(port)),
-            Err(err) => return Err(Attempt::Failed(err.to_string())),
+        let handle = match self.driver_start().await {
+            Err(reason) => return Err(Attempt::Stopped(reason)),
+            Ok(Ok(handle)) => handle,
+            Ok(Err(DriverError::PortTaken(port))) => return Err(Attempt::PortTaken(port)),
+            Ok(Err(err)) => return Err(Attempt::Failed(err.to_string())),
         };
         metrics::histogram!("mm_orchestrator_container_start_duration_seconds", "driver" => driver_name)
             .record(started.elapsed().as_secs_f64());
@@ -223,7 +278,7 @@ impl Runner {
                         let logs = node.driver.logs_tail(&handle).await;
                         self.remove_instance().await;
                         // Another program bound the port between our check and its start.
-                        if logs.contains("Address already in use") {
+                        if code == Some(exit_codes::ADDRESS_IN_USE) {
                             return Err(Attempt::PortTaken(self.port));
                         }
                         return Err(Attempt::Failed(format!(
@@ -266,6 +321,17 @@ impl Runner {
                 return Outcome::Ended {
                     state: ServerState::Complete,
                     detail: format!("its game ended ({})", describe_code(code)),
+                };
+            }
+            if code == Some(exit_codes::NO_PLAYERS) {
+                metrics::counter!("mm_orchestrator_join_timeouts_total", "node" => self.node.id.clone())
+                    .increment(1);
+                return Outcome::Ended {
+                    state: ServerState::Complete,
+                    detail: format!(
+                        "no player joined within {} (orchestrator.game.join_timeout): it ended itself",
+                        mm_shared::duration::format(self.node.config.game.join_timeout)
+                    ),
                 };
             }
             let logs = self.node.driver.logs_tail(&exit.handle).await;
@@ -325,13 +391,22 @@ impl Runner {
     }
 
     async fn stopped(&mut self, reason: StopReason) -> Outcome {
+        let placed = matches!(self.entry.state, ServerState::Ready | ServerState::Running);
         match reason {
-            StopReason::Keep => Outcome::Kept,
-            StopReason::Shutdown => {
+            // Only a server handed to its match is worth leaving for the next start.
+            StopReason::Keep if placed && self.handle.is_some() => Outcome::Kept,
+            StopReason::Keep | StopReason::Shutdown => {
                 self.stop_instance().await;
                 Outcome::Ended {
                     state: ServerState::Complete,
                     detail: "stopped early: its node shut down".to_owned(),
+                }
+            }
+            StopReason::Released => {
+                self.stop_instance().await;
+                Outcome::Ended {
+                    state: ServerState::Complete,
+                    detail: "released: its match was not committed (orchestrator.release)".to_owned(),
                 }
             }
             StopReason::Abort => {
@@ -344,11 +419,16 @@ impl Runner {
         }
     }
 
-    /// Stops and removes the current attempt's server.
+    /// Stops and removes the current attempt's server, trying again through a busy
+    /// driver; what is still left then is the node's reconciliation's to remove.
     async fn stop_instance(&mut self) {
-        if let Some(handle) = self.handle.take()
-            && let Err(err) = self.node.driver.discard(&handle, self.node.config.game.stop_timeout).await
-        {
+        let Some(handle) = self.handle.take() else { return };
+        let (driver, timeout) = (&self.node.driver, self.node.config.game.stop_timeout);
+        let discarded = crate::retry::with_retries(REMOVE_ATTEMPTS, Duration::from_millis(200), || {
+            driver.discard(&handle, timeout)
+        })
+        .await;
+        if let Err(err) = discarded {
             tracing::warn!(game_id = %self.entry.game_id, "stopping the game server: {err}");
         }
     }
@@ -394,6 +474,7 @@ impl Runner {
         }
         self.entry.state = state;
         self.entry.updated_at = now_ms();
+        self.node.record(&self.entry.game_id, self.id, &self.entry);
         if let Err(err) = self.node.store.put_server(&self.entry).await {
             tracing::warn!(game_id = %self.entry.game_id, state = state.as_str(), "server entry not written: {err}");
         }
@@ -412,6 +493,7 @@ impl Runner {
             cpu_millicores: self.entry.resources.cpu_millicores,
             memory_mb: self.entry.resources.memory_mb,
             worker_threads: self.node.config.game.worker_threads,
+            join_timeout: self.node.config.game.join_timeout,
         }
     }
 }

@@ -229,7 +229,7 @@ pub(crate) mod tests {
             heartbeat_at: NOW,
             started_at: 0,
             driver_status: "ok".to_owned(),
-            version: String::new(),
+            ..NodeEntry::default()
         }
     }
 

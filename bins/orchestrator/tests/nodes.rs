@@ -29,10 +29,12 @@ async fn placements_follow_capacity_until_every_node_is_full() {
 
     // Six at once: whichever node receives each request, the stale views and races end
     // in refusals and retries, never in an over-full node.
-    let allocations = (0..6).map(|i| {
-        let client = client.clone();
-        tokio::spawn(async move { client.allocate(&format!("cap-{i}"), 10).await })
-    });
+    let allocations: Vec<_> = (0..6)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.allocate(&format!("cap-{i}"), 10).await })
+        })
+        .collect();
     let mut per_node = std::collections::BTreeMap::new();
     for allocation in allocations {
         let reply = allocation.await.expect("task").expect("allocated");
@@ -70,7 +72,7 @@ async fn fake_node(client: &Client, heartbeat_at: u64) -> NodeEntry {
         heartbeat_at,
         started_at: 0,
         driver_status: "fake".to_owned(),
-        version: String::new(),
+        ..NodeEntry::default()
     };
     client.nodes.put("ghost", serde_json::to_vec(&entry).expect("json").into()).await.expect("put");
     entry
@@ -126,4 +128,51 @@ async fn a_refusing_node_is_skipped_and_a_silent_one_is_never_asked() {
     }
     assert_eq!(asked.load(Ordering::SeqCst), before, "a node without a heartbeat gets no servers");
     assert!(now_ms() - stale.heartbeat_at > 2_000, "the ghost's heartbeat is older than the node timeout");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_with_a_live_nodes_id_refuses_to_start_naming_the_holder() {
+    let nats = NatsServer::start().expect("nats-server");
+    let long = ("MM_ORCHESTRATOR__GAME__DURATION", "60s");
+    let holder = Node::start(&nats, "twin", &[long]);
+    let client = Client::connect(&nats).await;
+    let reply = client.allocate("twin-match", 2).await.expect("allocated");
+
+    let admin = format!("127.0.0.1:{}", mm_testkit::free_port());
+    let url = nats.url();
+    let env = [
+        ("MM_NATS__URL", url.as_str()),
+        ("MM_ORCHESTRATOR__ADMIN_LISTEN", admin.as_str()),
+        ("MM_ORCHESTRATOR__NODE", "twin"),
+        ("MM_ORCHESTRATOR__DRIVER", "process"),
+        ("MM_ORCHESTRATOR__HEARTBEAT_INTERVAL", "200ms"),
+        ("MM_ORCHESTRATOR__NODE_TIMEOUT", "2s"),
+        long,
+    ];
+    let mut second = mm_testkit::ServiceProcess::start("orchestrator", &[], &env).expect("spawned");
+    let exited = mm_shared::probe::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        second.process().exited().is_some()
+    });
+    assert!(exited, "the second process must refuse to start: {}", second.log());
+    let status = second.process().exited().expect("exited");
+    assert_eq!(status.code(), Some(1), "{}", second.log());
+    let log = second.log();
+    let holder_entry = client.node("twin").await.expect("the holder's entry");
+    assert!(log.contains("node id `twin` is held by a live orchestrator"), "{log}");
+    assert!(log.contains(&format!("instance {}", holder_entry.instance)), "names the holder: {log}");
+    assert!(log.contains(&format!("pid {}", holder.process.pid())), "names the holder's pid: {log}");
+
+    // The holder never noticed: same entry holder, its server still there, still placing.
+    assert_eq!(client.node("twin").await.expect("entry").instance, holder_entry.instance);
+    assert!(client.entry(&reply.game_id).await.is_some());
+    client.allocate("twin-after", 2).await.expect("still placing");
+    assert_eq!(holder.metric("mm_orchestrator_node_claim_lost_total{node=\"twin\"}"), 0.0);
+
+    // Once the holder is gone (kill -9), the id is free again after its heartbeat stops.
+    mm_shared::process::send_signal(holder.process.pid(), libc::SIGKILL).expect("kill -9");
+    let successor = Node::start(&nats, "twin", &[long]);
+    let taken = client.node("twin").await.expect("entry");
+    assert_ne!(taken.instance, holder_entry.instance, "the new process holds the id");
+    assert!(successor.process.log().contains("taking the node id over"), "{}", successor.process.log());
+    drop(holder);
 }

@@ -7,6 +7,21 @@
 //!   timeout, no responders, or the service's own error code.
 //! - [`serve_endpoint`] turns a micro-service endpoint into typed handler calls, answering
 //!   bad input (empty, not JSON, oversized) with a 4xx micro error and never panicking.
+//!
+//! ## Budgets, not clocks
+//!
+//! Every request carries its *relative* time budget in the [`BUDGET_HEADER`] header
+//! (whole milliseconds): the caller's own timeout, or less when the caller is itself
+//! working within a budget ([`request_json_with_budget`]). The serving side turns it into
+//! a deadline on *its own* clock when the request arrives ([`Budget`]); no wall-clock
+//! time is ever compared across hosts. A request whose budget runs out before a handler
+//! could start on it (it waited for a free slot) is answered `504` unworked and counted
+//! in `mm_nats_service_budget_expired_total{endpoint}`: its caller has given up already.
+//! Handlers that want the deadline use [`serve_endpoint_with_budget`].
+//!
+//! Only real requests are answered: a message without a reply subject, or one that a
+//! JetStream push consumer delivered (reply `$JS.ACK...`), is dropped and counted in
+//! `mm_nats_service_ignored_total{endpoint}`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +44,14 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// How long [`serve_endpoint`] waits for in-flight handlers after shutdown.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The request header that carries the caller's remaining time budget, in whole
+/// milliseconds (see the module doc).
+pub const BUDGET_HEADER: &str = "Mm-Budget-Ms";
+
+/// Requests an endpoint holds waiting for a free handler slot, beyond its concurrency;
+/// past that it answers 503 at once rather than queue without bound.
+const MAX_WAITING: usize = 8192;
 
 /// Why [`connect`] gave up.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +187,15 @@ fn describe_metrics() {
         "mm_nats_service_requests_in_flight",
         "Requests a NATS micro-service endpoint is handling right now."
     );
+    metrics::describe_counter!(
+        "mm_nats_service_budget_expired_total",
+        "Requests an endpoint answered 504 unworked: their time budget (Mm-Budget-Ms) ran out \
+         before a handler could start on them."
+    );
+    metrics::describe_counter!(
+        "mm_nats_service_ignored_total",
+        "Messages an endpoint dropped unanswered: no reply subject, or a JetStream delivery."
+    );
 }
 
 /// A health check for [`crate::telemetry::admin::Health`]: healthy while connected.
@@ -214,6 +246,7 @@ impl RequestError {
 }
 
 /// Sends `request` as JSON to `subject` and decodes the JSON reply, within `timeout`.
+/// The request's budget ([`BUDGET_HEADER`]) is `timeout`.
 pub async fn request_json<Req, Resp>(
     client: &Client,
     subject: &str,
@@ -224,8 +257,26 @@ where
     Req: Serialize + ?Sized,
     Resp: DeserializeOwned,
 {
+    request_json_with_budget(client, subject, request, timeout, timeout).await
+}
+
+/// Like [`request_json`], telling the service it has only `budget` (at most `timeout`)
+/// for the work: for a caller that itself works within a budget and waits a little
+/// longer than it grants, so the service's own "out of time" answer arrives rather than
+/// a timeout.
+pub async fn request_json_with_budget<Req, Resp>(
+    client: &Client,
+    subject: &str,
+    request: &Req,
+    timeout: Duration,
+    budget: Duration,
+) -> Result<Resp, RequestError>
+where
+    Req: Serialize + ?Sized,
+    Resp: DeserializeOwned,
+{
     let started = Instant::now();
-    let result = request_inner(client, subject, request, timeout).await;
+    let result = request_inner(client, subject, request, timeout, budget.min(timeout)).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(err) => err.kind(),
@@ -242,6 +293,7 @@ async fn request_inner<Req, Resp>(
     subject: &str,
     request: &Req,
     timeout: Duration,
+    budget: Duration,
 ) -> Result<Resp, RequestError>
 where
     Req: Serialize + ?Sized,
@@ -249,7 +301,9 @@ where
 {
     let payload = serde_json::to_vec(request)
         .map_err(|source| RequestError::Encode { subject: subject.to_owned(), source })?;
-    let request = async_nats::Request::new().payload(payload.into()).timeout(Some(timeout));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(BUDGET_HEADER, budget.as_millis().to_string().as_str());
+    let request = async_nats::Request::new().payload(payload.into()).headers(headers).timeout(Some(timeout));
     let reply = client.send_request(subject.to_owned(), request).await.map_err(|err| match err.kind() {
         RequestErrorKind::TimedOut => RequestError::Timeout { subject: subject.to_owned(), timeout },
         RequestErrorKind::NoResponders => RequestError::NoResponders { subject: subject.to_owned() },
@@ -302,6 +356,75 @@ impl ServiceError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, message)
     }
+    /// 504: the request's time budget ran out.
+    pub fn out_of_time(message: impl Into<String>) -> Self {
+        Self::new(504, message)
+    }
+}
+
+/// A request's time budget as the serving side sees it: when it arrived (this host's
+/// monotonic clock) and the deadline its [`BUDGET_HEADER`] sets, if it sent one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    arrived: Instant,
+    deadline: Option<Instant>,
+}
+
+impl Budget {
+    /// A request that arrived at `arrived` with `budget` (`None`: no budget sent).
+    pub fn new(arrived: Instant, budget: Option<Duration>) -> Self {
+        Self { arrived, deadline: budget.map(|budget| arrived + budget) }
+    }
+
+    /// A request that arrived just now with no budget.
+    pub fn unbounded() -> Self {
+        Self::new(Instant::now(), None)
+    }
+
+    /// A request that arrived just now with `budget`.
+    pub fn from_now(budget: Duration) -> Self {
+        Self::new(Instant::now(), Some(budget))
+    }
+
+    /// Reads the budget a request's headers carry: `Ok(None)` without one, 400 for a
+    /// value that is not a whole number of milliseconds.
+    pub fn read(headers: Option<&async_nats::HeaderMap>) -> Result<Option<Duration>, ServiceError> {
+        let Some(value) = headers.and_then(|headers| headers.get(BUDGET_HEADER)) else {
+            return Ok(None);
+        };
+        value.as_str().trim().parse::<u64>().map(|ms| Some(Duration::from_millis(ms))).map_err(|_| {
+            ServiceError::bad_request(format!(
+                "header {BUDGET_HEADER} must be a whole number of milliseconds, not {:?}",
+                value.as_str()
+            ))
+        })
+    }
+
+    pub fn arrived(&self) -> Instant {
+        self.arrived
+    }
+
+    /// The deadline the caller set (`None`: it set none).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The deadline, but no later than `cap` after the request arrived: what a handler
+    /// with a time limit of its own works to.
+    pub fn deadline_within(&self, cap: Duration) -> Instant {
+        let capped = self.arrived + cap;
+        self.deadline.map_or(capped, |deadline| deadline.min(capped))
+    }
+
+    /// Time left before the deadline (`None`: no budget; zero once spent).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Has the deadline passed?
+    pub fn is_spent(&self) -> bool {
+        self.deadline.is_some_and(|deadline| Instant::now() >= deadline)
+    }
 }
 
 /// Decodes a request body: empty bodies read as JSON `null` (so `()`/`Option` requests
@@ -325,10 +448,12 @@ pub fn decode_request<Req: DeserializeOwned>(payload: &[u8]) -> Result<Req, Serv
 
 /// Serves one micro-service endpoint: each request is decoded, handed to `handler` on its
 /// own task (at most `concurrency` at once), and answered with its JSON result or its
-/// [`ServiceError`]. Returns when the endpoint closes or `shutdown` fires, after letting
-/// in-flight handlers finish (up to 10 s).
+/// [`ServiceError`]. A request whose budget runs out while it waits for a slot is answered
+/// 504 unworked (see the module doc). Returns when the endpoint closes or `shutdown`
+/// fires, after letting in-flight handlers finish (up to 10 s); requests still waiting
+/// for a slot then are answered 503.
 pub async fn serve_endpoint<Req, Resp, H, Fut>(
-    mut endpoint: Endpoint,
+    endpoint: Endpoint,
     name: &'static str,
     concurrency: usize,
     shutdown: CancellationToken,
@@ -339,18 +464,33 @@ pub async fn serve_endpoint<Req, Resp, H, Fut>(
     H: Fn(Req) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Resp, ServiceError>> + Send + 'static,
 {
+    serve_endpoint_with_budget(endpoint, name, concurrency, shutdown, move |request, _budget| {
+        handler(request)
+    })
+    .await;
+}
+
+/// [`serve_endpoint`] for handlers that work within the request's [`Budget`].
+pub async fn serve_endpoint_with_budget<Req, Resp, H, Fut>(
+    mut endpoint: Endpoint,
+    name: &'static str,
+    concurrency: usize,
+    shutdown: CancellationToken,
+    handler: H,
+) where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    H: Fn(Req, Budget) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, ServiceError>> + Send + 'static,
+{
     describe_metrics();
+    metrics::counter!("mm_nats_service_budget_expired_total", "endpoint" => name).increment(0);
+    metrics::counter!("mm_nats_service_ignored_total", "endpoint" => name).increment(0);
+    let concurrency = concurrency.max(1);
     let handler = Arc::new(handler);
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let permits = Arc::new(Semaphore::new(concurrency));
     let mut in_flight = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = shutdown.cancelled() => break,
-        };
         let request = tokio::select! {
             request = endpoint.next() => match request {
                 Some(request) => request,
@@ -358,13 +498,64 @@ pub async fn serve_endpoint<Req, Resp, H, Fut>(
             },
             () = shutdown.cancelled() => break,
         };
-        let handler = handler.clone();
-        in_flight.spawn(async move {
-            let _permit = permit;
-            answer(request, name, handler.as_ref()).await;
-        });
+        // The budget starts when the request is read, not when a slot frees up.
+        let arrived = Instant::now();
         // Reap finished tasks so the set does not grow with the request count.
         while in_flight.try_join_next().is_some() {}
+        if !is_real_request(&request.message) {
+            metrics::counter!("mm_nats_service_ignored_total", "endpoint" => name).increment(1);
+            continue;
+        }
+        let budget = match Budget::read(request.message.headers.as_ref()) {
+            Ok(budget) => Budget::new(arrived, budget),
+            Err(err) => {
+                in_flight.spawn(respond(request, name, Err(err), arrived));
+                continue;
+            }
+        };
+        if in_flight.len() >= concurrency + MAX_WAITING {
+            let err = ServiceError::unavailable(format!(
+                "{name}: {} requests already waiting; try again later",
+                in_flight.len() - concurrency
+            ));
+            in_flight.spawn(respond(request, name, Err(err), arrived));
+            continue;
+        }
+        let (handler, permits, shutdown) = (handler.clone(), permits.clone(), shutdown.clone());
+        in_flight.spawn(async move {
+            let deadline = async {
+                match budget.deadline() {
+                    Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let permit = tokio::select! {
+                biased;
+                () = deadline => None,
+                () = shutdown.cancelled() => {
+                    let err = ServiceError::unavailable(format!("{name}: the service is shutting down"));
+                    respond(request, name, Err(err), arrived).await;
+                    return;
+                }
+                permit = permits.acquire_owned() => permit.ok(),
+            };
+            match permit {
+                Some(permit) if !budget.is_spent() => {
+                    let _permit = permit;
+                    answer(request, name, handler.as_ref(), budget).await;
+                }
+                _ => {
+                    metrics::counter!("mm_nats_service_budget_expired_total", "endpoint" => name)
+                        .increment(1);
+                    let waited = arrived.elapsed();
+                    let err = ServiceError::out_of_time(format!(
+                        "{name}: the request's time budget ran out before its work started (it waited {})",
+                        crate::duration::format(waited)
+                    ));
+                    respond(request, name, Err(err), arrived).await;
+                }
+            }
+        });
     }
     if let Err(err) = endpoint.stop().await {
         tracing::debug!(endpoint = name, "unsubscribing: {err}");
@@ -376,24 +567,40 @@ pub async fn serve_endpoint<Req, Resp, H, Fut>(
     }
 }
 
-async fn answer<Req, Resp, H, Fut>(request: service::Request, name: &'static str, handler: &H)
+/// Is this a request someone waits for: it has a reply subject, and it is no JetStream
+/// delivery (a push consumer may deliver to any subject its creator names)?
+fn is_real_request(message: &async_nats::Message) -> bool {
+    message.reply.as_ref().is_some_and(|reply| !reply.as_str().starts_with("$JS."))
+}
+
+async fn answer<Req, Resp, H, Fut>(request: service::Request, name: &'static str, handler: &H, budget: Budget)
 where
     Req: DeserializeOwned,
     Resp: Serialize,
-    H: Fn(Req) -> Fut,
+    H: Fn(Req, Budget) -> Fut,
     Fut: Future<Output = Result<Resp, ServiceError>>,
 {
-    let started = Instant::now();
     let in_flight = crate::telemetry::GaugeGuard::new(
         metrics::gauge!("mm_nats_service_requests_in_flight", "endpoint" => name),
     );
     let outcome = match decode_request::<Req>(&request.message.payload) {
-        Ok(decoded) => handler(decoded).await.and_then(|reply| {
+        Ok(decoded) => handler(decoded, budget).await.and_then(|reply| {
             serde_json::to_vec(&reply)
                 .map_err(|err| ServiceError::internal(format!("could not encode the reply: {err}")))
         }),
         Err(err) => Err(err),
     };
+    drop(in_flight);
+    respond(request, name, outcome, budget.arrived()).await;
+}
+
+/// Sends the reply (or the micro error) and records the request's metrics.
+async fn respond(
+    request: service::Request,
+    name: &'static str,
+    outcome: Result<Vec<u8>, ServiceError>,
+    arrived: Instant,
+) {
     let code = match &outcome {
         Ok(_) => 200,
         Err(err) => err.code,
@@ -409,11 +616,10 @@ where
     if let Err(err) = request.respond(response).await {
         tracing::warn!(endpoint = name, "could not send the reply: {err}");
     }
-    drop(in_flight);
     metrics::counter!("mm_nats_service_requests_total", "endpoint" => name, "code" => code.to_string())
         .increment(1);
     metrics::histogram!("mm_nats_service_request_duration_seconds", "endpoint" => name)
-        .record(started.elapsed().as_secs_f64());
+        .record(arrived.elapsed().as_secs_f64());
 }
 
 #[cfg(test)]
@@ -453,6 +659,29 @@ mod tests {
         for not_a_token in ["", "a.b", "a b", "a*", "a>", "ü"] {
             assert_eq!(inbox_prefix(not_a_token), None, "{not_a_token:?}");
         }
+    }
+
+    #[test]
+    fn budgets_become_deadlines_on_arrival() {
+        let arrived = Instant::now();
+        let budget = Budget::new(arrived, Some(Duration::from_secs(2)));
+        assert_eq!(budget.deadline(), Some(arrived + Duration::from_secs(2)));
+        assert_eq!(budget.deadline_within(Duration::from_secs(1)), arrived + Duration::from_secs(1));
+        assert_eq!(budget.deadline_within(Duration::from_secs(5)), arrived + Duration::from_secs(2));
+        assert!(!budget.is_spent());
+        let none = Budget::new(arrived, None);
+        assert_eq!((none.deadline(), none.remaining()), (None, None));
+        assert_eq!(none.deadline_within(Duration::from_secs(3)), arrived + Duration::from_secs(3));
+        assert!(!none.is_spent());
+        assert!(Budget::new(arrived, Some(Duration::ZERO)).is_spent());
+
+        let mut headers = async_nats::HeaderMap::new();
+        assert_eq!(Budget::read(Some(&headers)), Ok(None));
+        headers.insert(BUDGET_HEADER, "1500");
+        assert_eq!(Budget::read(Some(&headers)), Ok(Some(Duration::from_millis(1500))));
+        headers.insert(BUDGET_HEADER, "soon");
+        assert_eq!(Budget::read(Some(&headers)).expect_err("not a number").code, 400);
+        assert_eq!(Budget::read(None), Ok(None));
     }
 
     #[test]

@@ -55,10 +55,19 @@ pub mod subjects {
     /// Micro service that places game servers on nodes.
     pub const ORCHESTRATOR_SERVICE: &str = "orchestrator";
     pub const ORCHESTRATOR_ALLOCATE: &str = "orchestrator.allocate";
+    /// Ends the server of a match that was not committed ([`super::ReleaseRequest`]);
+    /// idempotent.
+    pub const ORCHESTRATOR_RELEASE: &str = "orchestrator.release";
 
     /// A node's own placement endpoint: the allocator asks the chosen node here.
     pub fn orchestrator_node_place(node: &str) -> String {
         format!("orchestrator.node.{node}.place")
+    }
+
+    /// A node's own release endpoint: whichever node receives `orchestrator.release`
+    /// asks the node that runs the match's server here ([`super::ReleaseRequest`]).
+    pub fn orchestrator_node_release(node: &str) -> String {
+        format!("orchestrator.node.{node}.release")
     }
 
     /// Published once per match, after its tickets are `matched`.
@@ -90,6 +99,10 @@ pub mod buckets {
     pub const SERVERS: &str = "servers";
     /// One key per orchestrator node, value [`super::NodeEntry`].
     pub const NODES: &str = "nodes";
+    /// One key per live game server (key = game id): the per-match secret the gateway's
+    /// proxy dials it with. Apart from `servers`, which anyone may read: only
+    /// orchestrators write this bucket and only gateways read it.
+    pub const SECRETS: &str = "secrets";
     /// One key per harness instance (key = instance id, value
     /// [`super::HarnessInstance`]), plus [`HARNESS_CONTROL_KEY`].
     pub const HARNESS: &str = "harness";
@@ -101,7 +114,9 @@ pub mod buckets {
 
 /// Redis keys (the seed project's names).
 pub mod keys {
-    /// The default queue: a list of ticket ids, oldest at the head.
+    /// The default queue: a sorted set of ticket ids scored by `seq` (join order), oldest
+    /// first (`ZRANGE queue:default 0 -1`). A list in the seed project; a matchmaker
+    /// converts one an older version left when it starts.
     pub const QUEUE_DEFAULT: &str = "queue:default";
 
     /// Prefix of `ticket:{id}`: the matchmaker's Lua scripts build ticket keys from it.
@@ -124,10 +139,15 @@ pub mod keys {
         format!("lease:{batch_id}")
     }
 
-    /// A player's account: JSON with the password's salt and salted hash.
+    /// A player's account: JSON with the password's salt and salted hash (and its live
+    /// tokens).
     pub fn player(player_id: &str) -> String {
         format!("player:{player_id}")
     }
+
+    /// Index of live accounts: a sorted set of player ids scored by when the account
+    /// expires (Unix ms, Redis clock); it bounds and counts the account table.
+    pub const ACCOUNTS: &str = "accounts";
 
     /// The id of the player's latest ticket (joining again returns it while it searches).
     pub fn player_ticket(player_id: &str) -> String {
@@ -153,7 +173,6 @@ pub mod keys {
     pub fn session(token: &str) -> String {
         format!("session:{token}")
     }
-
     /// A match's JSON.
     pub fn match_record(match_id: &str) -> String {
         format!("match:{match_id}")
@@ -500,19 +519,39 @@ pub struct AllocateReply {
     pub address: String,
 }
 
+/// `orchestrator.release` request: the match was not committed (a ticket was cancelled
+/// during the allocation, the lease was lost, the commit failed), so its server must end
+/// now rather than run a whole game for nobody. Idempotent: releasing a match whose server
+/// is gone, or was never placed, is fine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseRequest {
+    pub match_id: String,
+}
+
+/// `orchestrator.release` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseReply {
+    /// The match's game id (derived from the match id).
+    pub game_id: String,
+    /// A live server was found and is being stopped (false: nothing was running).
+    pub released: bool,
+}
+
 /// `orchestrator.node.<id>.place` request: the allocator asks one node to run a game
 /// server. The node answers with an [`AllocateReply`] once the server is ready, or with a
-/// micro error: 409 when it has no room (the allocator then tries the next node), 503
-/// when its driver failed. A node that cannot have the server ready by `deadline` stops
-/// it and answers 503, so a timed-out request never leaves a server behind.
+/// micro error: 409 when it has no room or cannot start it within the request's budget
+/// (the allocator then tries the next node), 503 when its driver failed. The time the
+/// node has is the request's relative budget (the `Mm-Budget-Ms` header, see
+/// `mm_shared::nats`), never a wall-clock time: a node that cannot have the server ready
+/// within it stops it and answers, so a timed-out request never leaves a server behind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlaceRequest {
     pub game_id: String,
     pub match_id: String,
     pub player_ids: Vec<String>,
-    /// Unix ms by which the server must be ready.
-    pub deadline: u64,
 }
 
 /// A game server's life, as the allocation runner drives it:
@@ -587,7 +626,9 @@ pub struct ServerEntry {
     #[serde(default)]
     pub restarts: u32,
     /// The per-match secret a connection presents as `Authorization: Bearer <secret>`.
-    #[serde(default)]
+    /// Never written into `servers`, which anyone may read: orchestrators keep it in the
+    /// bucket [`buckets::SECRETS`] (key = game id), which only gateways read.
+    #[serde(default, skip_serializing)]
     pub secret: String,
     /// Unix ms when the game ends (kept across restarts).
     #[serde(default)]
@@ -637,6 +678,18 @@ pub struct NodeEntry {
     pub driver_status: String,
     #[serde(default)]
     pub version: String,
+    /// The process that holds this node id (random per start): a second process with a
+    /// live node's id refuses to start, naming this holder.
+    #[serde(default)]
+    pub instance: String,
+    /// The holder's process id and host name, for that message.
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub host: String,
+    /// Server starts accepted and not yet ready on this node (its driver's queue).
+    #[serde(default)]
+    pub starting: u64,
 }
 
 /// What the orchestrator hands a game server, and what a game server's clients present.
@@ -645,6 +698,9 @@ pub mod game_server {
     pub const CONNECT_PATH: &str = "/connect";
     /// The query parameter naming the connecting player.
     pub const PLAYER_PARAM: &str = "player";
+    /// Largest WebSocket message (and frame) a game server accepts, and so the largest the
+    /// gateway's proxy lets through in either direction: one number for both.
+    pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
     /// Podman labels on every game-server container (`podman ps --filter label=mm.game-id`).
     pub mod labels {
@@ -665,6 +721,18 @@ pub mod game_server {
         pub const LOG_FORMAT: &str = "MM_LOG__FORMAT";
         /// tokio's own variable: a game server needs few threads.
         pub const WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
+        /// How long the server waits for its first player before it ends itself
+        /// (`"15s"`; `"0s"`: it waits for the whole game).
+        pub const JOIN_TIMEOUT: &str = "MM_GAME__JOIN_TIMEOUT";
+    }
+
+    /// Exit codes by which a game server says why it ended early, so its orchestrator
+    /// tells them apart from a crash without reading its logs.
+    pub mod exit_codes {
+        /// No player joined within its join timeout: it ended itself.
+        pub const NO_PLAYERS: i64 = 3;
+        /// Its listen address was taken by another program.
+        pub const ADDRESS_IN_USE: i64 = 4;
     }
 }
 
@@ -806,8 +874,11 @@ pub struct HarnessScenarioStats {
     pub failed: u64,
     /// Correct refusals that are not errors (a purchase without enough balance: 409).
     pub rejected: u64,
-    /// Still running when the run ended.
-    pub aborted: u64,
+    /// Cut short by the end of the run: still running when its drain ran out (a game
+    /// that had not ended yet, a ticket still searching). Neither success nor failure.
+    /// (Called `aborted` before; older instances' stats still read.)
+    #[serde(alias = "aborted")]
+    pub cut: u64,
     /// Executions the compositor wanted but found no idle player for.
     pub starved: u64,
     /// Configured rate: executions per idle player per second.
@@ -990,6 +1061,7 @@ mod tests {
     #[test]
     fn names_are_the_contracts() {
         assert_eq!(subjects::orchestrator_node_place("n1"), "orchestrator.node.n1.place");
+        assert_eq!(subjects::orchestrator_node_release("n1"), "orchestrator.node.n1.release");
         assert_eq!(subjects::ticket_events("t1"), "events.ticket.t1");
         assert_eq!(subjects::harness_stats("h1"), "harness.stats.h1");
         assert_eq!(keys::ticket("t1"), "ticket:t1");

@@ -194,3 +194,145 @@ async fn health_check_follows_the_connection() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A `slow` endpoint with one handler slot: each request holds it for 400 ms and
+/// reports the budget it saw; every request that reached the handler is counted.
+async fn start_slow(
+    client: &async_nats::Client,
+    shutdown: CancellationToken,
+    worked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    let service = client.service_builder().start("slow", "0.1.0").await.expect("service starts");
+    let endpoint = service.endpoint("slow").await.expect("endpoint");
+    tokio::spawn(async move {
+        nats::serve_endpoint_with_budget(endpoint, "slow", 1, shutdown, move |request: Greet, budget| {
+            let worked = worked.clone();
+            async move {
+                worked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let left = budget.remaining().map_or(-1, |left| left.as_millis() as i64);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                Ok(Greeting { text: format!("{} {left}", request.name) })
+            }
+        })
+        .await;
+        drop(service);
+    })
+}
+
+#[tokio::test]
+async fn budgets_travel_and_an_expired_one_is_dropped_unworked() {
+    let server = NatsServer::start().expect("nats-server");
+    let shutdown = CancellationToken::new();
+    let client = nats::connect(&config(&server.url()), "test", &shutdown).await.expect("connects");
+    let worked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let _slow = start_slow(&client, shutdown.clone(), worked.clone()).await;
+
+    // The handler sees the caller's budget (its timeout, or the smaller budget given).
+    let reply: Greeting =
+        nats::request_json(&client, "slow", &Greet { name: "a".into() }, Duration::from_secs(3))
+            .await
+            .expect("ok");
+    let left: i64 = reply.text.trim_start_matches("a ").parse().expect("a number");
+    assert!((2500..=3000).contains(&left), "about the 3 s timeout left: {left}");
+    let reply: Greeting = nats::request_json_with_budget(
+        &client,
+        "slow",
+        &Greet { name: "b".into() },
+        Duration::from_secs(3),
+        Duration::from_millis(1000),
+    )
+    .await
+    .expect("ok");
+    let left: i64 = reply.text.trim_start_matches("b ").parse().expect("a number");
+    assert!((500..=1000).contains(&left), "about the 1 s budget left: {left}");
+    // Without the header there is no deadline.
+    let raw = client.request("slow", br#"{"name":"c"}"#.to_vec().into()).await.expect("reply");
+    let reply: Greeting = serde_json::from_slice(&raw.payload).expect("json");
+    assert_eq!(reply.text, "c -1");
+
+    // One request holds the only slot; one behind it with a budget shorter than the wait
+    // is answered 504 without its handler ever running.
+    worked.store(0, std::sync::atomic::Ordering::SeqCst);
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            nats::request_json::<_, Greeting>(
+                &client,
+                "slow",
+                &Greet { name: "first".into() },
+                Duration::from_secs(3),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let err = nats::request_json_with_budget::<_, Greeting>(
+        &client,
+        "slow",
+        &Greet { name: "late".into() },
+        Duration::from_secs(3),
+        Duration::from_millis(150),
+    )
+    .await
+    .expect_err("out of time");
+    match err {
+        RequestError::Service { code: 504, message, .. } => {
+            assert!(message.contains("budget ran out before its work started"), "{message}");
+        }
+        other => panic!("expected a 504, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "answered at its deadline: {:?}",
+        started.elapsed()
+    );
+    first.await.expect("join").expect("the first one is served");
+    // A budget of 0 has run out on arrival.
+    let err = nats::request_json_with_budget::<_, Greeting>(
+        &client,
+        "slow",
+        &Greet { name: "zero".into() },
+        Duration::from_secs(3),
+        Duration::ZERO,
+    )
+    .await
+    .expect_err("out of time");
+    assert!(matches!(err, RequestError::Service { code: 504, .. }), "{err:?}");
+    assert_eq!(worked.load(std::sync::atomic::Ordering::SeqCst), 1, "only the first request was worked on");
+
+    // A malformed budget is the caller's mistake.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(nats::BUDGET_HEADER, "soon");
+    let reply = client
+        .request_with_headers("slow", headers, br#"{"name":"d"}"#.to_vec().into())
+        .await
+        .expect("a reply");
+    let headers = reply.headers.expect("error headers");
+    assert_eq!(headers.get("Nats-Service-Error-Code").map(|v| v.as_str()), Some("400"));
+}
+
+#[tokio::test]
+async fn messages_nobody_waits_for_are_not_answered() {
+    let server = NatsServer::start().expect("nats-server");
+    let shutdown = CancellationToken::new();
+    let client = nats::connect(&config(&server.url()), "test", &shutdown).await.expect("connects");
+    let worked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let _slow = start_slow(&client, shutdown.clone(), worked.clone()).await;
+    // A JetStream delivery (reply `$JS.ACK...`) and a plain publish: neither is worked on.
+    let mut acks = client.subscribe("$JS.ACK.>").await.expect("subscribe");
+    client
+        .publish_with_reply("slow", "$JS.ACK.S.C.1.1.1.1.0", br#"{"name":"js"}"#.to_vec().into())
+        .await
+        .expect("pub");
+    client.publish("slow", br#"{"name":"plain"}"#.to_vec().into()).await.expect("pub");
+    client.flush().await.expect("flush");
+    let answered = tokio::time::timeout(Duration::from_millis(800), acks.next()).await;
+    assert!(answered.is_err(), "a JetStream delivery got an answer: {answered:?}");
+    assert_eq!(worked.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let reply: Greeting =
+        nats::request_json(&client, "slow", &Greet { name: "real".into() }, Duration::from_secs(3))
+            .await
+            .expect("ok");
+    assert!(reply.text.starts_with("real "), "{}", reply.text);
+}

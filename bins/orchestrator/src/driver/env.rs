@@ -40,6 +40,79 @@ pub fn quoted_list(items: &[String]) -> String {
     format!("[{}]", items.join(","))
 }
 
+/// The inverse of [`quoted`]: the string a figment string literal of ours stands for.
+pub fn unquote(literal: &str) -> Option<String> {
+    let inner = literal.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            '"' => out.push('"'),
+            '\\' => out.push('\\'),
+            kind @ ('u' | 'U') => {
+                let width = if kind == 'u' { 4 } else { 8 };
+                let digits: String = chars.by_ref().take(width).collect();
+                if digits.len() != width {
+                    return None;
+                }
+                out.push(char::from_u32(u32::from_str_radix(&digits, 16).ok()?)?);
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The inverse of [`quoted_list`].
+pub fn unquote_list(literal: &str) -> Option<Vec<String>> {
+    let inner = literal.trim().strip_prefix('[')?.strip_suffix(']')?;
+    let mut items = Vec::new();
+    let mut rest = inner.trim();
+    while !rest.is_empty() {
+        // One quoted item: up to the first `"` that no backslash escapes.
+        let mut end = None;
+        let mut escaped = false;
+        for (at, c) in rest.char_indices().skip(1) {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(at);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let end = end?;
+        items.push(unquote(&rest[..=end])?);
+        rest = rest[end + 1..].trim_start();
+        rest = rest.strip_prefix(',').map_or(rest, str::trim_start);
+    }
+    Some(items)
+}
+
+/// What a game server's environment says of its game (to adopt a server whose KV entry
+/// was lost): everything but its host port.
+pub fn recover(environment: &[String]) -> Option<super::Recovered> {
+    let value = |key: &str| {
+        environment
+            .iter()
+            .find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.to_owned()))
+    };
+    Some(super::Recovered {
+        game_id: unquote(&value(env::GAME_ID)?)?,
+        match_id: unquote(&value(env::MATCH_ID)?)?,
+        player_ids: unquote_list(&value(env::PLAYERS)?)?,
+        secret: unquote(&value(env::SECRET)?)?,
+        ends_at: value(env::ENDS_AT)?.parse().ok()?,
+        port: 0,
+    })
+}
+
 /// The game server's environment for `spec`, listening on `listen`.
 pub fn game_env(spec: &LaunchSpec, listen: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -50,6 +123,7 @@ pub fn game_env(spec: &LaunchSpec, listen: &str) -> Vec<(&'static str, String)> 
         (env::SECRET, quoted(&spec.secret)),
         (env::PLAYERS, quoted_list(&spec.player_ids)),
         (env::WORKER_THREADS, spec.worker_threads.max(1).to_string()),
+        (env::JOIN_TIMEOUT, quoted(&mm_shared::duration::format(spec.join_timeout))),
     ]
 }
 
@@ -67,5 +141,55 @@ mod tests {
         assert_eq!(quoted_list(&["a,b".into(), "c".into()]), "[\"a,b\",\"c\"]");
         assert_eq!(quoted_list(&[]), "[]");
         assert!(quoted("žluť🎮\"\\").is_ascii());
+    }
+
+    #[test]
+    fn unquoting_undoes_quoting() {
+        for text in ["p1", "", "a\"b\\c", "é\"x", "🎮\n", "žluť🎮\"\\", "a,b", "[x]"] {
+            assert_eq!(unquote(&quoted(text)).as_deref(), Some(text), "{text:?}");
+        }
+        let items: Vec<String> = ["a,b", "c\"d", "", "é"].into_iter().map(str::to_owned).collect();
+        assert_eq!(unquote_list(&quoted_list(&items)), Some(items));
+        assert_eq!(unquote_list("[]"), Some(Vec::new()));
+        for bad in ["p1", "\"open", "\"bad\\q\"", "\"\\u12\""] {
+            assert_eq!(unquote(bad), None, "{bad:?}");
+        }
+        assert_eq!(unquote_list("[\"a\" \"b"), None);
+    }
+
+    #[test]
+    fn a_launch_spec_is_recovered_from_its_environment() {
+        let spec = LaunchSpec {
+            game_id: "g1".into(),
+            match_id: "m-é".into(),
+            node: "n".into(),
+            player_ids: vec!["p1".into(), "p,2".into()],
+            secret: "s3cret".into(),
+            host_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            port: 20001,
+            ends_at: 1234,
+            cpu_millicores: 10,
+            memory_mb: 32,
+            worker_threads: 1,
+            join_timeout: std::time::Duration::from_secs(15),
+        };
+        let environment: Vec<String> = game_env(&spec, "0.0.0.0:7777")
+            .into_iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        let recovered = recover(&environment).expect("recovered");
+        assert_eq!(
+            (
+                recovered.game_id.as_str(),
+                recovered.match_id.as_str(),
+                recovered.secret.as_str(),
+                recovered.ends_at
+            ),
+            ("g1", "m-é", "s3cret", 1234)
+        );
+        assert_eq!(recovered.player_ids, spec.player_ids);
+        let without_game_id: Vec<String> =
+            environment.iter().filter(|pair| !pair.starts_with(env::GAME_ID)).cloned().collect();
+        assert_eq!(recover(&without_game_id), None);
     }
 }

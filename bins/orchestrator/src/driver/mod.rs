@@ -6,7 +6,8 @@
 //!   machines without Podman. They die with the orchestrator.
 //!
 //! A driver reports every exit on the [`Exit`] channel it was given; nobody polls a
-//! server to learn that it stopped.
+//! server to learn that it stopped. Its failures are typed ([`DriverError`]): callers
+//! decide by the kind, never by the text of a message.
 
 pub mod env;
 pub mod podman;
@@ -15,6 +16,7 @@ pub mod process;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,9 @@ use crate::config::{DriverChoice, OrchestratorSection};
 
 /// The port a game server listens on inside its container.
 pub const CONTAINER_PORT: u16 = 7777;
+
+/// Servers a sweep removes at once.
+const SWEEP_PARALLEL: usize = 16;
 
 /// Everything a driver needs to start one game server.
 #[derive(Debug, Clone)]
@@ -40,6 +45,21 @@ pub struct LaunchSpec {
     pub cpu_millicores: u64,
     pub memory_mb: u64,
     pub worker_threads: u32,
+    /// The server ends itself when no player joins within this (zero: never).
+    pub join_timeout: Duration,
+}
+
+/// What a running server's own settings say of its game: enough to write its KV entry
+/// again and adopt it when the entry was lost (reaped while its node was down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub game_id: String,
+    pub match_id: String,
+    pub player_ids: Vec<String>,
+    pub secret: String,
+    pub ends_at: u64,
+    /// The host port it is published on.
+    pub port: u16,
 }
 
 /// A game server the driver knows of (for reconciliation).
@@ -59,17 +79,29 @@ pub struct Exit {
 }
 
 /// Why a driver call failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DriverError {
     /// The driver itself is not usable (Podman down, binary missing): a node problem.
     #[error("{0}")]
     Unavailable(String),
+    /// The game-server image is not in the driver's storage.
+    #[error("image {image} is not in this Podman's storage: build it with `just image`")]
+    ImageMissing { image: String },
     /// The host port was taken between the check and the start; another port may work.
     #[error("port {0} is already in use on the host")]
     PortTaken(u16),
+    /// A server of this name exists already (a leftover of an earlier attempt).
+    #[error("a container named {0} already exists")]
+    NameInUse(String),
     /// Anything else about this one server.
     #[error("{0}")]
     Failed(String),
+}
+
+/// Is `port` held by something on `ip` (a bind fails with "address in use")? An address
+/// that is not this network namespace's tells nothing: not in use, as far as we know.
+pub fn port_in_use(ip: IpAddr, port: u16) -> bool {
+    matches!(std::net::TcpListener::bind((ip, port)), Err(err) if err.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 pub type DriverResult<T> = Result<T, DriverError>;
@@ -82,8 +114,19 @@ pub trait Driver: Send + Sync {
     /// Can it start servers now? `Ok` carries a status line ("podman 4.3.1, rootless").
     fn check(&self) -> BoxFuture<'_, DriverResult<String>>;
 
-    /// Starts a server; returns its handle (container id, pid).
+    /// How many starts it works on at once (what a node admits before it has learnt its
+    /// driver's start rate).
+    fn parallel(&self) -> usize;
+
+    /// Starts a server; returns its handle (container id, pid). If the future is dropped
+    /// before it completes, a server may have been created all the same:
+    /// [`Driver::discard_game`] removes it.
     fn start<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, DriverResult<String>>;
+
+    /// Stops and removes whatever server of `game_id` a dropped [`Driver::start`] left.
+    fn discard_game<'a>(&'a self, _game_id: &'a str, _timeout: Duration) -> BoxFuture<'a, DriverResult<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 
     /// Stops a server: SIGTERM, then kill after `timeout`. Fine if it already stopped.
     fn stop<'a>(&'a self, handle: &'a str, timeout: Duration) -> BoxFuture<'a, DriverResult<()>>;
@@ -108,6 +151,46 @@ pub trait Driver: Send + Sync {
 
     /// The servers this driver runs for `node`, running or not.
     fn list<'a>(&'a self, node: &'a str) -> BoxFuture<'a, DriverResult<Vec<Instance>>>;
+
+    /// Sends every running server of `node` SIGTERM at once, without waiting for any:
+    /// at a node's shutdown, so they all start ending together rather than one by one
+    /// as their runners' stops get their turn. How many it signalled.
+    fn terminate_all<'a>(&'a self, _node: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(std::future::ready(0))
+    }
+
+    /// Removes every server of `node` the driver knows (only the stopped ones with
+    /// `stopped_only`), `timeout` for each to stop; how many it removed. For a node's
+    /// shutdown, after its runners: what they could not remove in time goes here.
+    fn sweep<'a>(
+        &'a self,
+        node: &'a str,
+        stopped_only: bool,
+        timeout: Duration,
+    ) -> BoxFuture<'a, DriverResult<usize>> {
+        Box::pin(async move {
+            let doomed: Vec<Instance> = self
+                .list(node)
+                .await?
+                .into_iter()
+                .filter(|instance| !(stopped_only && instance.running))
+                .collect();
+            let removed = futures_util::stream::iter(doomed)
+                .map(|instance| async move { self.discard(&instance.handle, timeout).await.is_ok() })
+                .buffer_unordered(SWEEP_PARALLEL)
+                .filter(|removed| std::future::ready(*removed))
+                .count()
+                .await;
+            Ok(removed)
+        })
+    }
+
+    /// What server `handle`'s own settings say of its game, when the driver can tell
+    /// (Podman keeps a container's environment and port bindings; a process driver's
+    /// servers never outlive their node, so it never needs to).
+    fn recover<'a>(&'a self, _handle: &'a str) -> BoxFuture<'a, Option<Recovered>> {
+        Box::pin(std::future::ready(None))
+    }
 
     /// Starts reporting exits that need watching (Podman's event stream) until `shutdown`.
     fn watch(&self, _shutdown: CancellationToken) {}

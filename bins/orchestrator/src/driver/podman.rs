@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -28,8 +28,8 @@ use hyper_util::rt::TokioIo;
 use mm_shared::protocol::game_server::labels;
 use podman_api::Podman;
 use podman_api::opts::{
-    ContainerDeleteOpts, ContainerListFilter, ContainerListOpts, ContainerLogsOpts, ContainerStopOpts,
-    EventsOpts,
+    ContainerDeleteOpts, ContainerListFilter, ContainerListOpts, ContainerLogsOpts, ContainerPruneFilter,
+    ContainerPruneOpts, ContainerStopOpts, EventsOpts,
 };
 use serde_json::json;
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
@@ -40,6 +40,9 @@ use crate::config::OrchestratorSection;
 
 /// The libpod API version in request paths (Podman accepts any; podman-api uses this one).
 const API_PREFIX: &str = "/v4.3.1/libpod";
+
+/// Signals sent at once by a shutdown's sweep (quick calls that wait for no container).
+const SIGNAL_PARALLEL: usize = 32;
 
 /// Which resource limits this Podman can enforce.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +69,7 @@ pub struct PodmanDriver {
     /// them on its locks: beyond a few, calls only wait inside Podman, where their
     /// deadlines run out; here they wait their turn instead.
     changes: Semaphore,
+    parallel: usize,
 }
 
 impl PodmanDriver {
@@ -114,6 +118,17 @@ impl PodmanDriver {
             memory: allows("memory"),
             cpu: allows("cpu"),
         };
+        for (what, configured, hard) in [
+            ("nofile", config.podman.nofile, hard_nofile),
+            ("nproc", config.podman.nproc, hard_nproc.min(32768)),
+        ] {
+            if configured > hard {
+                tracing::warn!(
+                    "orchestrator.podman.{what} = {configured} is more than Podman may give a container \
+                     ({hard}): starts will fail with \"setrlimit ... operation not permitted\"; lower it"
+                );
+            }
+        }
         let description = format!(
             "podman {version}, {}, cgroup {}{}",
             if rootless { "rootless" } else { "rootful" },
@@ -131,10 +146,12 @@ impl PodmanDriver {
             description,
             exits,
             changes: Semaphore::new(config.podman.parallel.max(1)),
+            parallel: config.podman.parallel.max(1),
         })
     }
 
-    /// Reports exits from Podman's event stream until `shutdown`.
+    /// Reports exits from Podman's event stream until `shutdown`; the stream is opened
+    /// again (with backoff) whenever it breaks.
     pub fn watch_events(&self, shutdown: CancellationToken) {
         let api = self.api.clone();
         let node = self.node.clone();
@@ -142,75 +159,65 @@ impl PodmanDriver {
         let socket = self.socket.clone();
         let timeout = self.timeout;
         tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(200);
             let mut first = true;
-            loop {
-                if !first {
-                    // Events may have been missed while the stream was down: report every
-                    // stopped container once (a runner ignores exits it already handled).
-                    match bounded(timeout, &socket, "list", list_instances(&api, &node))
-                        .await
-                        .map_err(|e| e.error)
-                    {
-                        Ok(instances) => {
-                            for instance in instances.into_iter().filter(|i| !i.running) {
-                                let _ = exits.send(Exit {
-                                    game_id: instance.game_id,
-                                    handle: instance.handle,
-                                    code: None,
-                                });
+            let session = || {
+                let resync = !std::mem::replace(&mut first, false);
+                let (api, node, exits, socket) = (api.clone(), node.clone(), exits.clone(), socket.clone());
+                async move {
+                    if resync {
+                        // Events may have been missed while the stream was down: report
+                        // every stopped container once (a runner ignores exits it already
+                        // handled).
+                        match bounded(timeout, &socket, "list", list_instances(&api, &node)).await {
+                            Ok(instances) => {
+                                for instance in instances.into_iter().filter(|i| !i.running) {
+                                    let _ = exits.send(Exit {
+                                        game_id: instance.game_id,
+                                        handle: instance.handle,
+                                        code: None,
+                                    });
+                                }
                             }
+                            Err(err) => tracing::debug!("resync after the event stream broke: {}", err.error),
                         }
-                        Err(err) => tracing::debug!("resync after the event stream broke: {err}"),
                     }
-                }
-                first = false;
-                let opts = EventsOpts::builder()
-                    .stream(true)
-                    .filters([
-                        ("type".to_owned(), vec!["container".to_owned()]),
-                        ("event".to_owned(), vec!["died".to_owned()]),
-                        ("label".to_owned(), vec![format!("{}={node}", labels::NODE)]),
-                    ])
-                    .build();
-                let mut events = api.events(&opts);
-                let started = Instant::now();
-                loop {
-                    let event = tokio::select! {
-                        event = events.next() => event,
-                        () = shutdown.cancelled() => return,
-                    };
-                    match event {
-                        Some(Ok(event)) => {
-                            let Some(game_id) = event.actor.attributes.get(labels::GAME_ID).cloned() else {
-                                continue;
-                            };
-                            let code = event
-                                .actor
-                                .attributes
-                                .get("containerExitCode")
-                                .and_then(|code| code.parse::<i64>().ok());
-                            let _ = exits.send(Exit { game_id, handle: event.actor.id, code });
-                        }
-                        Some(Err(err)) => {
-                            tracing::warn!("Podman event stream failed: {err}; reconnecting");
-                            break;
-                        }
-                        None => {
-                            tracing::warn!("Podman event stream ended; reconnecting");
-                            break;
+                    let opts = EventsOpts::builder()
+                        .stream(true)
+                        .filters([
+                            ("type".to_owned(), vec!["container".to_owned()]),
+                            ("event".to_owned(), vec!["died".to_owned()]),
+                            ("label".to_owned(), vec![format!("{}={node}", labels::NODE)]),
+                        ])
+                        .build();
+                    let mut events = api.events(&opts);
+                    loop {
+                        match events.next().await {
+                            Some(Ok(event)) => {
+                                let Some(game_id) = event.actor.attributes.get(labels::GAME_ID).cloned()
+                                else {
+                                    continue;
+                                };
+                                let code = event
+                                    .actor
+                                    .attributes
+                                    .get("containerExitCode")
+                                    .and_then(|code| code.parse::<i64>().ok());
+                                let _ = exits.send(Exit { game_id, handle: event.actor.id, code });
+                            }
+                            Some(Err(err)) => return Err(format!("Podman event stream failed: {err}")),
+                            None => return Err("Podman event stream ended".to_owned()),
                         }
                     }
                 }
-                if started.elapsed() > Duration::from_secs(10) {
-                    backoff = Duration::from_millis(200);
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+            };
+            crate::retry::forever(
+                "watching Podman's events",
+                &shutdown,
+                Duration::from_millis(200),
+                Duration::from_secs(5),
+                session,
+            )
+            .await;
         });
     }
 
@@ -289,11 +296,10 @@ impl PodmanDriver {
                     DriverError::Failed("Podman created a container but sent no id".to_owned())
                 })
             }
-            404 if message.contains("image") => Err(DriverError::Unavailable(format!(
-                "image {} is not in this Podman's storage: build it with `just image` ({message})",
-                self.image
-            ))),
-            409 => Err(DriverError::Failed(format!("a container for this game already exists: {message}"))),
+            // The create spec names no other resource (pod, network, volume) that could be
+            // missing: a 404 is the image.
+            404 => Err(DriverError::ImageMissing { image: self.image.clone() }),
+            409 => Err(DriverError::NameInUse(container_name(&spec.game_id))),
             _ => Err(DriverError::Failed(format!(
                 "Podman refused to create the container ({status}): {message}"
             ))),
@@ -437,21 +443,22 @@ impl Driver for PodmanDriver {
             if exists {
                 Ok(self.description.clone())
             } else {
-                Err(DriverError::Unavailable(format!(
-                    "image {} is not in this Podman's storage: build it with `just image`",
-                    self.image
-                )))
+                Err(DriverError::ImageMissing { image: self.image.clone() })
             }
         }
         .boxed()
     }
 
+    fn parallel(&self) -> usize {
+        self.parallel
+    }
+
     fn start<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, DriverResult<String>> {
         async move {
             let id = match self.create(spec).await {
-                Err(DriverError::Failed(message)) if message.contains("already exists") => {
+                Err(DriverError::NameInUse(name)) => {
                     // A leftover of an earlier attempt: remove it and create again.
-                    self.remove(&container_name(&spec.game_id)).await?;
+                    self.remove(&name).await?;
                     self.create(spec).await?
                 }
                 other => other?,
@@ -462,16 +469,9 @@ impl Driver for PodmanDriver {
             };
             if let Err(err) = started {
                 let _ = self.remove(&id).await;
-                let message = err.error.to_string();
-                if message.contains("address already in use") {
+                // Podman says why only in prose; the host says whether the port is taken.
+                if super::port_in_use(spec.host_ip, spec.port) {
                     return Err(DriverError::PortTaken(spec.port));
-                }
-                if message.contains("error setting rlimit") {
-                    return Err(DriverError::Unavailable(format!(
-                        "{message} (the container's rlimits nofile={} nproc={} are more than Podman may \
-                         give: lower orchestrator.podman.nofile / orchestrator.podman.nproc)",
-                        self.limits.nofile, self.limits.nproc
-                    )));
                 }
                 return Err(err.into());
             }
@@ -518,6 +518,88 @@ impl Driver for PodmanDriver {
                 Ok(()) | Err(CallError { status: Some(404), .. }) => Ok(()),
                 Err(err) => Err(err.into()),
             }
+        }
+        .boxed()
+    }
+
+    fn discard_game<'a>(&'a self, game_id: &'a str, timeout: Duration) -> BoxFuture<'a, DriverResult<()>> {
+        async move {
+            let name = container_name(game_id);
+            self.discard(&name, timeout).await
+        }
+        .boxed()
+    }
+
+    fn terminate_all<'a>(&'a self, node: &'a str) -> BoxFuture<'a, usize> {
+        async move {
+            let Ok(instances) = self.list(node).await else { return 0 };
+            let running: Vec<Instance> = instances.into_iter().filter(|instance| instance.running).collect();
+            let count = running.len();
+            // Signals are quick calls that wait for no container: no turn is taken.
+            futures_util::stream::iter(running)
+                .for_each_concurrent(SIGNAL_PARALLEL, |instance| async move {
+                    let container = self.container(&instance.handle);
+                    if let Err(err) = self.call("kill", container.send_signal("TERM")).await {
+                        tracing::debug!(game_id = %instance.game_id, "SIGTERM: {}", err.error);
+                    }
+                })
+                .await;
+            count
+        }
+        .boxed()
+    }
+
+    fn sweep<'a>(
+        &'a self,
+        node: &'a str,
+        stopped_only: bool,
+        timeout: Duration,
+    ) -> BoxFuture<'a, DriverResult<usize>> {
+        async move {
+            if !stopped_only {
+                // Removing running containers one by one (stop, wait, remove) is what a
+                // busy shutdown runs out of time on: every running container gets
+                // SIGTERM at once, then whatever has not exited by `timeout` is killed
+                // with its removal.
+                let running = |instances: Vec<Instance>| -> Vec<Instance> {
+                    instances.into_iter().filter(|instance| instance.running).collect()
+                };
+                self.terminate_all(node).await;
+                let waited = std::time::Instant::now();
+                let mut left = running(self.list(node).await?);
+                while !left.is_empty() && waited.elapsed() < timeout {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    left = running(self.list(node).await?);
+                }
+                futures_util::stream::iter(left)
+                    .for_each_concurrent(SIGNAL_PARALLEL, |instance| async move {
+                        let opts = ContainerDeleteOpts::builder().force(true).timeout(0).build();
+                        let container = self.container(&instance.handle);
+                        if let Err(err) = self.call("remove", container.delete(&opts)).await {
+                            tracing::warn!(game_id = %instance.game_id, "removing at shutdown: {}", err.error);
+                        }
+                    })
+                    .await;
+            }
+            // Every stopped container of the node in one call.
+            let opts = ContainerPruneOpts::builder()
+                .filter([ContainerPruneFilter::LabelKeyVal(labels::NODE.to_owned(), node.to_owned())])
+                .build();
+            let pruned = self.call("prune", self.api.containers().prune(&opts)).await?;
+            Ok(pruned.iter().filter(|report| report.err.is_none()).count())
+        }
+        .boxed()
+    }
+
+    fn recover<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, Option<super::Recovered>> {
+        async move {
+            let inspect = self.call("inspect", self.container(handle).inspect()).await.ok()?;
+            let environment = inspect.config.as_ref()?.env.as_ref()?;
+            let mut recovered = env::recover(environment)?;
+            let bindings = inspect.host_config.as_ref()?.port_bindings.as_ref()?;
+            let binding = bindings.get(&format!("{CONTAINER_PORT}/tcp"))?.as_ref()?.first()?;
+            recovered.port = binding.host_port.as_deref()?.parse().ok()?;
+            Some(recovered)
         }
         .boxed()
     }

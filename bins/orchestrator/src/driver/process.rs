@@ -24,6 +24,10 @@ use crate::config::OrchestratorSection;
 /// Lines of a child's output kept for error messages.
 const TAIL_LINES: usize = 5;
 
+/// Starts admitted at once before the start rate is learnt: spawning is quick, and the
+/// children come up in parallel.
+const PARALLEL: usize = 64;
+
 /// What the driver keeps per child.
 struct Child {
     game_id: String,
@@ -136,6 +140,10 @@ impl Driver for ProcessDriver {
             }
         }
         .boxed()
+    }
+
+    fn parallel(&self) -> usize {
+        PARALLEL
     }
 
     fn start<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, DriverResult<String>> {

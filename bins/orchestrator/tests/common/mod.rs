@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv};
 use futures_util::{SinkExt, StreamExt};
 use mm_shared::nats::RequestError;
-use mm_shared::protocol::{AllocateReply, AllocateRequest, NodeEntry, ServerEntry, buckets, subjects};
+use mm_shared::protocol::{
+    AllocateReply, AllocateRequest, NodeEntry, ReleaseReply, ReleaseRequest, ServerEntry, ServerState,
+    buckets, now_ms, subjects,
+};
 use mm_testkit::{NatsServer, ServiceProcess, free_port};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -142,9 +145,51 @@ impl Client {
         .await
     }
 
+    /// Asks for a server for `match_id` with a time budget of `budget` (the request's own
+    /// timeout too).
+    pub async fn allocate_within(
+        &self,
+        match_id: &str,
+        players: usize,
+        budget: Duration,
+    ) -> Result<AllocateReply, RequestError> {
+        let request =
+            AllocateRequest { match_id: match_id.to_owned(), player_ids: players_of(match_id, players) };
+        mm_shared::nats::request_json(&self.nats, subjects::ORCHESTRATOR_ALLOCATE, &request, budget).await
+    }
+
+    pub async fn release(&self, match_id: &str) -> Result<ReleaseReply, RequestError> {
+        let request = ReleaseRequest { match_id: match_id.to_owned() };
+        mm_shared::nats::request_json(
+            &self.nats,
+            subjects::ORCHESTRATOR_RELEASE,
+            &request,
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
+    /// Writes `entry` into KV `servers` behind every node's back.
+    pub async fn plant(&self, entry: &ServerEntry) {
+        let value = serde_json::to_vec(entry).expect("json");
+        self.servers.put(&entry.game_id, value.into()).await.expect("KV put");
+    }
+
+    /// A server's entry, with its secret from the `secrets` bucket (the entry itself never
+    /// holds it: anyone may read `servers`).
     pub async fn entry(&self, game_id: &str) -> Option<ServerEntry> {
         let bytes = self.servers.get(game_id).await.expect("KV get")?;
-        Some(serde_json::from_slice(&bytes).expect("a ServerEntry"))
+        let raw: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+        assert!(raw.get("secret").is_none(), "a secret in `servers`: {raw}");
+        let mut entry: ServerEntry = serde_json::from_slice(&bytes).expect("a ServerEntry");
+        let secrets = async_nats::jetstream::new(self.nats.clone())
+            .get_key_value(mm_shared::protocol::buckets::SECRETS)
+            .await
+            .expect("the secrets bucket");
+        if let Some(secret) = secrets.get(game_id).await.expect("KV get") {
+            entry.secret = String::from_utf8_lossy(&secret).into_owned();
+        }
+        Some(entry)
     }
 
     pub async fn entries(&self) -> Vec<ServerEntry> {
@@ -169,6 +214,21 @@ impl Client {
             self.entry(game_id).await.is_none().then_some(())
         })
         .await;
+    }
+}
+
+/// A running-looking entry of game `game_id` on `node`, for planting.
+pub fn planted(game_id: &str, node: &str) -> ServerEntry {
+    ServerEntry {
+        game_id: game_id.to_owned(),
+        match_id: format!("m-{game_id}"),
+        node: node.to_owned(),
+        state: ServerState::Running,
+        address: "127.0.0.1:1".to_owned(),
+        started_at: now_ms(),
+        ends_at: now_ms() + 600_000,
+        updated_at: now_ms(),
+        ..ServerEntry::default()
     }
 }
 
