@@ -89,6 +89,8 @@ pub struct HarnessSection {
     pub progress: Progress,
     /// Print the summary table on stdout at the end (`mmctl demo` prints it itself).
     pub print_table: bool,
+    /// Also write the summary table to this file (text), as `mmctl demo` reads it.
+    pub report_table: Option<PathBuf>,
     pub rates: Rates,
     /// Scenario → scenario that may follow it → chance (0.0..=1.0).
     pub follow_ups: BTreeMap<Scenario, BTreeMap<Scenario, Chance>>,
@@ -122,6 +124,7 @@ impl Default for HarnessSection {
             max_time_to_match_p99: None,
             progress: Progress::Auto,
             print_table: true,
+            report_table: None,
             rates: Rates::default(),
             follow_ups,
             think: ThinkSection::default(),

@@ -124,6 +124,10 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
         report.write(path).with_context(|| format!("writing the report to {}", path.display()))?;
         tracing::info!(path = %path.display(), "report written");
     }
+    if let Some(path) = &config.harness.report_table {
+        std::fs::write(path, report.table())
+            .with_context(|| format!("writing the table to {}", path.display()))?;
+    }
     let breaches = report.breaches();
     if !breaches.is_empty() {
         let what: Vec<&str> = breaches.iter().map(|threshold| threshold.detail.as_str()).collect();

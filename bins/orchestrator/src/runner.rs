@@ -455,11 +455,12 @@ impl Runner {
         self.node.release(&self.entry.game_id);
         self.entry.detail = detail;
         self.set_state(state).await;
+        // Counted before the entry goes: whoever sees it gone sees the count too.
+        metrics::counter!("mm_orchestrator_servers_ended_total", "state" => state.as_str(), "node" => self.node.id.clone())
+            .increment(1);
         if let Err(err) = self.node.store.delete_server(&self.entry.game_id).await {
             tracing::warn!(game_id = %self.entry.game_id, "deleting the server entry: {err}");
         }
-        metrics::counter!("mm_orchestrator_servers_ended_total", "state" => state.as_str(), "node" => self.node.id.clone())
-            .increment(1);
         let game_id = &self.entry.game_id;
         match state {
             ServerState::Failed => tracing::warn!(%game_id, "game server failed: {}", self.entry.detail),

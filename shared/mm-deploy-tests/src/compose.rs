@@ -41,7 +41,13 @@ impl ComposeProject {
     fn just_command(&self, recipe: &str, args: &[&str], data_dir: &std::path::Path) -> Command {
         let mut command = Command::new("just");
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("MM_") {
+            let name = key.to_string_lossy();
+            // The test runner's own variables (CARGO_*, NEXTEST_*, RUST*) would reach the
+            // cargo build `just up` runs, change its fingerprints and make it rebuild the
+            // static binaries the run already built: `just up` runs as a user's shell does.
+            let runner =
+                ["MM_", "CARGO_", "NEXTEST", "RUST", "__CARGO"].iter().any(|prefix| name.starts_with(prefix));
+            if runner && !name.starts_with("RUSTUP_") && name != "CARGO_HOME" {
                 command.env_remove(key);
             }
         }
