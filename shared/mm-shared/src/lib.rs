@@ -21,6 +21,7 @@ pub mod probe;
 pub mod process;
 pub mod protocol;
 pub mod redis;
+pub mod retry;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

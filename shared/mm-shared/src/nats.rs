@@ -72,9 +72,11 @@ pub async fn connect(
     shutdown: &CancellationToken,
 ) -> Result<Client, ConnectError> {
     describe_metrics();
-    let mut delay = Duration::from_millis(100);
+    // The same pacing for every service: 100 ms doubling to 2 s, with jitter.
+    let backoff = crate::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let mut attempt = 1u32;
     loop {
+        let pause = backoff.delay(attempt);
         match options(config, client_name).connect(config.url.as_str()).await {
             Ok(client) => {
                 tracing::info!(url = %config.url, "connected to NATS");
@@ -92,16 +94,15 @@ pub async fn connect(
                 tracing::warn!(
                     url = %config.url,
                     attempt,
-                    retry_in = %crate::duration::format(delay),
+                    retry_in = %crate::duration::format(pause),
                     "NATS not reachable yet: {err}"
                 );
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => return Err(ConnectError::Cancelled { url: config.url.clone() }),
         }
-        delay = (delay * 2).min(Duration::from_secs(2));
         attempt += 1;
     }
 }

@@ -36,10 +36,12 @@ pub async fn connect(
         .set_number_of_retries(4)
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_secs(2));
-    let mut delay = Duration::from_millis(100);
+    // The same pacing for every service: 100 ms doubling to 2 s, with jitter.
+    let backoff = crate::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let mut attempt = 1u32;
     let cancelled = || ConnectError::Cancelled { url: redacted(&config.url) };
     loop {
+        let pause = backoff.delay(attempt);
         // One attempt can take several connect timeouts (the manager retries inside it):
         // shutdown must not wait for it.
         let attempt_result = tokio::select! {
@@ -54,15 +56,14 @@ pub async fn connect(
             Err(err) => tracing::warn!(
                 url = %redacted(&config.url),
                 attempt,
-                retry_in = %crate::duration::format(delay),
+                retry_in = %crate::duration::format(pause),
                 "Redis not reachable yet: {err}"
             ),
         }
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => return Err(cancelled()),
         }
-        delay = (delay * 2).min(Duration::from_secs(2));
         attempt += 1;
     }
 }

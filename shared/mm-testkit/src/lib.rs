@@ -5,6 +5,8 @@
 //! - [`PodmanService`]: `podman system service` on a temporary unix socket.
 //! - [`ServiceProcess`]: one of the project's binaries, with its own env, its log
 //!   captured, stopped with SIGTERM.
+//! - [`netns::Lan`]: several hosts on one machine (network namespaces on a private LAN),
+//!   for tests of what crosses a network.
 //!
 //! Each waits until its server answers before returning, and kills it on `Drop`. Each
 //! child also gets SIGTERM from the kernel if the test process dies (nextest timeouts),
@@ -14,6 +16,7 @@
 
 mod child;
 pub mod lifecycle;
+pub mod netns;
 mod podman;
 mod servers;
 mod service;
