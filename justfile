@@ -29,6 +29,11 @@ dev *args: setup image
 demo players="1000" duration="60s" *args: setup image
     {{ bin }}/mmctl demo --players {{ players }} --duration {{ duration }} {{ args }}
 
+# `mmctl chaos --help` lists the flags (players, windows, `--driver process`, ...).
+# `dev` under load with faults injected (kill -9 of each service, a Redis pause, a NATS restart), then the audit table; exits 1 when an invariant breaks.
+chaos *args: setup image
+    {{ bin }}/mmctl chaos {{ args }}
+
 # One cargo call for all of them: building a subset would unify features differently and
 # rebuild the rest next time. `--target` keeps it apart from the tests' debug build.
 # The static release build of every binary (the images hold them; `dev`, `demo`, `bench` run them).

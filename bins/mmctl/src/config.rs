@@ -106,6 +106,26 @@ pub struct OrchestratorView {
     /// gateway it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
+    /// `[orchestrator.game]`, the part `mmctl chaos` needs.
+    #[serde(default)]
+    pub game: GameView,
+}
+
+/// The game-server settings `mmctl chaos` reads (`[orchestrator.game]`): a server allocated
+/// for a match that was never committed ends itself after `join_timeout`, so the audit
+/// counts only older ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GameView {
+    #[serde(with = "mm_shared::duration")]
+    pub join_timeout: Duration,
+}
+
+impl Default for GameView {
+    /// The orchestrator's own default.
+    fn default() -> Self {
+        Self { join_timeout: Duration::from_secs(15) }
+    }
 }
 
 /// Everything mmctl reads.
@@ -131,6 +151,7 @@ impl Default for Config {
                 node: String::new(),
                 driver: None,
                 public_url: None,
+                game: GameView::default(),
             },
             harness: AdminView { admin_listen: addresses::HARNESS_ADMIN },
             log: LogConfig::default(),

@@ -4,10 +4,14 @@
 //!   the foreground, with prefixed logs; restarts a child that dies (with backoff);
 //!   Ctrl-C stops everything (twice: at once) and leaves nothing behind.
 //! - `mmctl demo`: `dev`, plus one harness run against it, then the report.
+//! - `mmctl chaos`: `dev` under a harness load, with faults injected one after another
+//!   (kill -9 of each service, a Redis pause, a NATS restart), then an audit of the
+//!   invariants from outside; exits 1 when one broke.
 //! - `mmctl status`: what each local service's `/healthz` says.
 //! - `mmctl fleet`: the harness fleet (instances, players, rates, merged latencies), and
 //!   its live control (`--target`, `--rate`, `--reset`).
 
+mod chaos;
 mod config;
 mod credentials;
 mod fleet;
@@ -66,6 +70,45 @@ enum Command {
         #[arg(long, default_value = "15s", value_parser = mm_shared::duration::parse)]
         game_duration: Duration,
         /// Where the harness writes its JSON report (default: `<data_dir>/demo-report.json`).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// How game servers run (see `mmctl dev --help`).
+        #[arg(long, value_enum)]
+        driver: Option<DriverChoice>,
+    },
+    /// Run the backend under a harness load, inject faults one after another (kill -9 of
+    /// the matchmaker, orchestrator, gateway and nats-server, a Redis pause, a restart of
+    /// the Podman service mmctl runs), then audit the invariants from outside and print one
+    /// table. Exits 1 when an invariant broke.
+    Chaos {
+        /// Simulated players.
+        #[arg(long, default_value_t = 600)]
+        players: u64,
+        /// How often an idle player queues for a match (the harness's matchmaking rate).
+        #[arg(long, default_value = "15s", value_parser = mm_shared::duration::parse)]
+        matchmaking_every: Duration,
+        /// How long each game lasts.
+        #[arg(long, default_value = "8s", value_parser = mm_shared::duration::parse)]
+        game_duration: Duration,
+        /// Load before the first fault.
+        #[arg(long, default_value = "20s", value_parser = mm_shared::duration::parse)]
+        warmup: Duration,
+        /// Time from one fault to the next: each fault's recovery window.
+        #[arg(long, default_value = "20s", value_parser = mm_shared::duration::parse)]
+        window: Duration,
+        /// The harness's run (default: the warm-up, every window and 10 s more).
+        #[arg(long, value_parser = mm_shared::duration::parse)]
+        duration: Option<Duration>,
+        /// How long redis-server stays stopped (SIGSTOP, then SIGCONT).
+        #[arg(long, default_value = "4s", value_parser = mm_shared::duration::parse)]
+        redis_pause: Duration,
+        /// How long the audit polls for KV `servers` and the driver to agree.
+        #[arg(long, default_value = "15s", value_parser = mm_shared::duration::parse)]
+        settle: Duration,
+        /// A second's success rate (percent of finished scenarios) that counts as recovered.
+        #[arg(long, default_value_t = 99.0)]
+        min_success: f64,
+        /// Where the harness writes its JSON report (default: `<data_dir>/chaos-report.json`).
         #[arg(long)]
         report: Option<PathBuf>,
         /// How game servers run (see `mmctl dev --help`).
@@ -173,6 +216,35 @@ fn main() -> ExitCode {
         Command::Demo { players, duration, game_duration, report, driver } => {
             run_async(demo(config, pass, Demo { players, duration, game_duration, report, driver }))
         }
+        Command::Chaos {
+            players,
+            matchmaking_every,
+            game_duration,
+            warmup,
+            window,
+            duration,
+            redis_pause,
+            settle,
+            min_success,
+            report,
+            driver,
+        } => run_async(chaos::run(
+            config,
+            pass,
+            chaos::Chaos {
+                players,
+                matchmaking_every,
+                game_duration,
+                warmup,
+                window,
+                duration,
+                redis_pause,
+                settle,
+                min_success: min_success / 100.0,
+                report,
+                driver,
+            },
+        )),
     };
     match result {
         Ok(code) => code,

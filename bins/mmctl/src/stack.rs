@@ -428,6 +428,12 @@ impl Stack {
     pub fn endpoints(&self) -> Vec<(&'static str, String)> {
         self.tiers.iter().flatten().map(|child| (child.name, child.ready.describe())).collect()
     }
+
+    /// The supervised child called `name` (`nats`, `redis`, `matchmaker`, `orchestrator`,
+    /// `gateway`, and `podman` when mmctl runs the Podman service).
+    pub fn child(&self, name: &str) -> Option<&Supervised> {
+        self.tiers.iter().flatten().find(|child| child.name == name)
+    }
 }
 
 #[cfg(test)]

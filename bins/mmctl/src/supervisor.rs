@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -123,6 +124,40 @@ pub struct Supervised {
     pub stop: CancellationToken,
     /// The child's last exit status, once it stopped for good.
     pub task: JoinHandle<Option<ExitStatus>>,
+    /// Signals for the child that runs now (see [`Supervised::signal`]).
+    signals: mpsc::UnboundedSender<SignalRequest>,
+}
+
+/// A signal for the current child, and where to say which pid got it.
+type SignalRequest = (i32, oneshot::Sender<Option<u32>>);
+
+/// How long [`Supervised::signal`] waits for the supervising task to answer (it answers
+/// at once unless the runtime is blocked).
+const SIGNAL_ANSWER: Duration = Duration::from_secs(2);
+
+impl Supervised {
+    /// Sends `signal` to the child running now (0: none, only asks for its pid) and
+    /// returns its pid; `None` while no child runs (between a death and its restart, or
+    /// after the stop).
+    ///
+    /// The supervising task sends it, while it still holds the child unreaped: the pid is
+    /// certainly mmctl's own child, never a process that took over a reused pid.
+    pub async fn signal(&self, signal: i32) -> Option<u32> {
+        let (answer, answered) = oneshot::channel();
+        self.signals.send((signal, answer)).ok()?;
+        tokio::time::timeout(SIGNAL_ANSWER, answered).await.ok()?.ok().flatten()
+    }
+
+    /// The pid of the child running now, if one runs.
+    pub async fn pid(&self) -> Option<u32> {
+        self.signal(0).await
+    }
+
+    /// Like [`Supervised::signal`], without waiting for it to be sent (for a `Drop`).
+    pub fn signal_detached(&self, signal: i32) {
+        let (answer, _) = oneshot::channel();
+        let _ = self.signals.send((signal, answer));
+    }
 }
 
 /// Starts and stops children.
@@ -141,22 +176,36 @@ impl Supervisor {
         let stop = CancellationToken::new();
         let ready = program.ready.clone();
         let name = program.name;
-        let task = tokio::spawn(self.clone().supervise(program, stop.clone()));
-        Supervised { name, ready, stop, task }
+        let (signals, requests) = mpsc::unbounded_channel();
+        let task = tokio::spawn(self.clone().supervise(program, stop.clone(), requests));
+        Supervised { name, ready, stop, task, signals }
     }
 
-    async fn supervise(self, program: Program, stop: CancellationToken) -> Option<ExitStatus> {
+    async fn supervise(
+        self,
+        program: Program,
+        stop: CancellationToken,
+        mut signals: mpsc::UnboundedReceiver<SignalRequest>,
+    ) -> Option<ExitStatus> {
         let mut backoff = FIRST_BACKOFF;
         let mut restarts = 0u32;
         loop {
             let started = Instant::now();
             let status = match spawn(&program, self.output) {
-                Ok(mut child) => {
+                Ok(mut child) => loop {
                     tokio::select! {
-                        status = child.wait() => status.ok(),
+                        status = child.wait() => break status.ok(),
                         () = stop.cancelled() => return self.terminate(program.name, &mut child).await,
+                        Some((signal, answer)) = signals.recv() => {
+                            // `id()` is `None` once the child has been reaped: a pid we
+                            // hold is still our child's.
+                            let pid = child
+                                .id()
+                                .filter(|pid| mm_shared::process::send_signal(*pid, signal).is_ok());
+                            let _ = answer.send(pid);
+                        }
                     }
-                }
+                },
                 Err(err) => {
                     self.output.say(&format!(
                         "cannot start {} ({}): {err}",
@@ -184,9 +233,17 @@ impl Supervisor {
                 ran.as_secs_f64(),
                 mm_shared::duration::format(backoff)
             ));
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = stop.cancelled() => return status,
+            let pause = tokio::time::sleep(backoff);
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    () = &mut pause => break,
+                    () = stop.cancelled() => return status,
+                    // No child runs while it waits to restart one.
+                    Some((_, answer)) = signals.recv() => {
+                        let _ = answer.send(None);
+                    }
+                }
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

@@ -84,8 +84,10 @@ fn healthy(addr: &str) -> bool {
     http_get(addr, "/healthz", Duration::from_secs(2)).is_ok_and(|answer| answer.status == 200)
 }
 
+/// Within 30 s: the children shut down gracefully (the death signal is SIGTERM), which
+/// takes a while on a busy machine.
 fn all_gone(pids: &[u32]) -> bool {
-    wait_until(Duration::from_secs(15), Duration::from_millis(50), || pids.iter().all(|pid| !is_alive(*pid)))
+    wait_until(Duration::from_secs(30), Duration::from_millis(50), || pids.iter().all(|pid| !is_alive(*pid)))
 }
 
 const STACK: [&str; 5] = ["nats-server", "redis-server", "matchmaker", "orchestrator", "gateway"];
