@@ -4,7 +4,9 @@
 //! |---|---|
 //! | `POST /login` | `session.login` |
 //! | `POST /logout` | `session.logout` |
-//! | `POST /matchmaking/join` | `matchmaking.join` |
+//! | `POST /matchmaking/join` (optional body `{"queue", "latencies", "partyId"}`) | `matchmaking.join` |
+//! | `GET /matchmaking/queues` (no token) | `matchmaking.queues` |
+//! | `POST /party`, `POST /party/join`, `GET /party`, `DELETE /party` | `party.create/join/get/leave` |
 //! | `GET /matchmaking/status?ticketId&waitMs` | `matchmaking.status` (+ long-poll) |
 //! | `DELETE /matchmaking/cancel?ticketId` | `matchmaking.cancel` |
 //! | `GET /store/offers` | `store.offers` |
@@ -22,14 +24,15 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router, middleware};
 use mm_shared::protocol::{
-    CancelReply, JoinReply, JoinRequest, LoginReply, LoginRequest, Offer, PurchaseReply, PurchaseRequest,
-    TicketRequest, TicketView, TokenRequest, limits, subjects,
+    CancelReply, JoinBody, JoinReply, LoginReply, LoginRequest, Offer, PartyCreated, PartyJoinBody,
+    PartyJoinRequest, PartyRequest, PartyView, PurchaseReply, PurchaseRequest, QueueInfo, TicketRequest,
+    TicketView, TokenRequest, limits, subjects,
 };
 use serde::Deserialize;
 
 use crate::auth::Player;
 use crate::error::ApiError;
-use crate::extract::{JsonBody, QueryParams};
+use crate::extract::{JsonBody, OptionalJsonBody, QueryParams};
 use crate::rate_limit::{LoginLimiter, limit_login};
 use crate::state::AppState;
 
@@ -42,6 +45,9 @@ fn routes(login_limiter: Arc<LoginLimiter>) -> Router<AppState> {
         .route("/login", post(login).route_layer(middleware::from_fn_with_state(login_limiter, limit_login)))
         .route("/logout", post(logout))
         .route("/matchmaking/join", post(join))
+        .route("/matchmaking/queues", get(queues))
+        .route("/party", post(create_party).get(get_party).delete(leave_party))
+        .route("/party/join", post(join_party))
         .route("/matchmaking/status", get(status))
         .route("/matchmaking/cancel", delete(cancel))
         .route("/store/offers", get(offers))
@@ -73,8 +79,41 @@ async fn logout(State(state): State<AppState>, player: Player) -> Result<StatusC
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn join(State(state): State<AppState>, player: Player) -> Result<Json<JoinReply>, ApiError> {
-    state.call(subjects::MATCHMAKING_JOIN, &JoinRequest { player_id: player.id }).await.map(Json)
+/// `POST /matchmaking/join`: no body (or `{}`) joins `default` alone, as in the seed.
+async fn join(
+    State(state): State<AppState>,
+    player: Player,
+    OptionalJsonBody(body): OptionalJsonBody<JoinBody>,
+) -> Result<Json<JoinReply>, ApiError> {
+    body.check().map_err(ApiError::bad_request)?;
+    state.call(subjects::MATCHMAKING_JOIN, &body.into_request(player.id)).await.map(Json)
+}
+
+async fn queues(State(state): State<AppState>) -> Result<Json<Vec<QueueInfo>>, ApiError> {
+    state.call(subjects::MATCHMAKING_QUEUES, &()).await.map(Json)
+}
+
+async fn create_party(State(state): State<AppState>, player: Player) -> Result<Json<PartyCreated>, ApiError> {
+    state.call(subjects::PARTY_CREATE, &PartyRequest { player_id: player.id }).await.map(Json)
+}
+
+async fn join_party(
+    State(state): State<AppState>,
+    player: Player,
+    JsonBody(body): JsonBody<PartyJoinBody>,
+) -> Result<Json<PartyView>, ApiError> {
+    limits::check_token("partyId", &body.party_id).map_err(ApiError::bad_request)?;
+    let request = PartyJoinRequest { player_id: player.id, party_id: body.party_id };
+    state.call(subjects::PARTY_JOIN, &request).await.map(Json)
+}
+
+async fn get_party(State(state): State<AppState>, player: Player) -> Result<Json<PartyView>, ApiError> {
+    state.call(subjects::PARTY_GET, &PartyRequest { player_id: player.id }).await.map(Json)
+}
+
+async fn leave_party(State(state): State<AppState>, player: Player) -> Result<StatusCode, ApiError> {
+    let () = state.call(subjects::PARTY_LEAVE, &PartyRequest { player_id: player.id }).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]

@@ -33,6 +33,34 @@ where
     }
 }
 
+/// An optional JSON body: none (only whitespace, or `null`) reads as `T::default()`; anything else
+/// must be JSON of the expected shape and within `gateway.max_body_bytes` (else 413).
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for OptionalJsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Default,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        // JSON `null` is no body either.
+        serde_json::from_slice::<Option<T>>(&body)
+            .map(|body| OptionalJsonBody(body.unwrap_or_default()))
+            .map_err(|err| {
+                let what = if err.is_data() { "invalid request" } else { "malformed JSON" };
+                ApiError::bad_request(format!("{what}: {err}"))
+            })
+    }
+}
+
 /// Query parameters; a missing or unparsable one is a 400 naming it.
 pub struct QueryParams<T>(pub T);
 

@@ -113,7 +113,11 @@ async fn every_contract_route_answers_as_documented() {
     // GET /matchmaking/status
     let status = http.get(&format!("/matchmaking/status?ticketId={ticket}"), Some(&ana)).await;
     assert_eq!(status.status, 200);
-    assert_eq!(status.body, json!({"ticketId": ticket, "status": "searching"}));
+    // The seed's fields, and the queue and the rating it joined with.
+    assert_eq!(
+        status.body,
+        json!({"ticketId": ticket, "status": "searching", "queue": "default", "rating": 1500.0})
+    );
     assert_error(
         &http.get(&format!("/matchmaking/status?ticketId={ticket}"), None).await,
         401,
@@ -338,4 +342,120 @@ async fn a_game_connect_that_is_no_websocket_handshake_is_checked_and_refused_in
     assert_error(&plain, plain.status, "plain GET by a player of the game");
     let plain_bearer = http.get("/game/g-plain/connect", Some(&ana)).await;
     assert_eq!(plain_bearer.status, plain.status, "the bearer header works too: {}", plain_bearer.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_body_picks_a_queue_and_bad_bodies_are_400() {
+    let backend = Backend::start(true, &[]);
+    let http = Http::new(&backend.addr);
+    let queues = http.get("/matchmaking/queues", None).await;
+    assert_eq!(queues.status, 200, "{}", queues.body);
+    let names: Vec<&str> =
+        queues.body.as_array().expect("a list").iter().filter_map(|q| q["name"].as_str()).collect();
+    assert_eq!(names, ["default", "skill"]);
+    assert_eq!(
+        queues.body[1],
+        json!({"name": "skill", "function": "skill", "teams": 2, "teamSize": 5, "matchSize": 10})
+    );
+
+    let token = http.login("bo").await;
+    for (body, what) in [
+        (json!({"queue": "ranked"}), "an unknown queue"),
+        (json!({"queue": "skill", "latencies": {"eu": -5}}), "a negative latency"),
+        (json!({"queue": "skill", "latencies": {"eu": 1e12}}), "an absurd latency"),
+        (json!({"queue": "skill", "latencies": {"eu": "fast"}}), "a latency that is no number"),
+        (
+            json!({"queue": "skill", "latencies": (0..33).map(|r| (format!("r{r}"), json!(20))).collect::<serde_json::Map<_, _>>()}),
+            "33 regions",
+        ),
+        (json!({"queue": "no.dots"}), "a queue name with a dot"),
+        (json!({"queue": "skill", "teams": 3}), "an unknown field"),
+        (json!([1, 2]), "not an object"),
+        (json!({"partyId": "party-none"}), "an unknown party"),
+    ] {
+        let answer = http.post("/matchmaking/join", Some(&token), body).await;
+        let expected = if what == "an unknown party" { 404 } else { 400 };
+        assert_error(&answer, expected, what);
+    }
+    let malformed =
+        http.send(Method::POST, "/matchmaking/join", Some(&token), &[], b"{\"queue\":".to_vec()).await;
+    assert_error(&malformed, 400, "malformed JSON");
+
+    // Empty, `{}` and a full body all work.
+    let ticket = http.join(&token).await;
+    let view = http.get(&format!("/matchmaking/status?ticketId={ticket}"), Some(&token)).await;
+    assert_eq!(view.body["queue"], "default", "{}", view.body);
+    let again = http.post("/matchmaking/join", Some(&token), json!({})).await;
+    assert_eq!(again.body["ticketId"], ticket.as_str(), "the live ticket is answered again");
+    let other = http.login("cy").await;
+    let skill = http
+        .post(
+            "/matchmaking/join",
+            Some(&other),
+            json!({"queue": "skill", "latencies": {"eu": 25.5, "us": 110}}),
+        )
+        .await;
+    assert_eq!(skill.status, 200, "{}", skill.body);
+    let id = skill.body["ticketId"].as_str().expect("ticket");
+    let view = http.get(&format!("/matchmaking/status?ticketId={id}"), Some(&other)).await;
+    assert_eq!(view.body["queue"], "skill");
+    assert_eq!(view.body["rating"], 1500.0, "a new player's rating");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_party_api_queues_a_party_as_one_ticket() {
+    let backend = Backend::start(true, &[]);
+    let http = Http::new(&backend.addr);
+    let lead = http.login("lead").await;
+    let mate = http.login("mate").await;
+    let stranger = http.login("stranger").await;
+
+    assert_error(&http.post("/party", None, Value::Null).await, 401, "no token");
+    let created = http.post("/party", Some(&lead), Value::Null).await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let party = created.body["partyId"].as_str().expect("partyId").to_owned();
+    assert_error(&http.post("/party", Some(&lead), Value::Null).await, 409, "a second party");
+    assert_error(
+        &http.post("/party/join", Some(&mate), json!({"partyId": "party-none"})).await,
+        404,
+        "unknown",
+    );
+    assert_error(&http.post("/party/join", Some(&mate), json!({})).await, 400, "no partyId");
+    let joined = http.post("/party/join", Some(&mate), json!({"partyId": party})).await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    assert_eq!(joined.body["members"], json!(["lead", "mate"]));
+    assert_error(
+        &http.post("/party/join", Some(&mate), json!({"partyId": party})).await,
+        409,
+        "joining twice",
+    );
+    assert_error(&http.get("/party", Some(&stranger)).await, 404, "in no party");
+
+    assert_error(
+        &http.post("/matchmaking/join", Some(&mate), json!({"queue": "skill", "partyId": party})).await,
+        403,
+        "a member queueing the party",
+    );
+    let queued =
+        http.post("/matchmaking/join", Some(&lead), json!({"queue": "skill", "partyId": party})).await;
+    assert_eq!(queued.status, 200, "{}", queued.body);
+    let ticket = queued.body["ticketId"].as_str().expect("ticket").to_owned();
+    let seen = http.get("/party", Some(&mate)).await;
+    assert_eq!((seen.status, seen.body["ticketId"].as_str()), (200, Some(ticket.as_str())), "{}", seen.body);
+    let view = http.get(&format!("/matchmaking/status?ticketId={ticket}"), Some(&mate)).await;
+    assert_eq!(view.body["status"], "searching", "a member may follow the party's ticket");
+    assert_error(
+        &http.get(&format!("/matchmaking/status?ticketId={ticket}"), Some(&stranger)).await,
+        404,
+        "another player's ticket",
+    );
+
+    // The member leaves: the party's search is cancelled, the leader stays.
+    let left = http.delete("/party", Some(&mate)).await;
+    assert_eq!(left.status, 204, "{}", left.body);
+    let view = http.get(&format!("/matchmaking/status?ticketId={ticket}"), Some(&lead)).await;
+    assert_eq!(view.body["status"], "cancelled");
+    assert_error(&http.delete("/party", Some(&mate)).await, 404, "leaving twice");
+    let rest = http.get("/party", Some(&lead)).await;
+    assert_eq!(rest.body["members"], json!(["lead"]));
 }

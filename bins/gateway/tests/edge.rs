@@ -118,7 +118,7 @@ async fn forged_ticket_events_never_reach_the_player() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(
         answer.body,
-        json!({"ticketId": ticket, "status": "searching"}),
+        json!({"ticketId": ticket, "status": "searching", "queue": "default", "rating": 1500.0}),
         "the true state, nothing forged"
     );
     assert!(

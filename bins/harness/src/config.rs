@@ -100,6 +100,7 @@ pub struct HarnessSection {
     pub matchmaking: MatchmakingSection,
     pub in_game: InGameSection,
     pub fleet: FleetSection,
+    pub population: PopulationSection,
 }
 
 impl Default for HarnessSection {
@@ -133,6 +134,7 @@ impl Default for HarnessSection {
             matchmaking: MatchmakingSection::default(),
             in_game: InGameSection::default(),
             fleet: FleetSection::default(),
+            population: PopulationSection::default(),
         }
     }
 }
@@ -485,6 +487,139 @@ impl Default for FleetSection {
     }
 }
 
+/// `[harness.population]`: who the simulated players are, hidden from the backend.
+///
+/// ```toml
+/// [harness.population]
+/// seed = 1
+/// [[harness.population.skill]]       # true skill: clusters of players
+/// share = 0.5
+/// mean = 1000.0
+/// sd = 100.0
+/// [[harness.population.regions]]     # where players live, and their ping to each region
+/// name = "eu"
+/// share = 0.6
+/// latency_ms = { eu = 20.0, us = 110.0 }
+/// jitter_ms = 10.0
+/// [harness.population.parties]       # party size → share of matchmaking attempts
+/// 1 = 0.7
+/// 2 = 0.2
+/// 5 = 0.1
+/// [harness.population.queues]        # queue → share of matchmaking attempts
+/// default = 0.5
+/// skill = 0.5
+/// ```
+///
+/// A player's traits (true skill, home region) follow from the seed and the player's id
+/// alone, so the same id is the same player in every run and on every instance. The
+/// defaults are the seed project's players: no latencies, alone, in `default`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PopulationSection {
+    pub seed: u64,
+    /// True-skill clusters (each a normal distribution over its share of players).
+    pub skill: Vec<SkillCluster>,
+    /// Regions players live in; none: they give no latencies.
+    pub regions: Vec<RegionModel>,
+    /// Party size ("1" to "10") → share of matchmaking attempts.
+    pub parties: BTreeMap<String, f64>,
+    /// Queue → share of matchmaking attempts.
+    pub queues: BTreeMap<String, f64>,
+}
+
+impl Default for PopulationSection {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            skill: vec![SkillCluster { share: 1.0, mean: 1500.0, sd: 300.0 }],
+            regions: Vec::new(),
+            parties: BTreeMap::from([("1".to_owned(), 1.0)]),
+            queues: BTreeMap::from([(mm_shared::protocol::keys::DEFAULT_QUEUE_NAME.to_owned(), 1.0)]),
+        }
+    }
+}
+
+/// One cluster of true skill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkillCluster {
+    pub share: f64,
+    pub mean: f64,
+    pub sd: f64,
+}
+
+/// One region players live in, and their round-trip time to every region from there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionModel {
+    pub name: String,
+    pub share: f64,
+    /// Region → base round trip in ms (a region not listed is not reported).
+    pub latency_ms: BTreeMap<String, f64>,
+    /// Up to this much is added at random to each latency of each join.
+    #[serde(default)]
+    pub jitter_ms: f64,
+}
+
+impl PopulationSection {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut shares = |key: &str, values: &mut dyn Iterator<Item = f64>| {
+            let values: Vec<f64> = values.collect();
+            if values.iter().any(|v| !v.is_finite() || *v < 0.0) || values.iter().sum::<f64>() <= 0.0 {
+                problems.push(format!(
+                    "  config key `harness.population.{key}`: shares must be numbers of at least 0, not all 0"
+                ));
+            }
+        };
+        shares("skill", &mut self.skill.iter().map(|c| c.share));
+        shares("parties", &mut self.parties.values().copied());
+        shares("queues", &mut self.queues.values().copied());
+        if !self.regions.is_empty() {
+            shares("regions", &mut self.regions.iter().map(|r| r.share));
+        }
+        if self.skill.iter().any(|c| !c.mean.is_finite() || !c.sd.is_finite() || c.sd < 0.0) {
+            problems.push(
+                "  config key `harness.population.skill`: mean and sd must be numbers, sd at least 0"
+                    .to_owned(),
+            );
+        }
+        for size in self.parties.keys() {
+            if !size.parse::<usize>().is_ok_and(|size| (1..=limits::MAX_PARTY).contains(&size)) {
+                problems.push(format!(
+                    "  config key `harness.population.parties`: `{size}` is not a party size from 1 to {}",
+                    limits::MAX_PARTY
+                ));
+            }
+        }
+        for queue in self.queues.keys() {
+            if let Err(reason) = limits::check_token("queue", queue) {
+                problems.push(format!("  config key `harness.population.queues`: {reason}"));
+            }
+        }
+        for region in &self.regions {
+            let latencies: BTreeMap<String, f64> = region
+                .latency_ms
+                .iter()
+                .map(|(name, ms)| (name.clone(), ms + region.jitter_ms.max(0.0)))
+                .collect();
+            if let Err(reason) =
+                limits::check_token("region", &region.name).and_then(|()| limits::check_latencies(&latencies))
+            {
+                problems
+                    .push(format!("  config key `harness.population.regions` ({}): {reason}", region.name));
+            }
+            if !region.jitter_ms.is_finite() || region.jitter_ms < 0.0 {
+                problems.push(format!(
+                    "  config key `harness.population.regions` ({}): jitter_ms must be at least 0",
+                    region.name
+                ));
+            }
+        }
+        problems
+    }
+}
+
 /// `Option<Duration>` in the human form.
 mod optional_duration {
     use std::time::Duration;
@@ -589,6 +724,7 @@ impl HarnessSection {
                 "  config key `harness.instance`: {reason} (1-64 letters, digits, `-` or `_`)"
             ));
         }
+        problems.extend(self.population.problems());
         if problems.is_empty() { Ok(()) } else { Err(ValidationError { problems }) }
     }
 
@@ -703,6 +839,28 @@ mod tests {
         let config = load("[harness.matchmaking]\npoll_wait = \"2m\"\n").expect("loads");
         let problems = config.harness.validate().expect_err("too long").to_string();
         assert!(problems.contains("`harness.matchmaking.poll_wait`"), "{problems}");
+    }
+
+    #[test]
+    fn the_population_reads_and_is_checked() {
+        let config = load(
+            "[harness.population]\nseed = 7\n[[harness.population.skill]]\nshare = 1\nmean = 1000.0\nsd = 50.0\n\
+             [[harness.population.regions]]\nname = \"eu\"\nshare = 1\nlatency_ms = { eu = 20.0, us = 120.0 }\n\
+             [harness.population.parties]\n1 = 0.7\n3 = 0.3\n[harness.population.queues]\nskill = 1.0\n",
+        )
+        .expect("loads");
+        config.harness.validate().expect("valid");
+        assert_eq!(config.harness.population.parties["3"], 0.3);
+        let bad =
+            load("[harness.population.parties]\n11 = 1.0\n[harness.population.queues]\n\"a.b\" = 1.0\n")
+                .expect("each value parses");
+        let problems = bad.harness.validate().expect_err("invalid").to_string();
+        assert!(problems.contains("party size"), "{problems}");
+        assert!(problems.contains("`harness.population.queues`"), "{problems}");
+        let far =
+            load("[[harness.population.regions]]\nname = \"eu\"\nshare = 1\nlatency_ms = { eu = -3.0 }\n")
+                .expect("parses");
+        assert!(far.harness.validate().is_err());
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! | [`compositor`] | pure: rates × idle players × elapsed → executions; dispatch; starvation |
 //! | [`pool`] | alive/target counts and the idle queue players park in |
 //! | [`player`] | one task per player: login → idle ⇄ scenario → follow-ups → idle |
+//! | [`population`] | pure: each player's hidden true skill and home region; each attempt's queue, party size, latencies |
+//! | [`quality`] | match quality per queue and wait, rating convergence (Spearman) |
 //! | [`scenarios`] | what each scenario does against the gateway |
 //! | [`http`] | the one shared HTTP client |
 //! | [`stats`] | counters and HDR histograms; the stats message; Prometheus |
@@ -26,7 +28,9 @@ pub mod fleet;
 pub mod http;
 pub mod player;
 pub mod pool;
+pub mod population;
 pub mod progress;
+pub mod quality;
 pub mod report;
 pub mod run;
 pub mod scenario;

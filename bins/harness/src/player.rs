@@ -21,8 +21,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HarnessSection;
 use crate::http::Gateway;
 use crate::pool::{Command, Pool};
+use crate::population::Population;
+use crate::quality::Quality;
 use crate::scenario::{Outcome, SCENARIOS, Scenario};
 use crate::scenarios;
+use crate::scenarios::party::PartyInvite;
 use crate::stats::{ExitReason, PlayerState, Stats};
 
 /// Follow-ups chained after one dispatched scenario at most (a config whose follow-ups
@@ -35,6 +38,10 @@ pub struct Context {
     pub gateway: Gateway,
     pub stats: Stats,
     pub pool: Pool,
+    /// Who the players are (true skill, regions) and what each attempt draws.
+    pub population: Population,
+    /// Match quality per queue and rating convergence, as players report them.
+    pub quality: Quality,
     /// Player ids are `<prefix>-p<number>`.
     pub player_prefix: Box<str>,
     /// Offer ids the store listed last (shared so that players need not remember them).
@@ -56,10 +63,13 @@ impl Context {
         let follow_ups = Scenario::ALL.map(|scenario| config.follow_ups_of(scenario));
         // Player ids must stay within the backend's 64 characters.
         let prefix: String = instance.chars().take(40).collect();
+        let population = Population::new(&config.population);
         Self {
             pool: Pool::new(0),
             gateway,
             stats: Stats::new(),
+            quality: Quality::new(population.queue_names()),
+            population,
             player_prefix: prefix.into(),
             offers: RwLock::new(Vec::new()),
             abort: CancellationToken::new(),
@@ -106,6 +116,8 @@ pub struct Session {
     pub ticket: Option<Box<str>>,
     /// The matched game, from `matched` until `in_game` has played it.
     pub game: Option<Box<Game>>,
+    /// A party leader's invite, from the recruitment until `matchmaking` takes it.
+    pub party: Option<Arc<PartyInvite>>,
 }
 
 /// A match the player was given.
@@ -120,7 +132,7 @@ pub struct Game {
 
 impl Session {
     pub fn new(context: Arc<Context>, number: u64) -> Self {
-        Self { context, number, token: None, ticket: None, game: None }
+        Self { context, number, token: None, ticket: None, game: None, party: None }
     }
 
     pub fn player_id(&self) -> String {
@@ -177,6 +189,10 @@ async fn life(session: &mut Session) -> ExitReason {
         context.stats.leave(PlayerState::Idle);
         let scenario = match command {
             Ok(Command::Run(scenario)) => scenario,
+            Ok(Command::Member(invite)) => {
+                session.party = Some(invite);
+                Scenario::Matchmaking
+            }
             Ok(Command::Retire) => return ExitReason::Retired,
             Err(_) => return ExitReason::Shutdown,
         };

@@ -10,19 +10,33 @@
 //! the spawner and the retirer never act twice on the same player.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, oneshot};
 
 use crate::scenario::Scenario;
+use crate::scenarios::party::PartyInvite;
 
 /// What an idle player is told to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Command {
     Run(Scenario),
+    /// A party leader recruited this player: join its party and play its match.
+    Member(Arc<PartyInvite>),
     /// The target shrank: leave.
     Retire,
+}
+
+impl PartialEq for Command {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Run(a), Self::Run(b)) => a == b,
+            (Self::Member(a), Self::Member(b)) => Arc::ptr_eq(a, b),
+            (Self::Retire, Self::Retire) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Where an idle player waits for its next command.
@@ -76,6 +90,19 @@ impl Pool {
                 return true;
             }
         }
+    }
+
+    /// Hands `invite` to up to `count` players idle longest (a party leader recruiting
+    /// its members). How many got it.
+    pub fn recruit(&self, count: usize, invite: &Arc<PartyInvite>) -> usize {
+        let mut recruited = 0;
+        while recruited < count {
+            let Some(slot) = self.idle().slots.pop_front() else { break };
+            if slot.send(Command::Member(invite.clone())).is_ok() {
+                recruited += 1;
+            }
+        }
+        recruited
     }
 
     pub fn alive(&self) -> u64 {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use mm_shared::protocol::{HarnessStats, HistogramData};
 use serde::{Deserialize, Serialize};
 
+use crate::quality::QualityReport;
 use crate::scenario::{ERROR_KINDS, Failure, SCENARIOS, Scenario};
 
 /// p50/p90/p99/max in milliseconds (microsecond precision).
@@ -26,6 +27,17 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
+    /// From a histogram of plain units (rating points, milliseconds), as recorded.
+    pub fn from_units(histogram: &HistogramData) -> Self {
+        let value = |v: u64| v as f64;
+        Self {
+            p50: value(histogram.value_at_quantile(0.50)),
+            p90: value(histogram.value_at_quantile(0.90)),
+            p99: value(histogram.value_at_quantile(0.99)),
+            max: value(histogram.max()),
+        }
+    }
+
     /// From a histogram of microseconds.
     pub fn from_micros(histogram: &HistogramData) -> Self {
         let ms = |micros: u64| micros as f64 / 1000.0;
@@ -112,6 +124,10 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_target: Option<u64>,
     pub thresholds: Vec<Threshold>,
+    /// Per queue: time to match, match quality and quality by wait (`queues`); how well
+    /// ratings order players by true skill (`rating_convergence`).
+    #[serde(flatten)]
+    pub quality: QualityReport,
 }
 
 /// What the report is made of besides the stats.
@@ -180,7 +196,14 @@ impl Report {
             fleet_instances: facts.fleet_instances,
             fleet_target: stats.fleet_target,
             thresholds: Vec::new(),
+            quality: QualityReport::default(),
         }
+    }
+
+    /// Adds the quality sections.
+    pub fn with_quality(mut self, quality: QualityReport) -> Self {
+        self.quality = quality;
+        self
     }
 
     /// Fills in per-scenario errors by kind.
@@ -336,11 +359,86 @@ impl Report {
                 "cut"
             );
         }
+        self.quality_table(&mut out);
         for threshold in &self.thresholds {
             let verdict = if threshold.breached { "FAIL" } else { "ok" };
             let _ = writeln!(out, "{:<15} {verdict}: {}", "threshold", threshold.detail);
         }
         out
+    }
+
+    /// Per queue, side by side: time to match and match quality (p50 / p90), then each
+    /// queue's quality by the oldest ticket's wait (medians), then rating convergence.
+    fn quality_table(&self, out: &mut String) {
+        let queues: Vec<_> = self.quality.queues.iter().filter(|(_, q)| q.matched_players > 0).collect();
+        if queues.is_empty() {
+            return;
+        }
+        let pair = |p: &Percentiles| format!("{:.0} / {:.0}", p.p50, p.p90);
+        let _ = writeln!(out);
+        let _ = writeln!(out, "match quality by queue (p50 / p90; ratings and true skill in points)");
+        let _ = writeln!(
+            out,
+            "{:<12} {:>8} {:>8} {:>17} {:>14} {:>14} {:>14} {:>16}",
+            "queue",
+            "players",
+            "matches",
+            "time to match ms",
+            "rating spread",
+            "team diff",
+            "worst ping ms",
+            "true-skill spread"
+        );
+        for (name, queue) in &queues {
+            let _ = writeln!(
+                out,
+                "{:<12} {:>8} {:>8} {:>17} {:>14} {:>14} {:>14} {:>16}",
+                name,
+                queue.matched_players,
+                queue.matches,
+                pair(&queue.time_to_match_ms),
+                pair(&queue.rating_spread),
+                pair(&queue.team_rating_diff),
+                queue.worst_latency_ms.as_ref().map_or("-".to_owned(), pair),
+                pair(&queue.true_skill_spread),
+            );
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "quality against wait (medians of the matches whose oldest ticket waited this long)"
+        );
+        let _ = writeln!(
+            out,
+            "{:<12} {:<8} {:>8} {:>14} {:>10} {:>14} {:>17}",
+            "queue", "wait", "matches", "rating spread", "team diff", "worst ping ms", "true-skill spread"
+        );
+        let cell = |value: Option<f64>| value.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        for (name, queue) in &queues {
+            for row in queue.by_wait.iter().filter(|row| row.matches > 0) {
+                let _ = writeln!(
+                    out,
+                    "{:<12} {:<8} {:>8} {:>14} {:>10} {:>14} {:>17}",
+                    name,
+                    row.wait,
+                    row.matches,
+                    cell(row.rating_spread_p50),
+                    cell(row.team_rating_diff_p50),
+                    cell(row.worst_latency_ms_p50),
+                    cell(row.true_skill_spread_p50),
+                );
+            }
+        }
+        let convergence = &self.quality.rating_convergence;
+        let rho = |value: Option<f64>| value.map_or("n/a (all equal)".to_owned(), |v| format!("{v:.2}"));
+        let _ = writeln!(
+            out,
+            "\nrating convergence: Spearman rank correlation of rating with true skill over {} players: \
+             start {}, end {}",
+            convergence.players,
+            rho(convergence.spearman_start),
+            rho(convergence.spearman_end)
+        );
     }
 }
 

@@ -262,7 +262,9 @@ impl Run {
             fleet_instances: settings.instances,
         };
         let errors: Vec<_> = Scenario::ALL.into_iter().map(|s| (s, context.stats.errors_of(s))).collect();
-        let mut report = Report::build(&snapshot, &facts).with_scenario_errors(&errors);
+        let mut report = Report::build(&snapshot, &facts)
+            .with_scenario_errors(&errors)
+            .with_quality(context.quality.report());
         report.judge(context.config.max_error_rate, context.config.max_time_to_match_p99);
         report
     }
@@ -410,6 +412,7 @@ async fn report_stats(state: StatsLoop) {
         let per_second = attempts.saturating_sub(previous.2) as f64 / seconds;
         previous = (now, dispatched, attempts);
         context.stats.export(&snapshot, settings.target);
+        context.quality.tick();
         state.progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).draw(
             &snapshot,
             state.started.elapsed(),

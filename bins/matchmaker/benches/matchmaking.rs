@@ -116,7 +116,7 @@ async fn direct_scripts(redis_url: &str, tickets: u64) -> Duration {
             async move {
                 match store.join(&format!("direct-{index}")).await.expect("join") {
                     Joined::Created { .. } => {}
-                    Joined::Existing(_) => panic!("player joined twice"),
+                    other => panic!("a new player's join: {other:?}"),
                 }
             }
         })
@@ -146,6 +146,10 @@ async fn direct_scripts(redis_url: &str, tickets: u64) -> Duration {
                         game_id: "g".into(),
                     },
                     created_at: now_ms(),
+                    queue: "default".into(),
+                    teams: None,
+                    region: None,
+                    quality: None,
                 };
                 store.commit(&batch, &record).await.expect("commit");
             }
@@ -186,7 +190,7 @@ async fn through_matchmaker(nats: &NatsServer, redis: &RedisServer, tickets: u64
         .for_each_concurrent(CONCURRENCY, |index| {
             let client = client.clone();
             async move {
-                let request = JoinRequest { player_id: format!("nats-{index}") };
+                let request = JoinRequest { player_id: format!("nats-{index}"), ..JoinRequest::default() };
                 let _: JoinReply =
                     request_json(&client, subjects::MATCHMAKING_JOIN, &request, Duration::from_secs(10))
                         .await
@@ -266,6 +270,7 @@ async fn at_scale(redis_url: &str, queued: usize, queue: Queue) -> AtScale {
                 Queue::SortedSet => match store.join(&player).await.expect("join") {
                     Joined::Created { ticket, .. } => ticket.id,
                     Joined::Existing(ticket) => panic!("{player} joined twice: {}", ticket.id),
+                    other => panic!("{player}: {other:?}"),
                 },
             }
         }

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub matchmaker: MatchmakerSection,
     pub matcher: MatcherConfig,
+    pub ratings: RatingsConfig,
+    pub parties: PartiesConfig,
     pub session: SessionConfig,
     pub store: StoreConfig,
     pub nats: NatsConfig,
@@ -32,6 +34,14 @@ impl Config {
     /// Checks what the types cannot: relations between values. The message names the keys.
     pub fn validate(&self) -> Result<(), String> {
         self.matcher.validate()?;
+        crate::queues::Queues::from_config(self)?;
+        self.ratings.validate()?;
+        if !(1..=limits::MAX_PARTY).contains(&self.parties.max_size) || self.parties.ttl.is_zero() {
+            return Err(format!(
+                "config keys `parties.max_size` (1 to {}) and `parties.ttl` (above zero)",
+                limits::MAX_PARTY
+            ));
+        }
         self.store.validate()?;
         if self.matchmaker.ticket_ttl.is_zero() || self.matchmaker.ticket_retention.is_zero() {
             return Err(
@@ -74,6 +84,165 @@ pub struct MatchmakerSection {
     /// How long a ticket (and a match) stays readable after its last change.
     #[serde(with = "mm_shared::duration")]
     pub ticket_retention: Duration,
+    /// The queues (`[[matchmaker.queues]]`); `default`, the seed's FIFO, must be one.
+    /// A file that lists queues replaces this whole list.
+    pub queues: Vec<QueueConfig>,
+}
+
+/// One `[[matchmaker.queues]]` entry.
+///
+/// ```toml
+/// [[matchmaker.queues]]
+/// name = "skill"
+/// function = "skill"          # fifo | skill | latency
+/// teams = 2                   # two sides balanced by rating, recorded as `teams`
+/// team_size = 5
+/// window = 1000               # tickets looked at per round
+/// rating_window = { start = 100.0, per_second = 10.0, max = 800.0 }
+/// max_ping = { start = 60.0, per_second = 2.0, max = 150.0 }   # optional for skill
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// The queue's name (`queue:<name>` in Redis): letters, digits, `-`, `_`.
+    pub name: String,
+    /// `fifo` (join order), `skill` (ratings) or `latency` (regions).
+    #[serde(default)]
+    pub function: FunctionKind,
+    /// Teams per match: 2 (two sides balanced by rating, recorded in the match). Without
+    /// it a match still plays two sides, but records no teams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<usize>,
+    /// Players per team (with `teams`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_size: Option<usize>,
+    /// Players per match without `teams` (even; default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_size: Option<usize>,
+    /// Tickets from the queue's head a round looks at (fifo: the match size; else 1,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
+    /// `skill`: the rating spread allowed, widening with the oldest ticket's wait
+    /// (default start 100, 10 a second, at most 800).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rating_window: Option<crate::matcher::Widening>,
+    /// The latency cap (ms) to the match's region, widening with the oldest ticket's
+    /// wait: needed by `latency` (default start 60, 2 a second, at most 150), optional for
+    /// `skill`. Tickets of such a queue must give latencies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ping: Option<crate::matcher::Widening>,
+}
+
+/// The match functions a queue can use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionKind {
+    #[default]
+    Fifo,
+    Skill,
+    Latency,
+}
+
+impl FunctionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fifo => "fifo",
+            Self::Skill => "skill",
+            Self::Latency => "latency",
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The seed's queue: FIFO, matches of ten.
+    pub fn seed_default() -> Self {
+        Self {
+            name: mm_shared::protocol::keys::DEFAULT_QUEUE_NAME.to_owned(),
+            function: FunctionKind::Fifo,
+            teams: None,
+            team_size: None,
+            match_size: None,
+            window: None,
+            rating_window: None,
+            max_ping: None,
+        }
+    }
+
+    /// The default `skill` queue: two teams of five balanced by rating.
+    pub fn default_skill() -> Self {
+        Self {
+            name: "skill".to_owned(),
+            function: FunctionKind::Skill,
+            teams: Some(2),
+            team_size: Some(5),
+            window: Some(1000),
+            ..Self::seed_default()
+        }
+    }
+}
+
+/// `[ratings]`: every player's rating, and how game results move it (Weng-Lin, the
+/// Bradley-Terry "full pair" model of OpenSkill, on a 1500-centred scale).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RatingsConfig {
+    /// A new player's rating.
+    pub initial: f64,
+    /// A new player's uncertainty (sigma): large, so the first games move a rating fast.
+    pub uncertainty: f64,
+    /// Skill-class width: the rating difference that makes one side about 2:1 favourite.
+    pub beta: f64,
+    /// How long a rated game is remembered, so its result is applied once.
+    #[serde(with = "mm_shared::duration")]
+    pub result_memory: Duration,
+}
+
+impl Default for RatingsConfig {
+    fn default() -> Self {
+        // OpenSkill's defaults (mu 25, sigma 25/3, beta 25/6), times 60.
+        Self {
+            initial: 1500.0,
+            uncertainty: 500.0,
+            beta: 250.0,
+            result_memory: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl RatingsConfig {
+    fn validate(&self) -> Result<(), String> {
+        let sane = |v: f64| v.is_finite() && v.abs() <= limits::MAX_RATING;
+        let positive = |v: f64| v > 0.0 && sane(v);
+        if !(sane(self.initial) && positive(self.uncertainty) && positive(self.beta)) {
+            return Err(format!(
+                "config keys `ratings.initial`, `ratings.uncertainty` and `ratings.beta`: numbers within \
+                 ±{}, uncertainty and beta above zero",
+                limits::MAX_RATING
+            ));
+        }
+        if self.result_memory.is_zero() {
+            return Err("config key `ratings.result_memory` must be above zero".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// `[parties]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PartiesConfig {
+    /// Members at most, the leader included (a queue also refuses a party bigger than its
+    /// side).
+    pub max_size: usize,
+    /// A party nobody changes or queues for this long is gone.
+    #[serde(with = "mm_shared::duration")]
+    pub ttl: Duration,
+}
+
+impl Default for PartiesConfig {
+    fn default() -> Self {
+        Self { max_size: 5, ttl: Duration::from_secs(3600) }
+    }
 }
 
 impl MatchmakerSection {
@@ -89,6 +258,7 @@ impl Default for MatchmakerSection {
             endpoint_concurrency: 256,
             ticket_ttl: TicketSettings::default().ttl,
             ticket_retention: TicketSettings::default().retention,
+            queues: vec![QueueConfig::seed_default(), QueueConfig::default_skill()],
         }
     }
 }

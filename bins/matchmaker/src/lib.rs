@@ -4,9 +4,12 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`matchmaking`] | `matchmaking.join/status/cancel`: tickets for players |
-//! | [`matcher`] | pops batches, asks `orchestrator.allocate`, commits matches; the reaper |
-//! | [`tickets`] | every Redis change to tickets, the queue and leases (Lua scripts) |
+//! | [`matchmaking`] | `matchmaking.join/status/cancel/queues`: tickets for players |
+//! | [`queues`] | `[[matchmaker.queues]]`: each queue's match function and settings |
+//! | [`matcher`] | per queue: pops batches, runs the match function, asks `orchestrator.allocate`, commits matches; the reaper |
+//! | [`tickets`] | every Redis change to tickets, the queues and leases (Lua scripts) |
+//! | [`ratings`] | player ratings (Weng-Lin); `events.game.ended` → once-per-game updates; `session.rating.get/set` |
+//! | [`party`] | `party.create/join/get/leave` |
 //! | [`release`] | `orchestrator.release` for matches that were not committed, in the background |
 //! | [`retry`] | the one backoff (with jitter) every retry and every backing-off loop uses |
 //! | [`session`] | `session.login/verify/logout`: accounts and tokens |
@@ -25,6 +28,9 @@ pub mod matcher;
 pub mod matchmaking;
 pub mod metrics;
 pub mod micro;
+pub mod party;
+pub mod queues;
+pub mod ratings;
 pub mod release;
 pub mod retry;
 pub mod session;
@@ -42,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::events::Events;
-use crate::matcher::{Fifo, Matcher};
+use crate::matcher::Matcher;
 use crate::micro::MicroService;
 use crate::release::Releaser;
 use crate::tickets::TicketStore;
@@ -51,6 +57,7 @@ use crate::tickets::TicketStore;
 pub struct Running {
     services: Vec<MicroService>,
     matcher: Option<JoinHandle<()>>,
+    results: JoinHandle<()>,
     releaser: Releaser,
     release_grace: Duration,
 }
@@ -63,6 +70,9 @@ impl Running {
         for service in self.services {
             service.finish().await;
         }
+        if let Err(err) = self.results.await {
+            tracing::warn!("the game results task ended abnormally: {err}");
+        }
         if let Some(matcher) = self.matcher
             && let Err(err) = matcher.await
         {
@@ -72,7 +82,8 @@ impl Running {
     }
 }
 
-/// Starts the `session`, `matchmaking` and `store` services and (if enabled) the matcher.
+/// Starts the `session`, `matchmaking`, `party` and `store` services, the game results
+/// subscription and (if enabled) one matcher per queue.
 ///
 /// `config` is expected to have passed [`Config::validate`]; the binary checks it at
 /// startup, before it connects to anything.
@@ -83,38 +94,52 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     metrics::describe();
+    let queues = Arc::new(queues::Queues::from_config(config).map_err(anyhow::Error::msg)?);
+    metrics::register_queues(&queues.names());
     let concurrency = config.matchmaker.endpoint_concurrency.max(1);
     let tickets = TicketStore::new(redis.clone(), config.matchmaker.tickets());
     upgrade_queue(&tickets, config).await?;
     let releaser = Releaser::new(nats.clone(), config.matcher.release());
+    let ratings = ratings::Ratings::new(redis.clone(), config.ratings.clone(), config.session.account_ttl);
     let wake = Arc::new(Notify::new());
     let mut services = Vec::new();
-    let sessions = session::Sessions::new(redis.clone(), &config.session);
-    services.push(session::serve(nats, sessions, concurrency, shutdown.clone()).await?);
-    let matchmaking = matchmaking::Matchmaking::new(
+    let matchmaking = matchmaking::Matchmaking::with(
         tickets.clone(),
         Events::new(nats.clone()),
         wake.clone(),
         releaser.clone(),
+        queues.clone(),
+        ratings.clone(),
     );
+    let parties = party::Parties::new(redis.clone(), config.parties.clone(), matchmaking.clone());
+    let sessions = session::Sessions::new(redis.clone(), &config.session).with_parties(parties.clone());
+    services.push(session::serve(nats, sessions, ratings.clone(), concurrency, shutdown.clone()).await?);
     services.push(matchmaking::serve(nats, matchmaking, concurrency, shutdown.clone()).await?);
+    services.push(party::serve(nats, parties, concurrency, shutdown.clone()).await?);
     let store = store::Store::new(redis, config.store.clone());
     services.push(store::serve(nats, store, concurrency, shutdown.clone()).await?);
+    let results = ratings::serve_results(nats.clone(), ratings, shutdown.clone()).await?;
     let matcher = config.matcher.enabled.then(|| {
-        let matcher = Arc::new(Matcher::new(
-            tickets,
-            nats.clone(),
-            Arc::new(Fifo),
-            config.matcher.clone(),
-            wake,
-            releaser.clone(),
-        ));
-        tokio::spawn(matcher.run(shutdown))
+        let mut matchers = tokio::task::JoinSet::new();
+        for queue in queues.iter() {
+            let matcher = Matcher::new(
+                tickets.for_queue(&queue.info.name),
+                nats.clone(),
+                queue.function.clone(),
+                config.matcher.clone(),
+                wake.clone(),
+                releaser.clone(),
+            )
+            .with_teams(queue.teams)
+            .with_default_rating(config.ratings.initial);
+            matchers.spawn(Arc::new(matcher).run(shutdown.clone()));
+        }
+        tokio::spawn(async move { while matchers.join_next().await.is_some() {} })
     });
     if matcher.is_none() {
         tracing::info!("matcher disabled (matcher.enabled = false): serving requests only");
     }
-    Ok(Running { services, matcher, releaser, release_grace: config.matcher.release_timeout })
+    Ok(Running { services, matcher, results, releaser, release_grace: config.matcher.release_timeout })
 }
 
 /// Turns a queue an older matchmaker left (a list) into the sorted set this one uses,

@@ -33,8 +33,78 @@ pub fn tickets(event: TicketEvent, count: usize) {
     }
 }
 
+/// The wait-time buckets match quality is labelled with (`wait`): bounded, and the same
+/// in the harness's report table.
+pub const WAIT_BUCKETS: [(u64, &str); 5] =
+    [(5_000, "0-5s"), (15_000, "5-15s"), (30_000, "15-30s"), (60_000, "30-60s"), (u64::MAX, "60s+")];
+
+/// The `wait` label of a match whose oldest ticket waited `waited_ms`.
+pub fn wait_bucket(waited_ms: u64) -> &'static str {
+    WAIT_BUCKETS.iter().find(|(limit, _)| waited_ms < *limit).map_or("60s+", |(_, label)| label)
+}
+
+/// Records a formed match's quality, by queue and by its oldest ticket's wait.
+pub fn match_quality(queue: &str, quality: &mm_shared::protocol::MatchQuality) {
+    let wait = wait_bucket(quality.wait_ms);
+    let labels = [("queue", queue.to_owned()), ("wait", wait.to_owned())];
+    metrics::histogram!("mm_matchmaker_match_rating_spread", &labels).record(quality.rating_spread);
+    metrics::histogram!("mm_matchmaker_match_team_rating_difference", &labels)
+        .record(quality.team_rating_diff);
+    if let Some(latency) = quality.worst_latency_ms {
+        metrics::histogram!("mm_matchmaker_match_worst_latency_seconds", &labels).record(latency / 1000.0);
+    }
+    metrics::histogram!("mm_matchmaker_match_wait_seconds", "queue" => queue.to_owned())
+        .record(quality.wait_ms as f64 / 1000.0);
+}
+
+/// Every per-queue series at 0 from the start (bounded: the configured queues), so that
+/// dashboards see each queue before its first match.
+pub fn register_queues(queues: &[String]) {
+    for queue in queues {
+        counter!("mm_matchmaker_matches_total", "queue" => queue.clone()).increment(0);
+        metrics::gauge!("mm_matchmaker_queue_depth", "queue" => queue.clone()).set(0.0);
+        metrics::gauge!("mm_matchmaker_leases_in_flight", "queue" => queue.clone()).set(0.0);
+        // Registering a histogram exports it with no observations.
+        let _ = metrics::histogram!("mm_matchmaker_time_in_queue_seconds", "queue" => queue.clone());
+        let _ = metrics::histogram!("mm_matchmaker_match_wait_seconds", "queue" => queue.clone());
+        for (_, wait) in WAIT_BUCKETS {
+            let labels = [("queue", queue.clone()), ("wait", wait.to_owned())];
+            let _ = metrics::histogram!("mm_matchmaker_match_rating_spread", &labels);
+            let _ = metrics::histogram!("mm_matchmaker_match_team_rating_difference", &labels);
+            let _ = metrics::histogram!("mm_matchmaker_match_worst_latency_seconds", &labels);
+        }
+    }
+    for result in ["applied", "replayed", "unknown_match", "mismatch", "invalid", "failed"] {
+        counter!("mm_matchmaker_game_results_total", "result" => result).increment(0);
+    }
+}
+
 /// Describes every metric of this binary once at start.
 pub fn describe() {
+    describe_histogram!(
+        "mm_matchmaker_match_rating_spread",
+        "Highest minus lowest ticket rating of each match formed, by queue and the oldest ticket's wait \
+         (wait: 0-5s, 5-15s, 15-30s, 30-60s, 60s+)."
+    );
+    describe_histogram!(
+        "mm_matchmaker_match_team_rating_difference",
+        "Difference of the two sides' mean ratings of each match formed, by queue and wait."
+    );
+    describe_histogram!(
+        "mm_matchmaker_match_worst_latency_seconds",
+        Unit::Seconds,
+        "The worst member's latency to the region of each match placed by latency, by queue and wait."
+    );
+    describe_histogram!(
+        "mm_matchmaker_match_wait_seconds",
+        Unit::Seconds,
+        "How long the oldest ticket of each match formed had waited, by queue."
+    );
+    describe_counter!(
+        "mm_matchmaker_game_results_total",
+        "events.game.ended results by outcome: applied (ratings updated), replayed (the game was rated \
+         already), unknown_match, mismatch (teams not the match's), invalid, failed (Redis)."
+    );
     describe_counter!(
         "mm_matchmaker_tickets_total",
         "Ticket lifecycle events: created, matched, cancelled, expired, failed, requeued."
@@ -76,7 +146,7 @@ pub fn describe() {
     );
     describe_gauge!(
         "mm_matchmaker_queue_depth",
-        "Tickets in queue:default, a sorted set by join order (sampled every reap interval)."
+        "Tickets in each queue (queue:<name>, a sorted set by join order), by queue (sampled every reap interval)."
     );
     describe_gauge!(
         "mm_matchmaker_leases_in_flight",

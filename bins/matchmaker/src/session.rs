@@ -160,6 +160,8 @@ struct Account {
 /// Accounts and tokens in Redis.
 #[derive(Clone)]
 pub struct Sessions {
+    /// A logout leaves the player's party (cancelling its searching ticket).
+    parties: Option<crate::party::Parties>,
     redis: ConnectionManager,
     rng: Arc<SystemRandom>,
     config: SessionConfig,
@@ -180,6 +182,7 @@ enum Registration {
 impl Sessions {
     pub fn new(redis: ConnectionManager, config: &SessionConfig) -> Self {
         Self {
+            parties: None,
             redis,
             rng: Arc::new(SystemRandom::new()),
             config: config.clone(),
@@ -187,6 +190,12 @@ impl Sessions {
             login: Arc::new(redis::Script::new(&format!("{NOW_MS}{PRELUDE}{LOGIN}"))),
             verify: Arc::new(redis::Script::new(&format!("{NOW_MS}{VERIFY}"))),
         }
+    }
+
+    /// Logging out leaves the player's party too.
+    pub fn with_parties(mut self, parties: crate::party::Parties) -> Self {
+        self.parties = Some(parties);
+        self
     }
 
     /// Registers or checks the player, then issues a token.
@@ -311,16 +320,20 @@ impl Sessions {
         player.map(|player_id| SessionInfo { player_id }).ok_or_else(invalid_token)
     }
 
-    /// Ends the token (a token already gone is fine).
+    /// Ends the token (a token already gone is fine), and takes its player out of their
+    /// party: a party's searching ticket is cancelled when a member logs out.
     pub async fn logout(&self, request: TokenRequest) -> Result<(), ServiceError> {
         if !limits::is_token(&request.token) {
             return Err(invalid_token());
         }
-        let _: u64 = redis::cmd("DEL")
+        let player: Option<String> = redis::cmd("GETDEL")
             .arg(keys::session(&request.token))
             .query_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
+        if let (Some(player), Some(parties)) = (player, &self.parties) {
+            parties.leave_party(&player).await?;
+        }
         Ok(())
     }
 
@@ -333,10 +346,12 @@ impl Sessions {
     }
 }
 
-/// Starts the `session` micro service.
+/// Starts the `session` micro service, with the operator's rating endpoints
+/// (`session.rating.get/set`: NATS permissions let only the operator call them).
 pub async fn serve(
     nats: &async_nats::Client,
     sessions: Sessions,
+    ratings: crate::ratings::Ratings,
     concurrency: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<MicroService> {
@@ -356,6 +371,17 @@ pub async fn serve(
         .await?;
     service
         .route("logout", subjects::SESSION_LOGOUT, sessions, |s, r| async move { s.logout(r).await })
+        .await?;
+    service
+        .route(
+            "rating_get",
+            subjects::SESSION_RATING_GET,
+            ratings.clone(),
+            |r, q| async move { r.get(q).await },
+        )
+        .await?;
+    service
+        .route("rating_set", subjects::SESSION_RATING_SET, ratings, |r, q| async move { r.set(q).await })
         .await?;
     Ok(service)
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{Allocator, Answer, Releases, Servers};
 use futures_util::StreamExt;
 use matchmaker::config::{MatcherConfig, TicketSettings};
-use matchmaker::matcher::{Fifo, MatchFunction, Matcher, Settled};
+use matchmaker::matcher::{Fifo, Group, MatchFunction, Matcher, Settled};
 use matchmaker::release::Releaser;
 use matchmaker::tickets::{Cancelled, Joined, TicketStore};
 use mm_shared::protocol::{MATCH_SIZE, Ticket, TicketStatus};
@@ -68,7 +68,7 @@ async fn join_many(store: &TicketStore, prefix: &str, count: usize) -> Vec<Ticke
             async move {
                 match store.join(&player).await.expect("join") {
                     Joined::Created { ticket, .. } => ticket,
-                    Joined::Existing(ticket) => panic!("{player} already had {}", ticket.id),
+                    other => panic!("{player} could not join: {other:?}"),
                 }
             }
         })
@@ -100,7 +100,7 @@ async fn three_matchers_lose_and_duplicate_nothing_while_one_allocation_in_ten_f
     let shutdown = CancellationToken::new();
     let mut workers = Vec::new();
     for _ in 0..3 {
-        let matcher = matcher(&redis.url(), &nats.url(), Arc::new(Fifo), fast_config()).await;
+        let matcher = matcher(&redis.url(), &nats.url(), Arc::new(Fifo::default()), fast_config()).await;
         workers.push(tokio::spawn(matcher.run(shutdown.clone())));
     }
     // While they work, the queue must stay in join order at every look.
@@ -188,7 +188,7 @@ async fn a_cancel_racing_the_matcher_never_ends_in_a_match() {
     let allocator =
         Allocator::start(&nats.url(), |n| Answer::Server(Duration::from_micros((n * 7919) % 2000))).await;
     let releases = Releases::start(&nats.url()).await;
-    let matcher = matcher(&redis.url(), &nats.url(), Arc::new(Fifo), fast_config()).await;
+    let matcher = matcher(&redis.url(), &nats.url(), Arc::new(Fifo::default()), fast_config()).await;
     let (before_pop, during, too_late) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
     let mut cancelled: HashSet<String> = HashSet::new();
     let mut all: Vec<String> = Vec::new();
@@ -291,12 +291,12 @@ impl MatchFunction for Parity {
     fn window(&self) -> usize {
         30
     }
-    fn propose(&self, candidates: &[Ticket]) -> Vec<Vec<usize>> {
+    fn propose(&self, candidates: &[Ticket], _now_ms: u64) -> Vec<Group> {
         let mut groups = Vec::new();
         for parity in 0..2 {
             let side: Vec<usize> =
                 (0..candidates.len()).filter(|&i| candidates[i].seq % 2 == parity).collect();
-            groups.extend(side.chunks_exact(MATCH_SIZE).map(<[usize]>::to_vec));
+            groups.extend(side.chunks_exact(MATCH_SIZE).map(|chunk| Group::halves(chunk.to_vec())));
         }
         groups
     }
@@ -333,7 +333,7 @@ async fn failed_allocations_go_back_in_order_then_fail_after_the_last_attempt() 
     let allocator = Allocator::start(&nats.url(), |_| Answer::Fail(500)).await;
     let releases = Releases::start(&nats.url()).await;
     let config = MatcherConfig { max_attempts: 2, ..fast_config() };
-    let matcher = matcher(&redis.url(), &nats.url(), Arc::new(Fifo), config).await;
+    let matcher = matcher(&redis.url(), &nats.url(), Arc::new(Fifo::default()), config).await;
 
     let first = matcher.form_batch().await.expect("pop").expect("batch");
     let settled = matcher.settle_batch(first).await;
@@ -364,7 +364,7 @@ async fn batches_failing_one_after_another_go_back_in_join_order() {
     let store = TicketStore::new(connection.clone(), settings());
     let joined = join_many(&store, "p", 25).await;
     let _allocator = Allocator::start(&nats.url(), |_| Answer::Fail(500)).await;
-    let matcher = matcher(&redis.url(), &nats.url(), Arc::new(Fifo), fast_config()).await;
+    let matcher = matcher(&redis.url(), &nats.url(), Arc::new(Fifo::default()), fast_config()).await;
     let older = matcher.form_batch().await.expect("pop").expect("batch");
     let newer = matcher.form_batch().await.expect("pop").expect("batch");
     // The older batch comes back first; the newer one must land behind it, not at the head.
@@ -384,7 +384,7 @@ async fn overdue_tickets_expire_wherever_they_are_met_in_the_queue() {
     let late = join_many(&store, "late", 2).await;
 
     // The sweep takes the overdue ones off the head and stops at the first live ticket.
-    let matcher = matcher_on(store.clone(), &nats.url(), Arc::new(Fifo), fast_config()).await;
+    let matcher = matcher_on(store.clone(), &nats.url(), Arc::new(Fifo::default()), fast_config()).await;
     let reaped = matcher.reap().await.expect("reap");
     assert_eq!(reaped.expired_tickets, 3);
     let late_ids: Vec<String> = late.iter().map(|ticket| ticket.id.clone()).collect();
@@ -403,7 +403,8 @@ async fn overdue_tickets_expire_wherever_they_are_met_in_the_queue() {
         other => panic!("{other:?}"),
     }
     match store.join(&late[1].player_id).await.expect("join") {
-        Joined::Created { expired: Some(old), ticket, .. } => {
+        Joined::Created { expired, ticket, .. } if expired.len() == 1 => {
+            let old = &expired[0];
             assert_eq!(old.id, late[1].id);
             assert_eq!(old.status, TicketStatus::Expired);
             assert_eq!(common::queue(&connection).await, vec![ticket.id]);
@@ -458,7 +459,7 @@ async fn a_ticket_cancelled_during_the_allocation_makes_the_matcher_release_that
         lease: Duration::from_secs(5),
         ..fast_config()
     };
-    let matcher = matcher(&redis.url(), &nats.url(), Arc::new(Fifo), config).await;
+    let matcher = matcher(&redis.url(), &nats.url(), Arc::new(Fifo::default()), config).await;
 
     let batch = matcher.form_batch().await.expect("pop").expect("ten queued");
     let settling = tokio::spawn({
@@ -503,7 +504,7 @@ async fn an_allocation_that_times_out_is_retried_for_the_same_ten_under_the_same
     .await;
     let releases = Releases::start(&nats.url()).await;
     let joined = join_many(&store, "p", 2 * MATCH_SIZE).await;
-    let matcher = matcher(&redis.url(), &nats.url(), Arc::new(Fifo), fast_config()).await;
+    let matcher = matcher(&redis.url(), &nats.url(), Arc::new(Fifo::default()), fast_config()).await;
 
     let settled = settle_once(&matcher).await;
     assert!(matches!(&settled[..], [Settled::Requeued { counted: true, failed: 0 }]), "{settled:?}");
@@ -535,8 +536,8 @@ async fn a_lease_lost_during_the_allocation_releases_its_server() {
     .await;
     let releases = Releases::start(&nats.url()).await;
     let joined = join_many(&store, "p", MATCH_SIZE).await;
-    let stalled = matcher(&redis.url(), &nats.url(), Arc::new(Fifo), stalling_config()).await;
-    let other = matcher(&redis.url(), &nats.url(), Arc::new(Fifo), fast_config()).await;
+    let stalled = matcher(&redis.url(), &nats.url(), Arc::new(Fifo::default()), stalling_config()).await;
+    let other = matcher(&redis.url(), &nats.url(), Arc::new(Fifo::default()), fast_config()).await;
 
     let batch = stalled.form_batch().await.expect("pop").expect("ten queued");
     let settling = tokio::spawn({
@@ -571,8 +572,8 @@ async fn a_lease_lost_to_a_matcher_that_took_the_same_group_leaves_it_the_server
     .await;
     let releases = Releases::start(&nats.url()).await;
     let joined = join_many(&store, "p", MATCH_SIZE).await;
-    let stalled = matcher(&redis.url(), &nats.url(), Arc::new(Fifo), stalling_config()).await;
-    let other = matcher(&redis.url(), &nats.url(), Arc::new(Fifo), fast_config()).await;
+    let stalled = matcher(&redis.url(), &nats.url(), Arc::new(Fifo::default()), stalling_config()).await;
+    let other = matcher(&redis.url(), &nats.url(), Arc::new(Fifo::default()), fast_config()).await;
 
     let batch = stalled.form_batch().await.expect("pop").expect("ten queued");
     let settling = tokio::spawn({
@@ -609,12 +610,12 @@ impl MatchFunction for Shifting {
     fn window(&self) -> usize {
         MATCH_SIZE + 1
     }
-    fn propose(&self, candidates: &[Ticket]) -> Vec<Vec<usize>> {
+    fn propose(&self, candidates: &[Ticket], _now_ms: u64) -> Vec<Group> {
         let first = usize::from(self.0.fetch_add(1, Ordering::SeqCst) > 0);
         if candidates.len() < first + MATCH_SIZE {
             return Vec::new();
         }
-        vec![(first..first + MATCH_SIZE).collect()]
+        vec![Group::halves((first..first + MATCH_SIZE).collect())]
     }
 }
 
@@ -677,7 +678,7 @@ async fn expiries_release_the_match_their_group_was_allocated_under() {
     let allocator = Allocator::start(&nats.url(), |_| Answer::Fail(500)).await;
     let releases = Releases::start(&nats.url()).await;
     let joined = join_many(&store, "p", MATCH_SIZE).await;
-    let matcher = matcher_on(store.clone(), &nats.url(), Arc::new(Fifo), fast_config()).await;
+    let matcher = matcher_on(store.clone(), &nats.url(), Arc::new(Fifo::default()), fast_config()).await;
     let settled = settle_once(&matcher).await;
     assert!(matches!(&settled[..], [Settled::Requeued { .. }]), "{settled:?}");
     let asked = allocator.asked();
@@ -723,10 +724,10 @@ async fn a_pop_looks_at_its_window_however_many_overdue_tickets_lead_the_queue()
 
     // The matcher pops again while windows hold only dead entries, a bounded number of times.
     let _allocator = Allocator::start(&nats.url(), |_| Answer::Server(Duration::ZERO)).await;
-    let matcher = matcher_on(store.clone(), &nats.url(), Arc::new(Fifo), fast_config()).await;
+    let matcher = matcher_on(store.clone(), &nats.url(), Arc::new(Fifo::default()), fast_config()).await;
     let batch = matcher.form_batch().await.expect("pop").expect("the fresh ten behind the overdue");
     assert_eq!(batch.groups.len(), 1);
-    assert_eq!(ids_of(&batch.groups[0]), ids_of(&fresh));
+    assert_eq!(ids_of(&batch.groups[0].tickets), ids_of(&fresh));
     let expired = common::tickets(&connection, &ids_of(&overdue)).await;
     assert!(expired.values().all(|ticket| ticket.status == TicketStatus::Expired));
 }
@@ -806,7 +807,7 @@ async fn matchers_under_random_cancels_and_lost_leases_lose_nothing_and_leave_no
         let matcher = Arc::new(Matcher::new(
             store,
             nats_client,
-            Arc::new(Fifo),
+            Arc::new(Fifo::default()),
             config.clone(),
             Arc::new(Notify::new()),
             releaser,

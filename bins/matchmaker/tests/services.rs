@@ -48,7 +48,7 @@ async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
 async fn join_players(client: &async_nats::Client, indices: std::ops::Range<usize>) -> Vec<String> {
     let mut tickets = Vec::new();
     for index in indices {
-        let request = JoinRequest { player_id: format!("p{index}") };
+        let request = JoinRequest { player_id: format!("p{index}"), ..JoinRequest::default() };
         let joined: JoinReply = call(client, subjects::MATCHMAKING_JOIN, &request).await.expect("join");
         tickets.push(joined.ticket_id);
     }
@@ -113,10 +113,13 @@ async fn every_endpoint_answers_bad_payloads_with_a_4xx_and_keeps_serving() {
         }
     }
     // Still serving, every one of them.
-    let joined: JoinReply =
-        call(&client, subjects::MATCHMAKING_JOIN, &JoinRequest { player_id: "p1".into() })
-            .await
-            .expect("join");
+    let joined: JoinReply = call(
+        &client,
+        subjects::MATCHMAKING_JOIN,
+        &JoinRequest { player_id: "p1".into(), ..JoinRequest::default() },
+    )
+    .await
+    .expect("join");
     let status: TicketView = call(
         &client,
         subjects::MATCHMAKING_STATUS,
@@ -147,14 +150,20 @@ async fn tickets_join_once_cancel_match_and_announce_it() {
         |player: &str, ticket: &str| TicketRequest { player_id: player.into(), ticket_id: ticket.into() };
 
     // One live ticket per player: joining again returns it.
-    let first: JoinReply =
-        call(&client, subjects::MATCHMAKING_JOIN, &JoinRequest { player_id: "solo".into() })
-            .await
-            .expect("join");
-    let again: JoinReply =
-        call(&client, subjects::MATCHMAKING_JOIN, &JoinRequest { player_id: "solo".into() })
-            .await
-            .expect("join");
+    let first: JoinReply = call(
+        &client,
+        subjects::MATCHMAKING_JOIN,
+        &JoinRequest { player_id: "solo".into(), ..JoinRequest::default() },
+    )
+    .await
+    .expect("join");
+    let again: JoinReply = call(
+        &client,
+        subjects::MATCHMAKING_JOIN,
+        &JoinRequest { player_id: "solo".into(), ..JoinRequest::default() },
+    )
+    .await
+    .expect("join");
     assert_eq!(first, again);
     assert_eq!(first.status, TicketStatus::Searching);
 
@@ -193,10 +202,13 @@ async fn tickets_join_once_cancel_match_and_announce_it() {
     let view: TicketView =
         call(&client, subjects::MATCHMAKING_STATUS, &ask("solo", &first.ticket_id)).await.expect("status");
     assert_eq!(view.status, TicketStatus::Cancelled);
-    let fresh: JoinReply =
-        call(&client, subjects::MATCHMAKING_JOIN, &JoinRequest { player_id: "solo".into() })
-            .await
-            .expect("join");
+    let fresh: JoinReply = call(
+        &client,
+        subjects::MATCHMAKING_JOIN,
+        &JoinRequest { player_id: "solo".into(), ..JoinRequest::default() },
+    )
+    .await
+    .expect("join");
     assert_ne!(fresh.ticket_id, first.ticket_id);
 
     // Ten in the queue and an orchestrator: a match, announced on events.
@@ -636,7 +648,7 @@ async fn a_redis_outage_is_a_503_and_the_services_recover_after_it() {
     let mut redis = RedisServer::start().expect("redis-server");
     let (matchmaker, admin) = start_matchmaker(&nats, &redis, &[("MM_REDIS__RESPONSE_TIMEOUT", "500ms")]);
     let client = common::nats(&nats.url()).await;
-    let join = |player: &str| JoinRequest { player_id: player.into() };
+    let join = |player: &str| JoinRequest { player_id: player.into(), ..JoinRequest::default() };
     let _: JoinReply = call(&client, subjects::MATCHMAKING_JOIN, &join("before")).await.expect("join");
 
     let port = redis.port();
@@ -681,12 +693,27 @@ async fn the_services_are_discoverable_as_nats_micro_ls_shows_them() {
     for (service, endpoints) in [
         (
             subjects::MATCHMAKING_SERVICE,
-            vec![subjects::MATCHMAKING_JOIN, subjects::MATCHMAKING_STATUS, subjects::MATCHMAKING_CANCEL],
+            vec![
+                subjects::MATCHMAKING_JOIN,
+                subjects::MATCHMAKING_STATUS,
+                subjects::MATCHMAKING_CANCEL,
+                subjects::MATCHMAKING_QUEUES,
+            ],
         ),
         (subjects::STORE_SERVICE, vec![subjects::STORE_OFFERS, subjects::STORE_PURCHASE]),
         (
             subjects::SESSION_SERVICE,
-            vec![subjects::SESSION_LOGIN, subjects::SESSION_VERIFY, subjects::SESSION_LOGOUT],
+            vec![
+                subjects::SESSION_LOGIN,
+                subjects::SESSION_VERIFY,
+                subjects::SESSION_LOGOUT,
+                subjects::SESSION_RATING_GET,
+                subjects::SESSION_RATING_SET,
+            ],
+        ),
+        (
+            subjects::PARTY_SERVICE,
+            vec![subjects::PARTY_CREATE, subjects::PARTY_JOIN, subjects::PARTY_GET, subjects::PARTY_LEAVE],
         ),
     ] {
         let reply = client.request(format!("$SRV.INFO.{service}"), "".into()).await.expect("INFO answered");

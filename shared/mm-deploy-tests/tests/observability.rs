@@ -281,7 +281,7 @@ fn operator_sees_everything(url: &str) {
             while let Some(pong) = pongs.next().await {
                 let pong: serde_json::Value = serde_json::from_slice(&pong.payload).unwrap_or_default();
                 names.insert(pong["name"].as_str().unwrap_or("").to_owned());
-                if names.len() >= 4 {
+                if names.len() >= 5 {
                     break;
                 }
             }
@@ -292,6 +292,7 @@ fn operator_sees_everything(url: &str) {
             subjects::STORE_SERVICE,
             subjects::SESSION_SERVICE,
             subjects::ORCHESTRATOR_SERVICE,
+            subjects::PARTY_SERVICE,
         ];
         for service in expected {
             assert!(names.contains(service), "`nats micro ls` must list {service}: {names:?}");

@@ -40,6 +40,15 @@ pub mod subjects {
     pub const MATCHMAKING_JOIN: &str = "matchmaking.join";
     pub const MATCHMAKING_STATUS: &str = "matchmaking.status";
     pub const MATCHMAKING_CANCEL: &str = "matchmaking.cancel";
+    /// The configured queues ([`super::QueueInfo`] list); no player needed.
+    pub const MATCHMAKING_QUEUES: &str = "matchmaking.queues";
+
+    /// Micro service for parties (hosted by the matchmaker, beside `matchmaking`).
+    pub const PARTY_SERVICE: &str = "party";
+    pub const PARTY_CREATE: &str = "party.create";
+    pub const PARTY_JOIN: &str = "party.join";
+    pub const PARTY_GET: &str = "party.get";
+    pub const PARTY_LEAVE: &str = "party.leave";
 
     /// Micro service for the store's catalogue and purchases.
     pub const STORE_SERVICE: &str = "store";
@@ -51,6 +60,10 @@ pub mod subjects {
     pub const SESSION_LOGIN: &str = "session.login";
     pub const SESSION_VERIFY: &str = "session.verify";
     pub const SESSION_LOGOUT: &str = "session.logout";
+    /// Operator only (NATS permissions): a player's rating ([`super::RatingRequest`]).
+    pub const SESSION_RATING_GET: &str = "session.rating.get";
+    /// Operator only: sets a player's rating ([`super::RatingSet`]).
+    pub const SESSION_RATING_SET: &str = "session.rating.set";
 
     /// Micro service that places game servers on nodes.
     pub const ORCHESTRATOR_SERVICE: &str = "orchestrator";
@@ -72,6 +85,11 @@ pub mod subjects {
 
     /// Published once per match, after its tickets are `matched`.
     pub const EVENTS_MATCH_CREATED: &str = "events.match.created";
+
+    /// A game's result ([`super::GameEnded`]): published by the orchestrator node that
+    /// ran the game server (which reported it in its last output line); the matchmaker
+    /// updates ratings from it, once per game.
+    pub const EVENTS_GAME_ENDED: &str = "events.game.ended";
 
     /// Every status change of one ticket (what the gateway's long-poll waits on).
     pub fn ticket_events(ticket_id: &str) -> String {
@@ -118,6 +136,49 @@ pub mod keys {
     /// first (`ZRANGE queue:default 0 -1`). A list in the seed project; a matchmaker
     /// converts one an older version left when it starts.
     pub const QUEUE_DEFAULT: &str = "queue:default";
+
+    /// The name of the seed's queue, which every join without a body goes to.
+    pub const DEFAULT_QUEUE_NAME: &str = "default";
+
+    /// Prefix of every queue's sorted set (`queue:<name>`): scripts that act on a ticket
+    /// find its queue from the ticket's `queue` field with it.
+    pub const QUEUE_PREFIX: &str = "queue:";
+
+    /// A queue's sorted set of ticket ids by `seq` (`queue:default` for the seed's).
+    pub fn queue(name: &str) -> String {
+        format!("{QUEUE_PREFIX}{name}")
+    }
+
+    /// A queue's join-order counter.
+    pub fn queue_seq(name: &str) -> String {
+        format!("{QUEUE_PREFIX}{name}:seq")
+    }
+
+    /// A queue's leases: batch ids by lease deadline (`leases:default` for the seed's).
+    pub fn leases(name: &str) -> String {
+        format!("leases:{name}")
+    }
+
+    /// A player's rating (JSON: `rating`, `uncertainty`, `games`), kept as long as the
+    /// account.
+    pub fn player_rating(player_id: &str) -> String {
+        format!("player:{player_id}:rating")
+    }
+
+    /// Marks a game whose result was applied to ratings (so a result is applied once).
+    pub fn game_rated(game_id: &str) -> String {
+        format!("game:{game_id}:rated")
+    }
+
+    /// A party (JSON: `partyId`, `leader`, `members`, `ticketId`).
+    pub fn party(party_id: &str) -> String {
+        format!("party:{party_id}")
+    }
+
+    /// The party a player is in.
+    pub fn player_party(player_id: &str) -> String {
+        format!("player:{player_id}:party")
+    }
 
     /// Prefix of `ticket:{id}`: the matchmaker's Lua scripts build ticket keys from it.
     pub const TICKET_PREFIX: &str = "ticket:";
@@ -235,6 +296,36 @@ pub mod limits {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Largest party (the leader included).
+    pub const MAX_PARTY: usize = 10;
+    /// Largest rating (either sign) a rating may be set to.
+    pub const MAX_RATING: f64 = 1_000_000.0;
+
+    /// Most regions one join may give latencies for.
+    pub const MAX_REGIONS: usize = 32;
+    /// Highest latency a join may give, in ms: beyond it nobody plays anywhere.
+    pub const MAX_LATENCY_MS: f64 = 10_000.0;
+
+    /// Checks the latencies of a join: at most [`MAX_REGIONS`], region names that are
+    /// subject tokens, each latency a number from 0 to [`MAX_LATENCY_MS`].
+    pub fn check_latencies(latencies: &std::collections::BTreeMap<String, f64>) -> Result<(), String> {
+        if latencies.len() > MAX_REGIONS {
+            return Err(format!(
+                "latencies name {} regions; at most {MAX_REGIONS} are allowed",
+                latencies.len()
+            ));
+        }
+        for (region, ms) in latencies {
+            check_token("region", region)?;
+            if !(0.0..=MAX_LATENCY_MS).contains(ms) {
+                return Err(format!(
+                    "latency to region {region} is {ms} ms: it must be between 0 and {MAX_LATENCY_MS}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Is this the shape of a session token (64 lowercase hex digits)?
@@ -356,11 +447,85 @@ pub struct ServerAssignment {
     pub game_id: String,
 }
 
-/// `matchmaking.join` request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `matchmaking.join` request: the player, and the optional body of
+/// `POST /matchmaking/join` ([`JoinBody`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinRequest {
     pub player_id: String,
+    /// The queue; `None` is [`keys::DEFAULT_QUEUE_NAME`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Round-trip time to each region, in milliseconds.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub latencies: std::collections::BTreeMap<String, f64>,
+    /// Queue the caller's whole party (the caller must lead it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub party_id: Option<String>,
+}
+
+/// The optional JSON body of `POST /matchmaking/join` (`CONTRACT.md`): no body, or `{}`,
+/// joins the seed's `default` queue alone. Unknown fields are refused (a typo is a 400).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JoinBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub latencies: std::collections::BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub party_id: Option<String>,
+}
+
+impl JoinBody {
+    /// Checks the shape (the queue's existence is the matchmaker's to check): a queue
+    /// name and region names that are subject tokens, at most
+    /// [`limits::MAX_REGIONS`] regions, latencies from 0 to [`limits::MAX_LATENCY_MS`].
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(queue) = &self.queue {
+            limits::check_token("queue", queue)?;
+        }
+        if let Some(party) = &self.party_id {
+            limits::check_token("partyId", party)?;
+        }
+        limits::check_latencies(&self.latencies)
+    }
+
+    /// The `matchmaking.join` request of `player_id` with this body.
+    pub fn into_request(self, player_id: String) -> JoinRequest {
+        JoinRequest { player_id, queue: self.queue, latencies: self.latencies, party_id: self.party_id }
+    }
+}
+
+/// One configured queue, as `GET /matchmaking/queues` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueInfo {
+    pub name: String,
+    /// `fifo`, `skill` or `latency`.
+    pub function: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_size: Option<usize>,
+    /// Players per match.
+    pub match_size: usize,
+}
+
+/// How good a match was when it was formed (in the match record and the matched
+/// tickets' views; the matchmaker's `/metrics` has the same numbers by queue).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MatchQuality {
+    /// Highest minus lowest ticket rating in the match (a party counts as its mean).
+    pub rating_spread: f64,
+    /// Difference of the two sides' mean player ratings.
+    pub team_rating_diff: f64,
+    /// The worst member's latency to the match's region, when it has one (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worst_latency_ms: Option<f64>,
+    /// How long the match's oldest ticket had waited (ms, Redis clock).
+    pub wait_ms: u64,
 }
 
 /// `matchmaking.join` reply (and `POST /matchmaking/join`'s answer).
@@ -381,7 +546,7 @@ pub struct TicketRequest {
 
 /// A ticket as its player sees it: the `matchmaking.status` reply, the body of
 /// `GET /matchmaking/status`, and the payload of `events.ticket.<id>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketView {
     pub ticket_id: String,
@@ -393,6 +558,25 @@ pub struct TicketView {
     /// Why a ticket `failed` or `expired`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The queue it is in.
+    #[serde(default = "default_queue_name")]
+    pub queue: String,
+    /// The ticket's rating when it joined (a party's: its members' mean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rating: Option<f64>,
+    /// A matched ticket of a team queue: the match's teams, player ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<Vec<Vec<String>>>,
+    /// A matched ticket of a queue that places by latency: the match's region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// A matched ticket: how good its match was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<MatchQuality>,
+}
+
+fn default_queue_name() -> String {
+    keys::DEFAULT_QUEUE_NAME.to_owned()
 }
 
 /// `matchmaking.cancel` reply.
@@ -402,7 +586,7 @@ pub struct CancelReply {
 }
 
 /// A ticket as stored in Redis under `ticket:{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Ticket {
     pub id: String,
@@ -424,9 +608,68 @@ pub struct Ticket {
     /// Join order in its queue: the queue is always sorted by it, oldest at the head.
     #[serde(default)]
     pub seq: u64,
+    /// The queue it was joined to.
+    #[serde(default = "default_queue_name")]
+    pub queue: String,
+    /// A party's ticket: every member, the leader (`player_id`) first. Empty for one
+    /// player alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub players: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub party_id: Option<String>,
+    /// The ticket's rating at join: the player's, or the mean of a party's members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rating: Option<f64>,
+    /// Round-trip time to each region, ms (a party's: its leader's).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub latencies: std::collections::BTreeMap<String, f64>,
+    /// Set when matched in a team queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<Vec<Vec<String>>>,
+    /// Set when matched in a region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Set when matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<MatchQuality>,
 }
 
 impl Ticket {
+    /// A searching ticket of one player in the default queue (tests and benches build
+    /// candidates with it).
+    pub fn solo(id: impl Into<String>, player_id: impl Into<String>) -> Self {
+        Ticket {
+            id: id.into(),
+            player_id: player_id.into(),
+            status: TicketStatus::Searching,
+            created_at: 0,
+            match_id: None,
+            server: None,
+            reason: None,
+            attempts: 0,
+            expires_at: 0,
+            seq: 0,
+            queue: default_queue_name(),
+            players: Vec::new(),
+            party_id: None,
+            rating: None,
+            latencies: std::collections::BTreeMap::new(),
+            teams: None,
+            region: None,
+            quality: None,
+        }
+    }
+
+    /// Every player of the ticket (one, or a party's members).
+    pub fn player_ids(&self) -> Vec<String> {
+        if self.players.is_empty() { vec![self.player_id.clone()] } else { self.players.clone() }
+    }
+
+    /// How many players the ticket holds.
+    pub fn size(&self) -> usize {
+        self.players.len().max(1)
+    }
+
     /// What the ticket's player may see of it.
     pub fn view(&self) -> TicketView {
         TicketView {
@@ -435,23 +678,40 @@ impl Ticket {
             match_id: self.match_id.clone(),
             server: self.server.clone(),
             reason: self.reason.clone(),
+            queue: self.queue.clone(),
+            rating: self.rating,
+            teams: self.teams.clone(),
+            region: self.region.clone(),
+            quality: self.quality.clone(),
         }
     }
 }
 
 /// A formed match as stored in Redis under `match:{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MatchRecord {
     pub id: String,
     pub ticket_ids: Vec<String>,
+    /// Every player, side by side: the first half plays the second half (the game
+    /// server's rule), so a team queue's `teams` flattened.
     pub player_ids: Vec<String>,
     pub server: ServerAssignment,
     pub created_at: u64,
+    #[serde(default = "default_queue_name")]
+    pub queue: String,
+    /// A team queue's teams (player ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<Vec<Vec<String>>>,
+    /// Where the match is played, when its queue places by latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<MatchQuality>,
 }
 
 /// `events.match.created` payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MatchCreated {
     pub match_id: String,
@@ -460,6 +720,97 @@ pub struct MatchCreated {
     pub player_ids: Vec<String>,
     pub ticket_ids: Vec<String>,
     pub created_at: u64,
+    #[serde(default = "default_queue_name")]
+    pub queue: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<Vec<Vec<String>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// `events.game.ended` payload: who played whom, and which side won.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GameEnded {
+    pub game_id: String,
+    pub match_id: String,
+    /// The two sides, player ids: the game server's first half and second half of its
+    /// player list.
+    pub teams: Vec<Vec<String>>,
+    /// Index into `teams` of the side that won.
+    pub winner: usize,
+}
+
+/// `session.rating.get` request (and `session.rating.set`'s answer is a [`RatingReply`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RatingRequest {
+    pub player_id: String,
+}
+
+/// `session.rating.set` request: the player's rating becomes `rating` (its uncertainty
+/// and game count stay).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RatingSet {
+    pub player_id: String,
+    pub rating: f64,
+}
+
+/// A player's rating.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RatingReply {
+    pub player_id: String,
+    pub rating: f64,
+    pub uncertainty: f64,
+    /// Games rated so far.
+    pub games: u64,
+}
+
+// ---------------------------------------------------------------------------------------
+// Parties
+
+/// `party.create` and `party.get` and `party.leave` request: the calling player.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartyRequest {
+    pub player_id: String,
+}
+
+/// `party.join` request (the body of `POST /party/join` is `{"partyId"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartyJoinRequest {
+    pub player_id: String,
+    pub party_id: String,
+}
+
+/// `POST /party/join` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PartyJoinBody {
+    pub party_id: String,
+}
+
+/// `party.create` reply (`POST /party`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartyCreated {
+    pub party_id: String,
+}
+
+/// A party as its members see it (`GET /party`, `party.join`'s answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartyView {
+    pub party_id: String,
+    pub leader: String,
+    /// Every member, the leader first.
+    pub members: Vec<String>,
+    /// The party's latest ticket, once its leader queued it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_id: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -507,6 +858,19 @@ pub struct AllocateRequest {
     pub player_ids: Vec<String>,
 }
 
+/// `orchestrator.allocate` request of a match placed by latency: the request, plus the
+/// region its players are close to. On the wire it is an [`AllocateRequest`] with one
+/// more field, so an orchestrator that knows no regions reads it as a plain request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionalAllocateRequest {
+    #[serde(flatten)]
+    pub request: AllocateRequest,
+    /// Place the server on a node of this region (nodes declare theirs); none: anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
 /// `orchestrator.allocate` reply: where the match's players go.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -517,6 +881,36 @@ pub struct AllocateReply {
     pub node: String,
     /// `host:port` of the game server itself (what the gateway proxies to).
     pub address: String,
+    /// How the server was had: `warm` (taken from a node's pool of started servers, in
+    /// milliseconds) or `cold` (started for this match). An older orchestrator sends
+    /// none: `cold`.
+    #[serde(default)]
+    pub start: StartKind,
+}
+
+/// How an allocation got its server ([`AllocateReply::start`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartKind {
+    /// A warm server of the node's pool was claimed and handed the match.
+    Warm,
+    /// A server was started for this match (the pool was empty, or is off). Also what a
+    /// replay of an existing allocation answers.
+    #[default]
+    Cold,
+}
+
+impl StartKind {
+    /// Both kinds, as metric labels.
+    pub const ALL: [StartKind; 2] = [Self::Warm, Self::Cold];
+
+    /// The lowercase name used in JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warm => "warm",
+            Self::Cold => "cold",
+        }
+    }
 }
 
 /// `orchestrator.release` request: the match was not committed (a ticket was cancelled
@@ -557,6 +951,9 @@ pub struct PlaceRequest {
 /// A game server's life, as the allocation runner drives it:
 /// `pending → starting → ready → running → complete | failed | lost`, with
 /// `running → starting` again when the restart policy restarts a server that died early.
+/// A server of a node's warm pool goes `pending → starting → warm`, and from `warm` to
+/// `running` when an allocation claims it (under its match's game id), or to `complete`
+/// when it is recycled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServerState {
@@ -565,6 +962,9 @@ pub enum ServerState {
     Pending,
     /// The driver started it; waiting for its `/healthz`.
     Starting,
+    /// Started, healthy and unallocated, in its node's pool: no `matchId`, no players, no
+    /// secret; it refuses players until its node hands it a match.
+    Warm,
     /// `/healthz` answers; the allocation reply is on its way.
     Ready,
     /// Handed to its match: players may connect.
@@ -579,14 +979,23 @@ pub enum ServerState {
 
 impl ServerState {
     /// Every state, in life order.
-    pub const ALL: [ServerState; 7] =
-        [Self::Pending, Self::Starting, Self::Ready, Self::Running, Self::Complete, Self::Failed, Self::Lost];
+    pub const ALL: [ServerState; 8] = [
+        Self::Pending,
+        Self::Starting,
+        Self::Warm,
+        Self::Ready,
+        Self::Running,
+        Self::Complete,
+        Self::Failed,
+        Self::Lost,
+    ];
 
     /// The lowercase name used in JSON and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Starting => "starting",
+            Self::Warm => "warm",
             Self::Ready => "ready",
             Self::Running => "running",
             Self::Complete => "complete",
@@ -645,6 +1054,10 @@ pub struct ServerEntry {
     /// Why it ended (final states), or why it was last restarted.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// For a server that came from its node's warm pool: the id it had while warm (its
+    /// entry's key then, and its driver's `mm.game-id` label for good).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub warm_id: String,
 }
 
 /// Resources of a node: what it declares, or what is in use.
@@ -690,6 +1103,10 @@ pub struct NodeEntry {
     /// Server starts accepted and not yet ready on this node (its driver's queue).
     #[serde(default)]
     pub starting: u64,
+    /// Warm servers in this node's pool (counted in `used`): an allocation here claims
+    /// one in milliseconds, with no new capacity needed.
+    #[serde(default)]
+    pub warm: u64,
 }
 
 /// What the orchestrator hands a game server, and what a game server's clients present.
@@ -698,6 +1115,34 @@ pub mod game_server {
     pub const CONNECT_PATH: &str = "/connect";
     /// The query parameter naming the connecting player.
     pub const PLAYER_PARAM: &str = "player";
+    /// A warm server's assignment endpoint, for its node only: `POST` hands it its match
+    /// (an [`Assignment`], once: a second one is refused with 409), `GET` says which match
+    /// it has (an [`AssignmentStatus`]). Both need `Authorization: Bearer <bootstrap
+    /// token>`, the token its node started it with ([`env::BOOTSTRAP_TOKEN`]). A server
+    /// started with a match (no token) answers 404.
+    pub const ASSIGN_PATH: &str = "/assign";
+
+    /// What a node hands a warm server of its pool: the match it now serves. Players
+    /// connect as to any game server once it is assigned.
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Assignment {
+        pub game_id: String,
+        pub match_id: String,
+        pub player_ids: Vec<String>,
+        /// The per-match secret connections present (this channel is the node's and the
+        /// server's alone).
+        pub secret: String,
+        /// Unix ms when the game ends.
+        pub ends_at: u64,
+    }
+
+    /// `GET /assign`: the server's assignment, if it has one (`null` while warm).
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct AssignmentStatus {
+        pub assignment: Option<Assignment>,
+    }
     /// Largest WebSocket message (and frame) a game server accepts, and so the largest the
     /// gateway's proxy lets through in either direction: one number for both.
     pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -722,8 +1167,12 @@ pub mod game_server {
         /// tokio's own variable: a game server needs few threads.
         pub const WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
         /// How long the server waits for its first player before it ends itself
-        /// (`"15s"`; `"0s"`: it waits for the whole game).
+        /// (`"15s"`; `"0s"`: it waits for the whole game); for a warm server, from its
+        /// assignment.
         pub const JOIN_TIMEOUT: &str = "MM_GAME__JOIN_TIMEOUT";
+        /// Set for a warm server (and then no match, players, secret or end): the token
+        /// its node presents on [`super::ASSIGN_PATH`]. Never printed.
+        pub const BOOTSTRAP_TOKEN: &str = "MM_GAME__BOOTSTRAP_TOKEN";
     }
 
     /// Exit codes by which a game server says why it ended early, so its orchestrator
@@ -1021,12 +1470,42 @@ mod tests {
             match_id: Some("m".into()),
             server: Some(ServerAssignment { url: "ws://g/game/x/connect".into(), game_id: "x".into() }),
             reason: None,
+            queue: "default".into(),
+            rating: None,
+            teams: None,
+            region: None,
+            quality: None,
         };
         assert_eq!(
             serde_json::to_value(&matched).expect("json"),
             json!({"ticketId": "k", "status": "matched", "matchId": "m",
-                   "server": {"url": "ws://g/game/x/connect", "gameId": "x"}})
+                   "server": {"url": "ws://g/game/x/connect", "gameId": "x"}, "queue": "default"})
         );
+        // A team queue's matched view carries the teams; an older view reads as `default`.
+        let team = TicketView {
+            teams: Some(vec![vec!["a".into()], vec!["b".into()]]),
+            queue: "skill".into(),
+            ..matched.clone()
+        };
+        assert_eq!(serde_json::to_value(&team).expect("json")["teams"], json!([["a"], ["b"]]));
+        let older: TicketView =
+            serde_json::from_value(json!({"ticketId": "k", "status": "searching"})).expect("older view");
+        assert_eq!(older.queue, "default");
+        // The join body: optional, checked, unknown fields refused.
+        let body: JoinBody = serde_json::from_value(json!({"queue": "skill", "latencies": {"eu": 20.5},
+            "partyId": "p1"}))
+        .expect("body");
+        assert!(body.check().is_ok());
+        assert!(serde_json::from_value::<JoinBody>(json!({"queu": "skill"})).is_err());
+        let far = JoinBody { latencies: [("eu".to_owned(), -1.0)].into(), ..JoinBody::default() };
+        assert!(far.check().is_err());
+        let absurd = JoinBody { latencies: [("eu".to_owned(), 1e9)].into(), ..JoinBody::default() };
+        assert!(absurd.check().is_err());
+        let many = JoinBody {
+            latencies: (0..=limits::MAX_REGIONS).map(|r| (format!("r{r}"), 10.0)).collect(),
+            ..JoinBody::default()
+        };
+        assert!(many.check().expect_err("33 regions").contains("at most 32"));
 
         let purchase = PurchaseReply { purchase_id: "u".into(), offer_id: "o".into(), balance: 5 };
         assert_eq!(
@@ -1059,6 +1538,46 @@ mod tests {
     }
 
     #[test]
+    fn warm_pool_shapes() {
+        // A warm server's entry: state "warm", no matchId field to speak of.
+        let warm = ServerEntry {
+            game_id: "w1".into(),
+            state: ServerState::Warm,
+            warm_id: "w1".into(),
+            ..ServerEntry::default()
+        };
+        let value = serde_json::to_value(&warm).expect("json");
+        assert_eq!((value["state"].as_str(), value["matchId"].as_str()), (Some("warm"), Some("")));
+        assert!(ServerState::ALL.contains(&ServerState::Warm) && !ServerState::Warm.is_final());
+        // The allocate reply says how it started; an older reply without it reads as cold.
+        let reply = json!({"gameId": "g", "url": "u", "node": "n", "address": "a"});
+        let reply: AllocateReply = serde_json::from_value(reply).expect("an older reply");
+        assert_eq!(reply.start, StartKind::Cold);
+        let warm_reply = AllocateReply { start: StartKind::Warm, ..reply };
+        assert_eq!(serde_json::to_value(&warm_reply).expect("json")["start"], "warm");
+        // The assignment carries its secret (on the node's own channel), in camelCase.
+        let assignment = game_server::Assignment {
+            game_id: "g".into(),
+            match_id: "m".into(),
+            player_ids: vec!["p".into()],
+            secret: "s".into(),
+            ends_at: 5,
+        };
+        let value = serde_json::to_value(&assignment).expect("json");
+        for field in ["gameId", "matchId", "playerIds", "secret", "endsAt"] {
+            assert!(value.get(field).is_some(), "missing {field}: {value}");
+        }
+        let node: NodeEntry = serde_json::from_value(json!({
+            "node": "n", "driver": "process", "driverHealthy": true,
+            "capacity": {"cpuMillicores": 1, "memoryMb": 1, "servers": 1},
+            "used": {"cpuMillicores": 0, "memoryMb": 0, "servers": 0},
+            "portRange": [1, 2], "portsUsed": 0, "heartbeatAt": 0, "startedAt": 0
+        }))
+        .expect("an older node entry");
+        assert_eq!(node.warm, 0);
+    }
+
+    #[test]
     fn names_are_the_contracts() {
         assert_eq!(subjects::orchestrator_node_place("n1"), "orchestrator.node.n1.place");
         assert_eq!(subjects::orchestrator_node_release("n1"), "orchestrator.node.n1.release");
@@ -1066,6 +1585,10 @@ mod tests {
         assert_eq!(subjects::harness_stats("h1"), "harness.stats.h1");
         assert_eq!(keys::ticket("t1"), "ticket:t1");
         assert_eq!(keys::match_record("m1"), "match:m1");
+        assert_eq!(keys::queue(keys::DEFAULT_QUEUE_NAME), keys::QUEUE_DEFAULT);
+        assert_eq!(keys::queue_seq(keys::DEFAULT_QUEUE_NAME), keys::QUEUE_DEFAULT_SEQ);
+        assert_eq!(keys::leases(keys::DEFAULT_QUEUE_NAME), keys::LEASES_DEFAULT);
+        assert_eq!(keys::player_rating("p"), "player:p:rating");
         assert!(subjects::EVENTS_MATCH_CREATED.starts_with("events."));
         for status in [
             TicketStatus::Searching,

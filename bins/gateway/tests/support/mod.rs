@@ -34,6 +34,7 @@ pub async fn allocator(nats_url: &str) -> tokio::task::JoinHandle<()> {
                 game_id,
                 node: "test".into(),
                 address: "127.0.0.1:20000".into(),
+                start: Default::default(),
             };
             let _ = client.publish(reply, serde_json::to_vec(&answer).expect("json").into()).await;
         }

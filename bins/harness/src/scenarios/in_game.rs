@@ -4,7 +4,9 @@
 //! `?token=`), then sends a message every `message_interval` and checks that each one
 //! comes back unchanged before sending the next. Messages alternate text and binary and
 //! carry the player id and a sequence number, so an echo that belongs to someone else or
-//! arrives out of order is caught. Frames that do not look like ours are the server's own
+//! arrives out of order is caught, then the player's true skill as JSON
+//! (`p-1#3 {"trueSkill":1523.4}`), from which the game server decides who won. Frames
+//! that do not look like ours are the server's own
 //! (state updates) and are let through.
 //!
 //! The game ends well when the server sends a close frame; a connection that just drops,
@@ -61,6 +63,9 @@ pub async fn run(session: &mut Session) -> Outcome {
             }
         };
     let tag = session.player_id();
+    // What the game server decides the winner from: the player's hidden true skill, sent
+    // with every message (the server echoes the message as it came).
+    let skill = context.population.traits(&tag).true_skill;
     let started = Instant::now();
     let mut first_echo = true;
     for sequence in 1u64.. {
@@ -71,7 +76,7 @@ pub async fn run(session: &mut Session) -> Outcome {
                 format!("game {} still going after {:?}", game.game_id, config.max_duration),
             ));
         }
-        let text = format!("{tag}#{sequence}");
+        let text = format!("{tag}#{sequence} {{\"trueSkill\":{skill:.1}}}");
         let message =
             if sequence % 2 == 1 { Message::text(text.clone()) } else { Message::binary(text.clone()) };
         if let Err(err) = socket.send(message).await {

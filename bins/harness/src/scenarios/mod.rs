@@ -7,6 +7,7 @@
 pub mod in_game;
 pub mod login;
 pub mod matchmaking;
+pub mod party;
 pub mod store;
 
 use hyper::Method;

@@ -1,8 +1,12 @@
 //! The matcher: forms matches from the queue and gets each a game server.
 //!
+//! One matcher serves one queue (`queue:<name>`) with that queue's match function; the
+//! process runs one per configured queue.
+//!
 //! ```text
-//! pop (Lua: ≥10 queued → the live tickets of a window of the oldest into a lease with a deadline)
-//!  → match function proposes groups of 10; the rest go back to the queue head
+//! pop (Lua: a match's worth of players queued → the live tickets of a window of the oldest
+//!      into a lease with a deadline; Redis's clock comes back with them)
+//!  → match function proposes groups (two sides each); the rest go back to the queue head
 //!  → per group: claim (Lua: the group's match id, the same one when the same group is
 //!                allocated again; ids its tickets carried before are orphaned → release)
 //!  → orchestrator.allocate {matchId} (NATS request with a deadline)
@@ -45,15 +49,15 @@ use std::time::{Duration, Instant};
 use async_nats::Client;
 use mm_shared::nats::{RequestError, request_json};
 use mm_shared::protocol::{
-    AllocateReply, AllocateRequest, MATCH_SIZE, MatchCreated, MatchRecord, ServerAssignment, Ticket, now_ms,
-    subjects,
+    AllocateReply, AllocateRequest, MatchCreated, MatchQuality, MatchRecord, RegionalAllocateRequest,
+    ServerAssignment, Ticket, now_ms, subjects,
 };
 use mm_shared::telemetry::GaugeGuard;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use function::{Fifo, MatchFunction, Proposal, check_proposal};
+pub use function::{Fifo, Group, MatchFunction, Proposal, Rules, Widening, check_proposal};
 pub use reaper::Reaped;
 
 use crate::config::MatcherConfig;
@@ -74,14 +78,65 @@ const REDIS_ATTEMPTS: usize = 3;
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub id: String,
-    pub groups: Vec<Vec<Ticket>>,
+    pub groups: Vec<Formed>,
+}
+
+/// One group a match function formed, ready to allocate.
+#[derive(Debug, Clone)]
+pub struct Formed {
+    /// Its tickets, the first side's first.
+    pub tickets: Vec<Ticket>,
+    /// The players of each side (a party's members together).
+    pub sides: [Vec<String>; 2],
+    pub region: Option<String>,
+    pub quality: MatchQuality,
+}
+
+impl Formed {
+    /// Every player, side by side: the order the game server splits in halves.
+    pub fn player_ids(&self) -> Vec<String> {
+        self.sides.concat()
+    }
+
+    /// A group of solo tickets (tests): first half against second half.
+    pub fn halves(tickets: Vec<Ticket>) -> Self {
+        let players: Vec<String> = tickets.iter().flat_map(Ticket::player_ids).collect();
+        let mut first = players;
+        let second = first.split_off(first.len() / 2);
+        Self { tickets, sides: [first, second], region: None, quality: MatchQuality::default() }
+    }
+}
+
+/// How good a group is: rating spread, the sides' mean rating difference, the worst
+/// member's latency to its region, and the oldest ticket's wait (Redis clock).
+pub fn quality(
+    sides: &[Vec<&Ticket>; 2],
+    region: Option<&str>,
+    now_ms: u64,
+    default_rating: f64,
+) -> MatchQuality {
+    let rating = |ticket: &Ticket| ticket.rating.filter(|r| r.is_finite()).unwrap_or(default_rating);
+    let all = || sides.iter().flatten();
+    let high = all().map(|t| rating(t)).fold(f64::MIN, f64::max);
+    let low = all().map(|t| rating(t)).fold(f64::MAX, f64::min);
+    let mean = |side: &[&Ticket]| {
+        let players: usize = side.iter().map(|t| t.size()).sum();
+        side.iter().map(|t| t.size() as f64 * rating(t)).sum::<f64>() / players.max(1) as f64
+    };
+    MatchQuality {
+        rating_spread: if high >= low { high - low } else { 0.0 },
+        team_rating_diff: (mean(&sides[0]) - mean(&sides[1])).abs(),
+        worst_latency_ms: region
+            .map(|region| all().filter_map(|t| t.latencies.get(region).copied()).fold(0.0, f64::max)),
+        wait_ms: all().map(|t| now_ms.saturating_sub(t.created_at)).max().unwrap_or(0),
+    }
 }
 
 /// How one group ended.
 #[derive(Debug, Clone)]
 pub enum Settled {
     /// A match: its record, as written.
-    Matched(MatchRecord),
+    Matched(Box<MatchRecord>),
     /// The allocation failed (the reason is logged); the tickets went back with their
     /// match id, or `failed` of them ran out of attempts. `counted` when the failure used
     /// up an attempt.
@@ -114,6 +169,12 @@ pub struct Matcher {
     wake: Arc<Notify>,
     /// Ends the servers of matches that were not committed.
     releaser: Releaser,
+    /// Match records carry their teams (a team queue).
+    record_teams: bool,
+    /// The rating of a ticket without one (for quality figures).
+    default_rating: f64,
+    /// The queue's name, for logs and metric labels.
+    queue: String,
 }
 
 impl Matcher {
@@ -128,6 +189,9 @@ impl Matcher {
         let allocations = Arc::new(Semaphore::new(config.max_allocations.max(1)));
         Self {
             events: Events::new(nats.clone()),
+            queue: tickets.queue_name().to_owned(),
+            record_teams: false,
+            default_rating: 0.0,
             tickets,
             nats,
             function,
@@ -140,10 +204,23 @@ impl Matcher {
         }
     }
 
+    /// Match records and matched tickets carry their teams (a team queue's matcher).
+    pub fn with_teams(mut self, record_teams: bool) -> Self {
+        self.record_teams = record_teams;
+        self
+    }
+
+    /// The rating quality figures give a ticket without one (`ratings.initial`).
+    pub fn with_default_rating(mut self, rating: f64) -> Self {
+        self.default_rating = rating;
+        self
+    }
+
     /// Runs the popping loops and the reaper until `shutdown`, then waits for the
     /// allocations in flight (each bounded by `matcher.allocate_timeout`).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tracing::info!(
+            queue = %self.queue,
             function = self.function.name(),
             workers = self.config.workers,
             lease = %mm_shared::duration::format(self.config.lease),
@@ -184,6 +261,15 @@ impl Matcher {
                 store_errors = 0;
             }
             match formed {
+                Ok(Some(batch)) if batch.groups.is_empty() => {
+                    // Tickets waiting that cannot play together yet (their bounds widen
+                    // with time): look again after a poll, not at every join, so a queue
+                    // of tickets that do not fit costs a pop per poll, not one per join.
+                    drop(permit);
+                    if sleep_or_shutdown(self.config.idle_poll, &shutdown).await {
+                        break;
+                    }
+                }
                 Ok(Some(batch)) => {
                     let matcher = self.clone();
                     in_flight.spawn(async move {
@@ -240,21 +326,27 @@ impl Matcher {
     }
 
     /// Pops a window of the oldest tickets into a new lease and groups them; tickets no
-    /// group took go straight back. `None` when fewer than ten live tickets are queued.
-    /// When a window held only dead entries (which the pop removed), pops again, up to
-    /// [`POPS_PER_ROUND`] times.
+    /// group took go straight back (a batch without groups: nothing fits yet). `None` when
+    /// fewer than a match's worth of players are queued. When a window held only dead
+    /// entries (which the pop removed), pops again, up to [`POPS_PER_ROUND`] times.
     pub async fn form_batch(&self) -> Result<Option<Batch>, StoreError> {
+        let size = self.function.match_size();
+        // A pop looks at nothing until enough tickets are queued to hold a match, with
+        // parties of up to a side each.
+        let min_tickets = 2.min(size).max(1);
         for _ in 0..POPS_PER_ROUND {
             let batch_id = uuid::Uuid::new_v4().to_string();
-            let popped =
-                self.tickets.pop(&batch_id, MATCH_SIZE, self.function.window(), self.config.lease).await?;
+            let popped = self
+                .tickets
+                .pop_players(&batch_id, size, min_tickets, self.function.window(), self.config.lease)
+                .await?;
             if !popped.expired.is_empty() {
                 tickets(TicketEvent::Expired, popped.expired.len());
                 self.releaser.release_all(&popped.orphaned, Why::Expired);
                 self.events.tickets_changed(&popped.expired).await;
             }
             if !popped.tickets.is_empty() {
-                return self.group(batch_id, popped.tickets).await.map(Some);
+                return self.group(batch_id, popped.tickets, popped.now_ms).await.map(Some);
             }
             if popped.removed == 0 {
                 break;
@@ -264,28 +356,41 @@ impl Matcher {
     }
 
     /// Asks the match function for groups among the popped tickets; gives back the rest.
-    async fn group(&self, batch_id: String, popped: Vec<Ticket>) -> Result<Batch, StoreError> {
-        let proposal = check_proposal(popped.len(), self.function.propose(&popped));
+    async fn group(&self, batch_id: String, popped: Vec<Ticket>, now_ms: u64) -> Result<Batch, StoreError> {
+        let size = self.function.match_size();
+        let proposal = check_proposal(&popped, size, self.function.propose(&popped, now_ms));
         if proposal.rejected_groups > 0 {
             tracing::warn!(
+                queue = %self.queue,
                 function = self.function.name(),
                 rejected = proposal.rejected_groups,
                 "match function proposed invalid groups; their tickets go back to the queue"
             );
         }
-        let mut candidates: Vec<Option<Ticket>> = popped.into_iter().map(Some).collect();
         if !proposal.leftover.is_empty() {
-            let leftover: Vec<String> = proposal
-                .leftover
-                .iter()
-                .filter_map(|&index| candidates[index].as_ref().map(|ticket| ticket.id.clone()))
-                .collect();
+            let leftover: Vec<String> =
+                proposal.leftover.iter().map(|&index| popped[index].id.clone()).collect();
             self.tickets.give_back(&batch_id, &leftover, GiveBack::Release).await?;
         }
         let groups = proposal
             .groups
             .iter()
-            .map(|group| group.iter().filter_map(|&index| candidates[index].take()).collect())
+            .map(|group| {
+                let sides = [
+                    group.sides[0].iter().map(|&i| &popped[i]).collect::<Vec<_>>(),
+                    group.sides[1].iter().map(|&i| &popped[i]).collect::<Vec<_>>(),
+                ];
+                let quality = quality(&sides, group.region.as_deref(), now_ms, self.default_rating);
+                Formed {
+                    sides: [
+                        sides[0].iter().flat_map(|t| t.player_ids()).collect(),
+                        sides[1].iter().flat_map(|t| t.player_ids()).collect(),
+                    ],
+                    tickets: group.members().map(|i| popped[i].clone()).collect(),
+                    region: group.region.clone(),
+                    quality,
+                }
+            })
             .collect();
         Ok(Batch { id: batch_id, groups })
     }
@@ -298,8 +403,8 @@ impl Matcher {
 
     /// Claims the group's match id, gets a server for it and makes it a match, or gives
     /// its tickets back (and releases what was allocated for nobody).
-    pub async fn settle(&self, batch_id: &str, group: Vec<Ticket>) -> Settled {
-        let ids: Vec<String> = group.iter().map(|ticket| ticket.id.clone()).collect();
+    pub async fn settle(&self, batch_id: &str, formed: Formed) -> Settled {
+        let ids: Vec<String> = formed.tickets.iter().map(|ticket| ticket.id.clone()).collect();
         let fresh = uuid::Uuid::new_v4().to_string();
         let claim = self.on_redis("claim", || self.tickets.claim(batch_id, &fresh, &ids)).await;
         let match_id = match claim {
@@ -324,9 +429,9 @@ impl Matcher {
                 return Settled::StoreFailed;
             }
         };
-        let request = AllocateRequest {
-            match_id: match_id.clone(),
-            player_ids: group.iter().map(|ticket| ticket.player_id.clone()).collect(),
+        let request = RegionalAllocateRequest {
+            request: AllocateRequest { match_id: match_id.clone(), player_ids: formed.player_ids() },
+            region: formed.region.clone(),
         };
         let in_flight = GaugeGuard::new(metrics::gauge!("mm_matchmaker_allocations_in_flight"));
         let started = Instant::now();
@@ -346,12 +451,12 @@ impl Matcher {
         metrics::histogram!("mm_matchmaker_allocation_duration_seconds", "result" => result)
             .record(started.elapsed().as_secs_f64());
         match reply {
-            Ok(server) => self.commit(batch_id, match_id, group, server).await,
+            Ok(server) => self.commit(batch_id, match_id, formed, server).await,
             Err(err) => {
                 // An absent or overloaded orchestrator is nobody's fault: wait for it
                 // without using up the tickets' attempts.
                 let counted = !matches!(result, "no_responders" | "unavailable");
-                self.give_back(batch_id, &match_id, &group, err.to_string(), counted).await
+                self.give_back(batch_id, &match_id, &formed.tickets, err.to_string(), counted).await
             }
         }
     }
@@ -360,26 +465,32 @@ impl Matcher {
         &self,
         batch_id: &str,
         match_id: String,
-        group: Vec<Ticket>,
+        formed: Formed,
         server: AllocateReply,
     ) -> Settled {
         let record = MatchRecord {
             id: match_id,
-            ticket_ids: group.iter().map(|ticket| ticket.id.clone()).collect(),
-            player_ids: group.iter().map(|ticket| ticket.player_id.clone()).collect(),
+            ticket_ids: formed.tickets.iter().map(|ticket| ticket.id.clone()).collect(),
+            player_ids: formed.player_ids(),
             server: ServerAssignment { url: server.url, game_id: server.game_id },
             created_at: now_ms(),
+            queue: self.queue.clone(),
+            teams: self.record_teams.then(|| formed.sides.to_vec()),
+            region: formed.region.clone(),
+            quality: Some(formed.quality.clone()),
         };
         match self.on_redis("commit", || self.tickets.commit(batch_id, &record)).await {
             Ok(Committed::Matched(matched)) => {
                 self.failures.store(0, Ordering::Relaxed);
                 let now = now_ms();
+                let queue = self.queue.clone();
                 for ticket in &matched {
-                    metrics::histogram!("mm_matchmaker_time_in_queue_seconds")
+                    metrics::histogram!("mm_matchmaker_time_in_queue_seconds", "queue" => queue.clone())
                         .record(now.saturating_sub(ticket.created_at) as f64 / 1000.0);
                 }
                 tickets(TicketEvent::Matched, matched.len());
-                metrics::counter!("mm_matchmaker_matches_total").increment(1);
+                metrics::counter!("mm_matchmaker_matches_total", "queue" => queue.clone()).increment(1);
+                crate::metrics::match_quality(&queue, &formed.quality);
                 self.events.tickets_changed(&matched).await;
                 self.events
                     .match_created(&MatchCreated {
@@ -389,10 +500,13 @@ impl Matcher {
                         player_ids: record.player_ids.clone(),
                         ticket_ids: record.ticket_ids.clone(),
                         created_at: record.created_at,
+                        queue: record.queue.clone(),
+                        teams: record.teams.clone(),
+                        region: record.region.clone(),
                     })
                     .await;
                 tracing::debug!(match_id = %record.id, game_id = %record.server.game_id, "match formed");
-                Settled::Matched(record)
+                Settled::Matched(Box::new(record))
             }
             Ok(Committed::Abandoned(returned)) => {
                 tracing::info!(

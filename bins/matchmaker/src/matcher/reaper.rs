@@ -69,8 +69,8 @@ impl Matcher {
             self.wake.notify_waiters();
         }
         let (depth, leases) = self.tickets.gauges().await?;
-        metrics::gauge!("mm_matchmaker_queue_depth").set(depth as f64);
-        metrics::gauge!("mm_matchmaker_leases_in_flight").set(leases as f64);
+        metrics::gauge!("mm_matchmaker_queue_depth", "queue" => self.queue.clone()).set(depth as f64);
+        metrics::gauge!("mm_matchmaker_leases_in_flight", "queue" => self.queue.clone()).set(leases as f64);
         Ok(reaped)
     }
 }

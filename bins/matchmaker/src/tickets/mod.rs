@@ -7,13 +7,16 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `queue:default` | sorted set | ids of queued tickets scored by `seq`: join order, oldest first |
-//! | `queue:default:seq` | integer | join-order counter (each ticket's `seq`) |
-//! | `ticket:{id}` | string | the ticket's JSON ([`Ticket`], plus the matcher's fields below) |
-//! | `player:{id}:ticket` | string | the player's latest ticket id |
+//! | `queue:<name>` | sorted set | ids of a queue's tickets scored by `seq`: join order, oldest first (`queue:default` is the seed's) |
+//! | `queue:<name>:seq` | integer | the queue's join-order counter (each ticket's `seq`) |
+//! | `ticket:{id}` | string | the ticket's JSON ([`Ticket`], with its `queue`, plus the matcher's fields below) |
+//! | `player:{id}:ticket` | string | the player's latest ticket id (a party's ticket for every member) |
 //! | `lease:{batch}` | set | ids of tickets a matcher popped and is allocating for |
-//! | `leases:default` | sorted set | batch ids by lease deadline (ms) |
+//! | `leases:<name>` | sorted set | the queue's batch ids by lease deadline (ms) |
 //! | `match:{id}` | string | the match's JSON ([`MatchRecord`]) |
+//!
+//! A [`TicketStore`] acts on one queue ([`TicketStore::for_queue`]); reading or
+//! cancelling a ticket finds its queue from the ticket itself.
 //!
 //! The queue was a list before: [`TicketStore::upgrade`] turns a list left by an older
 //! matchmaker into the sorted set at start. A sorted set makes every change bounded:
@@ -64,9 +67,27 @@ pub enum StoreError {
 pub enum Joined {
     /// The player already had a searching ticket: this one.
     Existing(Ticket),
-    /// A new ticket; `expired` is the player's previous one if joining expired it, and
-    /// `orphaned` the match id that expiry orphaned.
-    Created { ticket: Ticket, expired: Option<Ticket>, orphaned: Option<String> },
+    /// A new ticket; `expired` are the members' previous ones if joining expired them,
+    /// and `orphaned` the match ids those expiries orphaned.
+    Created { ticket: Ticket, expired: Vec<Ticket>, orphaned: Vec<String> },
+    /// Another member of the party has a searching ticket of their own.
+    Busy(String),
+    /// The party changed since it was read (read it again).
+    PartyChanged,
+}
+
+/// A ticket to create: one player, or a whole party.
+#[derive(Debug, Clone, Default)]
+pub struct NewTicket {
+    /// Who joins (a party's leader).
+    pub player_id: String,
+    /// A party's members, the leader first (empty: the player alone).
+    pub players: Vec<String>,
+    /// The party and its JSON as read (the join checks it is unchanged, and records the
+    /// ticket on it).
+    pub party: Option<(String, String)>,
+    pub rating: Option<f64>,
+    pub latencies: std::collections::BTreeMap<String, f64>,
 }
 
 /// What a status read found.
@@ -96,11 +117,13 @@ pub enum Cancelled {
     TooLate(Ticket),
 }
 
-/// Tickets a pop took (empty if fewer than `min` of its window were live) and those it
-/// expired.
+/// Tickets a pop took (empty if fewer than `min` players of its window were live) and
+/// those it expired.
 #[derive(Debug, Clone, Default)]
 pub struct Popped {
     pub tickets: Vec<Ticket>,
+    /// Redis's clock at the pop (the clock of every ticket's `createdAt`), Unix ms.
+    pub now_ms: u64,
     pub expired: Vec<Ticket>,
     /// Match ids the expiries orphaned.
     pub orphaned: Vec<String>,
@@ -162,17 +185,58 @@ pub struct Returned {
     pub applied: bool,
 }
 
-/// Access to tickets in Redis. Cheap to clone.
+/// Access to tickets in Redis, for one queue. Cheap to clone.
 #[derive(Clone)]
 pub struct TicketStore {
     redis: ConnectionManager,
     scripts: Arc<Scripts>,
     settings: TicketSettings,
+    queue: Arc<QueueKeys>,
+}
+
+/// One queue's name and keys.
+struct QueueKeys {
+    name: String,
+    queue: String,
+    seq: String,
+    leases: String,
+}
+
+impl QueueKeys {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            queue: keys::queue(name),
+            seq: keys::queue_seq(name),
+            leases: keys::leases(name),
+        }
+    }
 }
 
 impl TicketStore {
+    /// The store of the seed's queue, `default`.
     pub fn new(redis: ConnectionManager, settings: TicketSettings) -> Self {
-        Self { redis, scripts: Arc::new(Scripts::new()), settings }
+        Self {
+            redis,
+            scripts: Arc::new(Scripts::new()),
+            settings,
+            queue: Arc::new(QueueKeys::new(keys::DEFAULT_QUEUE_NAME)),
+        }
+    }
+
+    /// The same store, acting on queue `name`.
+    pub fn for_queue(&self, name: &str) -> Self {
+        Self { queue: Arc::new(QueueKeys::new(name)), ..self.clone() }
+    }
+
+    /// The queue this store acts on.
+    pub fn queue_name(&self) -> &str {
+        &self.queue.name
+    }
+
+    /// The Redis connection (for the services that share it).
+    pub fn redis(&self) -> ConnectionManager {
+        self.redis.clone()
     }
 
     /// Key lifetime of a searching ticket: its deadline, then the retention period.
@@ -180,33 +244,62 @@ impl TicketStore {
         self.settings.ttl + self.settings.retention
     }
 
-    /// Returns the player's searching ticket, or queues a new one (one atomic step).
+    /// Returns the player's searching ticket, or queues a new one for them alone in this
+    /// store's queue (one atomic step).
     pub async fn join(&self, player_id: &str) -> Result<Joined, StoreError> {
+        self.join_ticket(NewTicket { player_id: player_id.to_owned(), ..NewTicket::default() }).await
+    }
+
+    /// Returns the player's searching ticket, or queues `new` (one player or a party) in
+    /// this store's queue, in one atomic step.
+    pub async fn join_ticket(&self, new: NewTicket) -> Result<Joined, StoreError> {
         let ticket_id = uuid::Uuid::new_v4().to_string();
-        let reply: Vec<String> = self
-            .scripts
-            .join
-            .key(keys::QUEUE_DEFAULT)
-            .key(keys::player_ticket(player_id))
-            .key(keys::QUEUE_DEFAULT_SEQ)
+        let members = if new.players.is_empty() { vec![new.player_id.clone()] } else { new.players.clone() };
+        let fields = serde_json::json!({
+            "queue": self.queue.name,
+            "players": if new.players.is_empty() { None } else { Some(&new.players) },
+            "partyId": new.party.as_ref().map(|(id, _)| id),
+            "rating": new.rating.filter(|rating| rating.is_finite()),
+            "latencies": if new.latencies.is_empty() { None } else { Some(&new.latencies) },
+        });
+        // Lua's JSON has no null: leave absent what is not set.
+        let fields = match fields {
+            serde_json::Value::Object(map) => {
+                serde_json::Value::Object(map.into_iter().filter(|(_, value)| !value.is_null()).collect())
+            }
+            other => other,
+        };
+        let (party_key, party_raw) = match &new.party {
+            Some((id, raw)) => (keys::party(id), raw.clone()),
+            None => (String::new(), String::new()),
+        };
+        let mut invocation = self.scripts.join.prepare_invoke();
+        invocation.key(&self.queue.queue).key(&self.queue.seq).key(party_key);
+        for member in &members {
+            invocation.key(keys::player_ticket(member));
+        }
+        invocation
             .arg(keys::TICKET_PREFIX)
             .arg(&ticket_id)
-            .arg(player_id)
+            .arg(&new.player_id)
             .arg(millis(self.settings.ttl))
             .arg(millis(self.key_ttl()))
             .arg(millis(self.settings.retention))
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+            .arg(keys::QUEUE_PREFIX)
+            .arg(fields.to_string())
+            .arg(party_raw);
+        for member in &members {
+            invocation.arg(member);
+        }
+        let reply: Vec<String> = invocation.invoke_async(&mut self.redis.clone()).await?;
         match reply.as_slice() {
             [kind, ticket] if kind == "existing" => Ok(Joined::Existing(decode(ticket)?)),
-            [kind, ticket, expired] if kind == "created" => Ok(if expired.is_empty() {
-                Joined::Created { ticket: decode(ticket)?, expired: None, orphaned: None }
-            } else {
-                Joined::Created {
-                    ticket: decode(ticket)?,
-                    expired: Some(decode(expired)?),
-                    orphaned: pending_match(expired),
-                }
+            [kind, member] if kind == "busy" => Ok(Joined::Busy(member.clone())),
+            [kind, _] if kind == "changed" => Ok(Joined::PartyChanged),
+            [kind, ticket, expired @ ..] if kind == "created" => Ok(Joined::Created {
+                ticket: decode(ticket)?,
+                orphaned: orphans(expired),
+                expired: decode_all(expired)?,
             }),
             other => Err(unexpected("join", other)),
         }
@@ -221,10 +314,10 @@ impl TicketStore {
     ) -> Result<Vec<String>, StoreError> {
         Ok(script
             .key(keys::ticket(ticket_id))
-            .key(keys::QUEUE_DEFAULT)
             .arg(player_id)
             .arg(millis(self.settings.retention))
             .arg(keys::TICKET_PREFIX)
+            .arg(keys::QUEUE_PREFIX)
             .invoke_async(&mut self.redis.clone())
             .await?)
     }
@@ -262,7 +355,7 @@ impl TicketStore {
     }
 
     /// Moves the searching tickets among the `window` oldest entries of the queue into
-    /// the lease `batch_id`, but only if at least `min` of them can be taken. Looks at
+    /// the lease `batch_id`, but only if they hold at least `min` players. Looks at
     /// `window` entries at most, overdue and dead ones included.
     pub async fn pop(
         &self,
@@ -271,21 +364,36 @@ impl TicketStore {
         window: usize,
         lease: Duration,
     ) -> Result<Popped, StoreError> {
-        let (popped, expired, removed): (Vec<String>, Vec<String>, usize) = self
+        self.pop_players(batch_id, min, min, window, lease).await
+    }
+
+    /// [`TicketStore::pop`] for queues with parties: nothing is looked at unless
+    /// `min_tickets` tickets are queued (a party of five is five players in one ticket).
+    pub async fn pop_players(
+        &self,
+        batch_id: &str,
+        min: usize,
+        min_tickets: usize,
+        window: usize,
+        lease: Duration,
+    ) -> Result<Popped, StoreError> {
+        let (popped, expired, removed, now_ms): (Vec<String>, Vec<String>, usize, u64) = self
             .scripts
             .pop
-            .key(keys::QUEUE_DEFAULT)
-            .key(keys::LEASES_DEFAULT)
+            .key(&self.queue.queue)
+            .key(&self.queue.leases)
             .key(keys::lease(batch_id))
             .arg(keys::TICKET_PREFIX)
             .arg(batch_id)
             .arg(min)
-            .arg(window.max(min))
+            .arg(window.max(min_tickets).max(1))
             .arg(millis(lease))
             .arg(millis(self.settings.retention))
+            .arg(min_tickets.max(1))
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(Popped {
+            now_ms,
             tickets: decode_all(&popped)?,
             orphaned: orphans(&expired),
             expired: decode_all(&expired)?,
@@ -325,13 +433,28 @@ impl TicketStore {
     pub async fn commit(&self, batch_id: &str, record: &MatchRecord) -> Result<Committed, StoreError> {
         let record_json = serde_json::to_string(record)
             .map_err(|err| StoreError::Corrupt(format!("cannot encode match {}: {err}", record.id)))?;
+        // What every matched ticket carries of its match (Lua's JSON has no null).
+        let mut extra = serde_json::Map::new();
+        if let Some(teams) = &record.teams {
+            extra.insert("teams".to_owned(), serde_json::json!(teams));
+        }
+        if let Some(region) = &record.region {
+            extra.insert("region".to_owned(), serde_json::json!(region));
+        }
+        if let Some(quality) = &record.quality {
+            let mut quality = serde_json::json!(quality);
+            if let Some(map) = quality.as_object_mut() {
+                map.retain(|_, value| !value.is_null());
+            }
+            extra.insert("quality".to_owned(), quality);
+        }
         let (kind, items): (String, Vec<String>) = self
             .scripts
             .commit
             .key(keys::lease(batch_id))
-            .key(keys::LEASES_DEFAULT)
+            .key(&self.queue.leases)
             .key(keys::match_record(&record.id))
-            .key(keys::QUEUE_DEFAULT)
+            .key(&self.queue.queue)
             .arg(keys::TICKET_PREFIX)
             .arg(batch_id)
             .arg(&record.id)
@@ -339,6 +462,7 @@ impl TicketStore {
             .arg(&record.server.game_id)
             .arg(millis(self.settings.retention))
             .arg(record_json)
+            .arg(serde_json::Value::Object(extra).to_string())
             .arg(&record.ticket_ids)
             .invoke_async(&mut self.redis.clone())
             .await?;
@@ -370,8 +494,8 @@ impl TicketStore {
             .scripts
             .give_back
             .key(keys::lease(batch_id))
-            .key(keys::LEASES_DEFAULT)
-            .key(keys::QUEUE_DEFAULT)
+            .key(&self.queue.leases)
+            .key(&self.queue.queue)
             .arg(keys::TICKET_PREFIX)
             .arg(batch_id)
             .arg(if count { "1" } else { "0" })
@@ -395,7 +519,7 @@ impl TicketStore {
         let expired: Vec<String> = self
             .scripts
             .sweep
-            .key(keys::QUEUE_DEFAULT)
+            .key(&self.queue.queue)
             .arg(keys::TICKET_PREFIX)
             .arg(millis(self.settings.retention))
             .arg(limit)
@@ -423,7 +547,7 @@ impl TicketStore {
     pub async fn overdue_leases(&self, limit: usize) -> Result<Vec<String>, StoreError> {
         let now = mm_shared::protocol::now_ms();
         let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(keys::LEASES_DEFAULT)
+            .arg(&self.queue.leases)
             .arg("-inf")
             .arg(now)
             .arg("LIMIT")
@@ -438,9 +562,9 @@ impl TicketStore {
     pub async fn gauges(&self) -> Result<(u64, u64), StoreError> {
         let (depth, leases): (u64, u64) = redis::pipe()
             .cmd("ZCARD")
-            .arg(keys::QUEUE_DEFAULT)
+            .arg(&self.queue.queue)
             .cmd("ZCARD")
-            .arg(keys::LEASES_DEFAULT)
+            .arg(&self.queue.leases)
             .query_async(&mut self.redis.clone())
             .await?;
         Ok((depth, leases))

@@ -41,14 +41,37 @@ local function load_ticket(prefix, id)
   return t
 end
 
--- The ticket under `key` and its raw JSON, if it belongs to `player` (another player's
+-- Does `player` hold ticket `t`: its player, or a member of its party?
+local function holds(t, player)
+  if t.playerId == player then return true end
+  if type(t.players) == 'table' then
+    for _, member in ipairs(t.players) do
+      if member == player then return true end
+    end
+  end
+  return false
+end
+
+-- The ticket under `key` and its raw JSON, if `player` holds it (another player's
 -- ticket reads as missing).
 local function load_own_ticket(key, player)
   local raw = redis.call('GET', key)
   if not raw then return nil end
   local ok, t = pcall(cjson.decode, raw)
-  if not ok or type(t) ~= 'table' or t.playerId ~= player then return nil end
+  if not ok or type(t) ~= 'table' or not holds(t, player) then return nil end
   return t, raw
+end
+
+-- The queue a ticket is in (tickets written before queues had names are `default`'s).
+local function queue_of(queue_prefix, t)
+  if type(t.queue) == 'string' and t.queue ~= '' then return queue_prefix .. t.queue end
+  return queue_prefix .. 'default'
+end
+
+-- Players a ticket holds (a party's members, or one).
+local function size_of(t)
+  if type(t.players) == 'table' and #t.players > 0 then return #t.players end
+  return 1
 end
 
 -- A final ticket stays readable for retention_ms after its last change.
@@ -111,48 +134,74 @@ local function close_lease_if_empty(lease, leases, batch_id)
 end
 "#;
 
-/// Join: return the player's live ticket, or create one at the tail of the queue.
+/// Join: return the player's live ticket, or create one (for one player or a whole
+/// party) at the tail of its queue.
 ///
-/// KEYS: queue, player's ticket index, queue seq counter.
-/// ARGV: ticket prefix, new ticket id, player id, ttl ms, key ttl ms, retention ms.
-/// Returns `{'existing', ticket}` or `{'created', ticket, expired-old-ticket-or-''}`.
+/// Every member's ticket index is checked: the caller's live ticket is answered as is
+/// (whatever its queue); another member with a live ticket makes the join `busy` (a
+/// player is in one searching ticket at most). An overdue ticket still queued is expired
+/// on the way (its pending match is orphaned). A party's join also checks that the party
+/// is still what the caller read (else `changed`: read it again) and records the ticket
+/// on it.
+///
+/// KEYS: queue, queue seq counter, party key or '' (unused then), then each member's
+/// ticket index, the caller first. ARGV: ticket prefix, new ticket id, caller id, ttl ms,
+/// key ttl ms, retention ms, queue prefix, the new ticket's other fields (JSON object),
+/// the party as read ('' without a party), then each member's id, the caller first.
+/// Returns `{'existing', ticket}`, `{'busy', member id}`, `{'changed', ''}` or
+/// `{'created', ticket, expired tickets...}`.
 const JOIN: &str = r#"
-local queue, index, seq_key = KEYS[1], KEYS[2], KEYS[3]
+local queue, seq_key, party_key = KEYS[1], KEYS[2], KEYS[3]
 local prefix, id, player = ARGV[1], ARGV[2], ARGV[3]
 local ttl_ms, key_ttl_ms, retention_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local queue_prefix, fields, party_raw = ARGV[7], ARGV[8], ARGV[9]
 local now = now_ms()
-local expired = ''
-local current = redis.call('GET', index)
-if current then
-  local t = load_ticket(prefix, current)
-  if t and t.status == 'searching' and t.playerId == player then
-    -- Past its deadline but in flight: its allocation decides, so it is still live.
-    if t.expiresAt > now or redis.call('ZREM', queue, current) == 0 then
-      return { 'existing', cjson.encode(t) }
+local expired = {}
+for k = 4, #KEYS do
+  local member = ARGV[k + 6]
+  local current = redis.call('GET', KEYS[k])
+  if current then
+    local t = load_ticket(prefix, current)
+    if t and t.status == 'searching' and holds(t, member) then
+      -- Past its deadline but in flight: its allocation decides, so it is still live.
+      if t.expiresAt > now or redis.call('ZREM', queue_of(queue_prefix, t), current) == 0 then
+        if k == 4 then return { 'existing', cjson.encode(t) } end
+        return { 'busy', member }
+      end
+      table.insert(expired, expire_ticket(prefix, t, retention_ms))
     end
-    expired = expire_ticket(prefix, t, retention_ms)
   end
 end
-local t = {
-  id = id, playerId = player, status = 'searching', createdAt = now,
-  expiresAt = now + ttl_ms, seq = redis.call('INCR', seq_key), attempts = 0,
-}
+local party = nil
+if party_raw ~= '' then
+  if redis.call('GET', party_key) ~= party_raw then return { 'changed', '' } end
+  party = cjson.decode(party_raw)
+end
+local t = cjson.decode(fields)
+t.id, t.playerId, t.status, t.createdAt = id, player, 'searching', now
+t.expiresAt, t.seq, t.attempts = now + ttl_ms, redis.call('INCR', seq_key), 0
 local raw = cjson.encode(t)
 redis.call('SET', prefix .. id, raw, 'PX', key_ttl_ms)
 redis.call('ZADD', queue, t.seq, id)
-redis.call('SET', index, id, 'PX', key_ttl_ms)
-return { 'created', raw, expired }
+for k = 4, #KEYS do redis.call('SET', KEYS[k], id, 'PX', key_ttl_ms) end
+if party then
+  party.ticketId = id
+  redis.call('SET', party_key, cjson.encode(party), 'KEEPTTL')
+end
+local reply = { 'created', raw }
+for _, e in ipairs(expired) do table.insert(reply, e) end
+return reply
 "#;
 
 /// Status: the player's ticket, expiring it first if it is overdue and still queued.
 ///
-/// KEYS: ticket key, queue. ARGV: player id, retention ms, ticket prefix.
+/// KEYS: ticket key. ARGV: player id, retention ms, ticket prefix, queue prefix.
 /// Returns `{'not_found'}`, `{'ok', ticket}` or `{'expired', ticket}` (expired just now).
 const STATUS: &str = r#"
 local t, raw = load_own_ticket(KEYS[1], ARGV[1])
 if not t then return { 'not_found' } end
 if t.status == 'searching' and (tonumber(t.expiresAt) or 0) <= now_ms()
-    and redis.call('ZREM', KEYS[2], t.id) == 1 then
+    and redis.call('ZREM', queue_of(ARGV[4], t), t.id) == 1 then
   return { 'expired', expire_ticket(ARGV[3], t, tonumber(ARGV[2])) }
 end
 return { 'ok', raw }
@@ -161,7 +210,8 @@ return { 'ok', raw }
 /// Cancel: a searching ticket leaves the queue (or, in flight, its lease will see it)
 /// and becomes `cancelled`.
 ///
-/// KEYS: ticket key, queue. ARGV: player id, retention ms, ticket prefix.
+/// KEYS: ticket key. ARGV: player id (any member of a party's ticket), retention ms,
+/// ticket prefix, queue prefix.
 /// Returns `{'not_found'}`, `{'cancelled', ticket, orphaned match id or ''}`,
 /// `{'unchanged', ticket}` (already cancelled) or `{'final', ticket}` (matched, expired or
 /// failed: too late). A queued ticket's pending match (see CLAIM) is orphaned: its group
@@ -171,31 +221,34 @@ local t, raw = load_own_ticket(KEYS[1], ARGV[1])
 if not t then return { 'not_found' } end
 if t.status == 'cancelled' then return { 'unchanged', raw } end
 if t.status ~= 'searching' then return { 'final', raw } end
-local queued = redis.call('ZREM', KEYS[2], t.id) == 1
+local queued = redis.call('ZREM', queue_of(ARGV[4], t), t.id) == 1
 t.status = 'cancelled'
 local orphaned = ''
 if queued then orphaned = pending_of(t) or '' end
 return { 'cancelled', save_final(ARGV[3], t, tonumber(ARGV[2])), orphaned }
 "#;
 
-/// Pop: when at least `min` tickets are queued, looks at the `window` oldest entries and,
-/// if at least `min` of them are live, moves those into a new lease. Every entry looked
-/// at counts against the window: overdue tickets become `expired` and entries whose
-/// ticket is gone or final are dropped, and both leave the queue, so one pop does bounded
-/// work however many dead entries wait at the head (the next pop sees the ones behind).
+/// Pop: when at least `min_tickets` tickets are queued, looks at the `window` oldest
+/// entries and, if their live tickets hold at least `min` players, moves those into a new
+/// lease. Every entry looked at counts against the window: overdue tickets become
+/// `expired` and entries whose ticket is gone or final are dropped, and both leave the
+/// queue, so one pop does bounded work however many dead entries wait at the head (the
+/// next pop sees the ones behind).
 ///
-/// KEYS: queue, leases, lease. ARGV: ticket prefix, batch id, min, window, lease ms,
-/// retention ms. Returns `{popped tickets, expired tickets, entries removed without
-/// being popped}` (popped is empty when fewer than `min` were live; they stay queued).
+/// KEYS: queue, leases, lease. ARGV: ticket prefix, batch id, min players, window, lease
+/// ms, retention ms, min tickets. Returns `{popped tickets, expired tickets, entries
+/// removed without being popped, Redis time ms}` (popped is empty when fewer than `min`
+/// players were live; they stay queued). The time is the clock of every `createdAt`:
+/// match functions measure waits with it.
 const POP: &str = r#"
 local queue, leases, lease = KEYS[1], KEYS[2], KEYS[3]
 local prefix, batch_id = ARGV[1], ARGV[2]
 local min, window = tonumber(ARGV[3]), tonumber(ARGV[4])
-local lease_ms, retention_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
+local lease_ms, retention_ms, min_tickets = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local popped, expired = {}, {}
-if redis.call('ZCARD', queue) < min then return { popped, expired, 0 } end
 local now = now_ms()
-local tickets, ids, dropped = {}, {}, {}
+if redis.call('ZCARD', queue) < min_tickets then return { popped, expired, 0, now } end
+local tickets, ids, dropped, players = {}, {}, {}, 0
 for _, id in ipairs(redis.call('ZRANGE', queue, 0, window - 1)) do
   local t = load_ticket(prefix, id)
   if t and t.status == 'searching' then
@@ -205,20 +258,21 @@ for _, id in ipairs(redis.call('ZRANGE', queue, 0, window - 1)) do
     else
       table.insert(tickets, t)
       table.insert(ids, id)
+      players = players + size_of(t)
     end
   else
     table.insert(dropped, id)
   end
 end
 unqueue(queue, dropped)
-if #tickets < min then return { popped, expired, #dropped } end
+if players < min then return { popped, expired, #dropped, now } end
 unqueue(queue, ids)
 for first = 1, #ids, 1000 do
   redis.call('SADD', lease, unpack(ids, first, math.min(first + 999, #ids)))
 end
 for _, t in ipairs(tickets) do table.insert(popped, cjson.encode(t)) end
 redis.call('ZADD', leases, now + lease_ms, batch_id)
-return { popped, expired, #dropped }
+return { popped, expired, #dropped, now }
 "#;
 
 /// Claim: gives one group of a lease the match id it is allocated under, before the
@@ -292,16 +346,19 @@ return { 'claimed', match_id, orphaned }
 /// `taken` (its server is the other lease's now).
 ///
 /// KEYS: lease, leases, match key, queue. ARGV: ticket prefix, batch id, match id,
-/// server url, game id, retention ms, match JSON, ticket ids...
+/// server url, game id, retention ms, match JSON, what matched tickets also carry (a JSON
+/// object: `teams`, `region`, `quality`), ticket ids...
 /// Returns `{'matched', tickets}`, `{'abandoned', returned ids}`, `{'lost', {'release'}}`
 /// or `{'lost', {'taken'}}`.
 const COMMIT: &str = r#"
 local lease, leases, match_key, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix, batch_id, match_id = ARGV[1], ARGV[2], ARGV[3]
 local url, game_id, retention_ms = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local ok_extra, extra = pcall(cjson.decode, ARGV[8])
+if not ok_extra or type(extra) ~= 'table' then extra = {} end
 if redis.call('EXISTS', match_key) == 1 then
   local raws, ours = {}, true
-  for i = 8, #ARGV do
+  for i = 9, #ARGV do
     local raw = redis.call('GET', prefix .. ARGV[i])
     local ok, t = false, nil
     if raw then ok, t = pcall(cjson.decode, raw) end
@@ -311,12 +368,12 @@ if redis.call('EXISTS', match_key) == 1 then
   return { 'lost', { 'taken' } }
 end
 local held = redis.call('EXISTS', lease) == 1
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   if held and redis.call('SISMEMBER', lease, ARGV[i]) == 0 then held = false end
 end
 if not held then
   local mine = {}
-  for i = 8, #ARGV do
+  for i = 9, #ARGV do
     local t = load_ticket(prefix, ARGV[i])
     if t and t.status == 'searching' and pending_of(t) == match_id then
       if t.lease ~= batch_id then return { 'lost', { 'taken' } } end
@@ -330,11 +387,11 @@ if not held then
   return { 'lost', { 'release' } }
 end
 local tickets, gone = {}, false
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   local t = load_ticket(prefix, ARGV[i])
   if t and t.status == 'searching' then table.insert(tickets, t) else gone = true end
 end
-for i = 8, #ARGV do redis.call('SREM', lease, ARGV[i]) end
+for i = 9, #ARGV do redis.call('SREM', lease, ARGV[i]) end
 if gone then
   local ids = {}
   for _, t in ipairs(tickets) do
@@ -354,6 +411,7 @@ for _, t in ipairs(tickets) do
   t.status = 'matched'
   t.matchId = match_id
   t.server = { url = url, gameId = game_id }
+  for k, v in pairs(extra) do t[k] = v end
   table.insert(matched, save_final(prefix, t, retention_ms))
 end
 redis.call('SET', match_key, ARGV[7], 'PX', retention_ms)

@@ -119,6 +119,7 @@ impl Allocator {
                                 game_id,
                                 node: "test-node".into(),
                                 address: "127.0.0.1:20000".into(),
+                                start: Default::default(),
                             };
                             let payload = serde_json::to_vec(&server).expect("json");
                             let _ = client.publish(reply, payload.into()).await;

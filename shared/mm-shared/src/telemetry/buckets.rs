@@ -22,9 +22,20 @@ pub const HTTP: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Starting a game server (container or process) until it answers: fine steps around
-/// the 0.1-0.5 s a start takes, up to the 30 s a start may be allowed. 10 ms to 30 s.
-pub const STARTUP: &[f64] =
-    &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
+/// the 0.1-0.5 s a start takes, up to the 30 s a start may be allowed, and below 10 ms for
+/// the claim of a warm server (an allocation that starts nothing). 1 ms to 30 s.
+pub const STARTUP: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
+    5.0, 10.0, 30.0,
+];
+
+/// Rating points (match quality: rating spread, team difference, true-skill spread):
+/// 5 to 2,000, where a good match is tens of points apart and a mixed one hundreds.
+pub const RATING: &[f64] =
+    &[5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0, 600.0, 800.0, 1200.0, 2000.0];
+
+/// Round trips to a game's region, in seconds: 5 ms to 1 s.
+pub const PING: &[f64] = &[0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0];
 
 /// Metrics that use a set other than [`LATENCY`]. A histogram not named here gets `LATENCY`.
 pub const BY_METRIC: &[(&str, &[f64])] = &[
@@ -35,11 +46,19 @@ pub const BY_METRIC: &[(&str, &[f64])] = &[
     ("mm_orchestrator_allocation_duration_seconds", STARTUP),
     ("mm_orchestrator_container_start_duration_seconds", STARTUP),
     ("mm_orchestrator_server_ready_duration_seconds", STARTUP),
+    ("mm_orchestrator_pool_refill_duration_seconds", STARTUP),
     ("mm_harness_http_request_duration_seconds", HTTP),
     ("mm_harness_time_to_match_seconds", WAIT),
     ("mm_harness_time_to_play_seconds", WAIT),
     ("mm_harness_scenario_duration_seconds", WAIT),
     ("mm_harness_tick_lag_seconds", LAG),
+    // Match quality, by queue (matchmaker: as formed; harness: with the players' true skill).
+    ("mm_matchmaker_match_rating_spread", RATING),
+    ("mm_matchmaker_match_team_rating_difference", RATING),
+    ("mm_matchmaker_match_worst_latency_seconds", PING),
+    ("mm_matchmaker_match_wait_seconds", WAIT),
+    ("mm_harness_queue_time_to_match_seconds", WAIT),
+    ("mm_harness_match_true_skill_spread", RATING),
 ];
 
 #[cfg(test)]
