@@ -1,16 +1,22 @@
 //! One match's game: who may connect, the echo loop, and closing every socket at the end.
+//!
+//! A warm server (started by its node's pool with a bootstrap token and no match) knows no
+//! match yet: it refuses every player (503) until its node hands it one on
+//! [`game_server::ASSIGN_PATH`], once; a second assignment is refused (409), so a server
+//! never serves two matches.
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State, rejection::QueryRejection, ws::rejection::WebSocketUpgradeRejection};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use mm_shared::protocol::game_server;
+use mm_shared::protocol::game_server::{self, Assignment, AssignmentStatus};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,12 +64,26 @@ impl std::fmt::Display for EndReason {
     }
 }
 
-/// The match's game: shared by every connection.
-pub struct Game {
+/// Who may connect: the match's secret and players.
+struct Admission {
     /// Bearer secret a connection must present; empty: no check.
     secret: String,
     /// The match's players; empty: any player id.
     players: HashSet<String>,
+    /// The assignment it came from (a warm server's), for `GET /assign`.
+    assignment: Option<Assignment>,
+}
+
+/// The match's game: shared by every connection.
+pub struct Game {
+    /// Who may connect: set at start for a server started with its match, or by the one
+    /// assignment a warm server takes. Unset: every player is refused.
+    admission: OnceLock<Admission>,
+    /// A warm server's bootstrap token (its node's, for the assignment); empty: the server
+    /// was started with its match and takes no assignment.
+    bootstrap_token: String,
+    /// Cancelled when the admission is set.
+    assigned: CancellationToken,
     max_message_bytes: usize,
     /// Cancelled when the game ends; every socket loop watches it.
     over: CancellationToken,
@@ -94,6 +114,8 @@ pub enum Refusal {
     NotInMatch(String),
     #[error("the game is over")]
     GameOver,
+    #[error("this game server has no match yet")]
+    NotAssigned,
 }
 
 impl Refusal {
@@ -103,6 +125,7 @@ impl Refusal {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotInMatch(_) => StatusCode::FORBIDDEN,
             Self::GameOver => StatusCode::GONE,
+            Self::NotAssigned => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -112,16 +135,64 @@ impl Refusal {
             Self::Unauthorized => "unauthorized",
             Self::NotInMatch(_) => "forbidden",
             Self::GameOver => "game_over",
+            Self::NotAssigned => "not_assigned",
         }
     }
 }
 
+/// Why an assignment was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AssignRefusal {
+    #[error("this game server was started with its match: it takes no assignment")]
+    NotWarm,
+    #[error("missing or wrong `Authorization: Bearer <bootstrap token>`")]
+    Unauthorized,
+    #[error("invalid assignment: {0}")]
+    Invalid(String),
+    #[error("this game server already has its match")]
+    AlreadyAssigned,
+    #[error("the game server is shutting down")]
+    GameOver,
+}
+
+impl AssignRefusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::NotWarm => StatusCode::NOT_FOUND,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::AlreadyAssigned => StatusCode::CONFLICT,
+            Self::GameOver => StatusCode::GONE,
+        }
+    }
+}
+
+/// Is `authorization` `Bearer <expected>` (compared in full, without an early exit)?
+fn bearer_is(authorization: Option<&str>, expected: &str) -> bool {
+    let presented = authorization.and_then(|value| value.strip_prefix("Bearer ")).unwrap_or("");
+    constant_time_eq(presented.trim().as_bytes(), expected.as_bytes())
+}
+
 impl Game {
+    /// The game of a server started with its match.
     pub fn new(secret: String, players: HashSet<String>, max_message_bytes: usize) -> Self {
+        let game = Self::with_token(String::new(), max_message_bytes);
+        let _ = game.admission.set(Admission { secret, players, assignment: None });
+        game.assigned.cancel();
+        game
+    }
+
+    /// The game of a warm server: no match until its node assigns one with `bootstrap_token`.
+    pub fn warm(bootstrap_token: String, max_message_bytes: usize) -> Self {
+        Self::with_token(bootstrap_token, max_message_bytes)
+    }
+
+    fn with_token(bootstrap_token: String, max_message_bytes: usize) -> Self {
         describe_metrics();
         Self {
-            secret,
-            players,
+            admission: OnceLock::new(),
+            bootstrap_token,
+            assigned: CancellationToken::new(),
             max_message_bytes,
             over: CancellationToken::new(),
             ending: OnceLock::new(),
@@ -130,22 +201,76 @@ impl Game {
         }
     }
 
-    /// Checks a connection attempt: the bearer secret, then the player.
+    /// Checks a connection attempt: the match, the bearer secret, then the player.
     pub fn admit(&self, authorization: Option<&str>, player: Option<&str>) -> Result<String, Refusal> {
         if self.over.is_cancelled() {
             return Err(Refusal::GameOver);
         }
-        if !self.secret.is_empty() {
-            let presented = authorization.and_then(|value| value.strip_prefix("Bearer ")).unwrap_or("");
-            if !constant_time_eq(presented.trim().as_bytes(), self.secret.as_bytes()) {
-                return Err(Refusal::Unauthorized);
-            }
+        let admission = self.admission.get().ok_or(Refusal::NotAssigned)?;
+        if !admission.secret.is_empty() && !bearer_is(authorization, &admission.secret) {
+            return Err(Refusal::Unauthorized);
         }
         let player = player.filter(|player| !player.is_empty()).ok_or(Refusal::NoPlayer)?;
-        if !self.players.is_empty() && !self.players.contains(player) {
+        if !admission.players.is_empty() && !admission.players.contains(player) {
             return Err(Refusal::NotInMatch(player.to_owned()));
         }
         Ok(player.to_owned())
+    }
+
+    /// Checks the bootstrap token of a call to the assignment endpoint.
+    fn authorize_node(&self, authorization: Option<&str>) -> Result<(), AssignRefusal> {
+        if self.bootstrap_token.is_empty() {
+            return Err(AssignRefusal::NotWarm);
+        }
+        if !bearer_is(authorization, &self.bootstrap_token) {
+            return Err(AssignRefusal::Unauthorized);
+        }
+        Ok(())
+    }
+
+    /// Takes a warm server's one assignment, presented with its node's bootstrap token.
+    pub fn assign(&self, authorization: Option<&str>, assignment: Assignment) -> Result<(), AssignRefusal> {
+        self.authorize_node(authorization)?;
+        if self.over.is_cancelled() {
+            return Err(AssignRefusal::GameOver);
+        }
+        let invalid = |what: &str| Err(AssignRefusal::Invalid(what.to_owned()));
+        if assignment.game_id.is_empty() || assignment.match_id.is_empty() {
+            return invalid("gameId and matchId must not be empty");
+        }
+        if assignment.secret.is_empty() {
+            return invalid("secret must not be empty");
+        }
+        if assignment.player_ids.is_empty() || assignment.player_ids.iter().any(String::is_empty) {
+            return invalid("playerIds must name at least one player, none empty");
+        }
+        if assignment.ends_at == 0 {
+            return invalid("endsAt must be set");
+        }
+        let admission = Admission {
+            secret: assignment.secret.clone(),
+            players: assignment.player_ids.iter().cloned().collect(),
+            assignment: Some(assignment),
+        };
+        // Once only: whoever sets it first wins; any later one is refused.
+        self.admission.set(admission).map_err(|_| AssignRefusal::AlreadyAssigned)?;
+        self.assigned.cancel();
+        Ok(())
+    }
+
+    /// What `GET /assign` answers (with the bootstrap token).
+    pub fn status(&self, authorization: Option<&str>) -> Result<AssignmentStatus, AssignRefusal> {
+        self.authorize_node(authorization)?;
+        Ok(AssignmentStatus {
+            assignment: self.admission.get().and_then(|admission| admission.assignment.clone()),
+        })
+    }
+
+    /// Returns once the server has its match (at once for one started with it); then the
+    /// assignment, for a warm server.
+    pub async fn wait_assigned(&self) -> Option<Assignment> {
+        self.assigned.cancelled().await;
+        self.admission.get().and_then(|admission| admission.assignment.clone())
     }
 
     /// Returns once a player has joined (been admitted and upgraded).
@@ -183,9 +308,57 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `GET /connect`.
+/// `GET /connect`, and `POST`/`GET` [`game_server::ASSIGN_PATH`] for its node.
 pub fn router(game: Arc<Game>) -> Router {
-    Router::new().route(game_server::CONNECT_PATH, get(connect)).with_state(game)
+    Router::new()
+        .route(game_server::CONNECT_PATH, get(connect))
+        .route(game_server::ASSIGN_PATH, get(assignment_status).post(assign))
+        .with_state(game)
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())
+}
+
+/// `POST /assign`: the node hands this warm server its match.
+async fn assign(State(game): State<Arc<Game>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = match serde_json::from_slice::<Assignment>(&body) {
+        Ok(assignment) => {
+            let (game_id, match_id) = (assignment.game_id.clone(), assignment.match_id.clone());
+            game.assign(authorization(&headers), assignment).map(|()| (game_id, match_id))
+        }
+        // The token first: a caller without it learns nothing, not even about the body.
+        Err(err) => game
+            .authorize_node(authorization(&headers))
+            .and(Err(AssignRefusal::Invalid(format!("not an assignment: {err}")))),
+    };
+    let label = match &result {
+        Ok(_) => "assigned",
+        Err(AssignRefusal::NotWarm) => "not_warm",
+        Err(AssignRefusal::Unauthorized) => "unauthorized",
+        Err(AssignRefusal::Invalid(_)) => "bad_request",
+        Err(AssignRefusal::AlreadyAssigned) => "already_assigned",
+        Err(AssignRefusal::GameOver) => "game_over",
+    };
+    metrics::counter!("mm_game_assignments_total", "result" => label).increment(1);
+    match result {
+        Ok((game_id, match_id)) => {
+            tracing::info!(%game_id, %match_id, "assigned to its match");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(refusal) => {
+            tracing::warn!("assignment refused: {refusal}");
+            error(refusal.status(), &refusal.to_string())
+        }
+    }
+}
+
+/// `GET /assign`: which match this server has (its node asks after it lost track).
+async fn assignment_status(State(game): State<Arc<Game>>, headers: HeaderMap) -> Response {
+    match game.status(authorization(&headers)) {
+        Ok(status) => axum::Json(status).into_response(),
+        Err(refusal) => error(refusal.status(), &refusal.to_string()),
+    }
 }
 
 /// The query of `GET /connect`.
@@ -203,8 +376,7 @@ async fn connect(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let player = params.ok().and_then(|Query(params)| params.player);
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-    let player = match game.admit(authorization, player.as_deref()) {
+    let player = match game.admit(authorization(&headers), player.as_deref()) {
         Ok(player) => player,
         Err(refusal) => {
             metrics::counter!("mm_game_connections_total", "result" => refusal.label()).increment(1);
@@ -287,7 +459,13 @@ fn describe_metrics() {
     metrics::describe_gauge!("mm_game_connections", "Players connected to this game server right now.");
     metrics::describe_counter!(
         "mm_game_connections_total",
-        "Connection attempts, by result (accepted, unauthorized, forbidden, bad_request, game_over)."
+        "Connection attempts, by result (accepted, unauthorized, forbidden, bad_request, game_over, \
+         not_assigned: a warm server without its match yet)."
+    );
+    metrics::describe_counter!(
+        "mm_game_assignments_total",
+        "Assignments a warm server was offered, by result (assigned, unauthorized, already_assigned, \
+         bad_request, not_warm, game_over)."
     );
     metrics::describe_counter!(
         "mm_game_messages_total",
@@ -346,6 +524,64 @@ mod tests {
         let Query(params) = Query::<ConnectParams>::try_from_uri(&uri).expect("parses");
         assert_eq!(params.player.as_deref(), Some("p1"));
         assert!(Refusal::NoPlayer.to_string().contains(game_server::PLAYER_PARAM));
+    }
+
+    fn assignment(match_id: &str) -> Assignment {
+        Assignment {
+            game_id: format!("g-{match_id}"),
+            match_id: match_id.to_owned(),
+            player_ids: vec!["p1".into(), "p2".into()],
+            secret: "match-secret".into(),
+            ends_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_warm_server_refuses_players_until_assigned_and_takes_one_assignment() {
+        let game = Game::warm("boot".into(), 1024);
+        assert_eq!(game.admit(Some("Bearer match-secret"), Some("p1")), Err(Refusal::NotAssigned));
+        assert_eq!(game.admit(None, Some("anyone")), Err(Refusal::NotAssigned), "no match: nobody");
+        assert_eq!(game.status(Some("Bearer boot")).expect("status").assignment, None);
+        let waiting = tokio::time::timeout(Duration::from_millis(20), game.wait_assigned()).await;
+        assert!(waiting.is_err(), "not assigned yet");
+
+        assert_eq!(game.assign(Some("Bearer wrong"), assignment("m1")), Err(AssignRefusal::Unauthorized));
+        assert_eq!(game.assign(None, assignment("m1")), Err(AssignRefusal::Unauthorized));
+        assert_eq!(game.status(Some("Bearer nope")), Err(AssignRefusal::Unauthorized));
+        let no_secret = Assignment { secret: String::new(), ..assignment("m1") };
+        assert!(matches!(game.assign(Some("Bearer boot"), no_secret), Err(AssignRefusal::Invalid(_))));
+        let no_players = Assignment { player_ids: vec![], ..assignment("m1") };
+        assert!(matches!(game.assign(Some("Bearer boot"), no_players), Err(AssignRefusal::Invalid(_))));
+        assert_eq!(game.admit(None, Some("p1")), Err(Refusal::NotAssigned), "refusals assign nothing");
+
+        game.assign(Some("Bearer boot"), assignment("m1")).expect("assigned");
+        let assigned = tokio::time::timeout(Duration::from_millis(50), game.wait_assigned()).await;
+        assert_eq!(assigned.expect("assigned by now"), Some(assignment("m1")));
+        assert_eq!(game.admit(Some("Bearer match-secret"), Some("p1")), Ok("p1".to_owned()));
+        assert_eq!(game.admit(Some("Bearer boot"), Some("p1")), Err(Refusal::Unauthorized));
+        assert_eq!(
+            game.admit(Some("Bearer match-secret"), Some("p3")),
+            Err(Refusal::NotInMatch("p3".into()))
+        );
+        // Never a second match, not even the same one again.
+        for again in [assignment("m2"), assignment("m1")] {
+            assert_eq!(game.assign(Some("Bearer boot"), again), Err(AssignRefusal::AlreadyAssigned));
+        }
+        assert_eq!(game.status(Some("Bearer boot")).expect("status").assignment, Some(assignment("m1")));
+        assert_eq!(game.admit(Some("Bearer match-secret"), Some("p2")), Ok("p2".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn a_server_started_with_its_match_takes_no_assignment() {
+        let game = game("s3cret", &["p1"]);
+        assert_eq!(game.assign(Some("Bearer "), assignment("m1")), Err(AssignRefusal::NotWarm));
+        assert_eq!(game.assign(None, assignment("m1")), Err(AssignRefusal::NotWarm));
+        assert_eq!(game.status(Some("Bearer ")), Err(AssignRefusal::NotWarm));
+        assert_eq!(game.wait_assigned().await, None, "it had its match from the start");
+        // A warm server that is shutting down takes none either.
+        let warm = Game::warm("boot".into(), 1024);
+        warm.end(EndReason::Shutdown, Duration::from_millis(10)).await;
+        assert_eq!(warm.assign(Some("Bearer boot"), assignment("m1")), Err(AssignRefusal::GameOver));
     }
 
     #[test]

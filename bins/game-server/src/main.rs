@@ -36,6 +36,16 @@
 //! [`exit_codes::NO_PLAYERS`]; one whose listen address is taken exits with
 //! [`exit_codes::ADDRESS_IN_USE`]. The orchestrator tells these from a crash by the code.
 //!
+//! ## Warm servers
+//!
+//! A node keeps a pool of *warm* servers: started with `game.bootstrap_token` and no
+//! match, healthy, refusing every player (503) until the node hands one its match on
+//! `POST /assign` (`Authorization: Bearer <bootstrap token>`, body
+//! [`mm_shared::protocol::game_server::Assignment`]: game and match ids, players, secret,
+//! end). It takes one assignment only (a second is refused with 409); from then on it is
+//! any match's server, its join timeout counted from the assignment. `GET /assign` (same
+//! token) tells its node which match it has, after the node lost track (a crash).
+//!
 //! The binary is built static for a `FROM scratch` image (`just image`), so it must never
 //! resolve host names: every address it is given is an IP address.
 
@@ -89,8 +99,13 @@ struct GameSection {
     #[serde(with = "mm_shared::duration")]
     close_timeout: Duration,
     /// How long it waits for its first player before it ends itself; 0: the whole game.
+    /// A warm server counts it from its assignment.
     #[serde(with = "mm_shared::duration")]
     join_timeout: Duration,
+    /// Set: a warm server, with no match until its node assigns one with this token on
+    /// `POST /assign` (the match keys above are then unused). Never printed.
+    #[serde(skip_serializing)]
+    bootstrap_token: String,
 }
 
 impl Default for GameSection {
@@ -106,6 +121,7 @@ impl Default for GameSection {
             max_message_bytes: mm_shared::protocol::game_server::MAX_MESSAGE_BYTES,
             close_timeout: Duration::from_secs(2),
             join_timeout: Duration::ZERO,
+            bootstrap_token: String::new(),
         }
     }
 }
@@ -137,15 +153,12 @@ fn main() -> ExitCode {
 
 async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     let config = &service.config.game;
-    let ends_in = match config.ends_at {
-        0 => config.duration,
-        ends_at => Duration::from_millis(ends_at.saturating_sub(mm_shared::protocol::now_ms())),
-    };
-    let game = Arc::new(Game::new(
-        config.secret.clone(),
-        config.players.iter().cloned().collect(),
-        config.max_message_bytes,
-    ));
+    let warm = !config.bootstrap_token.is_empty();
+    let game = Arc::new(if warm {
+        Game::warm(config.bootstrap_token.clone(), config.max_message_bytes)
+    } else {
+        Game::new(config.secret.clone(), config.players.iter().cloned().collect(), config.max_message_bytes)
+    });
     let router = service.admin_router().merge(game::router(game.clone()));
     let bound = match service.serve(config.listen, "game.listen", router).await {
         Ok(bound) => bound,
@@ -158,11 +171,33 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
             return Err(err.into());
         }
     };
+    // A warm server waits for its match (or its end) before its game's clocks start.
+    let (game_id, match_id, players, ends_at) = if warm {
+        tracing::info!(warm_id = %config.game_id, %bound, "warm: waiting for its node to hand it a match");
+        let assigned = tokio::select! {
+            assigned = game.wait_assigned() => assigned,
+            () = service.shutdown.cancelled() => {
+                game.end(EndReason::Shutdown, config.close_timeout).await;
+                tracing::info!(warm_id = %config.game_id, "stopped while warm, never assigned");
+                return Ok(());
+            }
+        };
+        let Some(assignment) = assigned else {
+            return Err(anyhow::anyhow!("a warm server was let in without an assignment"));
+        };
+        (assignment.game_id, assignment.match_id, assignment.player_ids.len(), assignment.ends_at)
+    } else {
+        (config.game_id.clone(), config.match_id.clone(), config.players.len(), config.ends_at)
+    };
+    let ends_in = match ends_at {
+        0 => config.duration,
+        ends_at => Duration::from_millis(ends_at.saturating_sub(mm_shared::protocol::now_ms())),
+    };
     tracing::info!(
-        game_id = %config.game_id,
-        match_id = %config.match_id,
+        %game_id,
+        %match_id,
         %bound,
-        players = config.players.len(),
+        players,
         ends_in = %mm_shared::duration::format(ends_in),
         "game open"
     );
@@ -184,14 +219,14 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     let closed = game.end(reason, config.close_timeout).await;
     if reason == EndReason::NoPlayers {
         tracing::warn!(
-            game_id = %config.game_id,
-            match_id = %config.match_id,
+            %game_id,
+            %match_id,
             "game ended: no player joined within {} (game.join_timeout)",
             mm_shared::duration::format(join_timeout)
         );
         let _ = EXIT_CODE.set(exit_codes::NO_PLAYERS);
     } else {
-        tracing::info!(game_id = %config.game_id, sockets_closed = closed, "game ended: {reason}");
+        tracing::info!(%game_id, sockets_closed = closed, "game ended: {reason}");
     }
     Ok(())
 }

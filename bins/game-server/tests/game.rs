@@ -200,3 +200,114 @@ fn a_taken_address_is_its_own_exit_code() {
     let code = process.process().exited().and_then(|status| status.code());
     assert_eq!(code.map(i64::from), Some(exit_codes::ADDRESS_IN_USE), "{}", process.log());
 }
+
+/// `METHOD /assign` with `token` and `body`: the status and body of the answer.
+fn assign_call(addr: &str, method: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connects");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let auth = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} /assign HTTP/1.1\r\nHost: game\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("sent");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    let status = answer.split_whitespace().nth(1).and_then(|code| code.parse().ok()).expect("a status");
+    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_server_refuses_players_until_its_one_assignment_then_plays_that_match() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("MM_GAME__LISTEN", addr.as_str()),
+        ("MM_GAME__GAME_ID", "\"w-test\""),
+        ("MM_GAME__BOOTSTRAP_TOKEN", "\"boot-token\""),
+        ("MM_GAME__JOIN_TIMEOUT", "800ms"),
+    ];
+    let mut process = ServiceProcess::start("game-server", &[], &env).expect("starts");
+    process.wait_healthy(&addr).expect("healthy while warm");
+    let mut game = Game { process, addr };
+
+    // No match yet: nobody gets in, whatever they present.
+    assert_eq!(connect(&game.addr, Some("p1"), Some(SECRET)).await.err(), Some(503));
+    assert_eq!(connect(&game.addr, Some("p1"), None).await.err(), Some(503));
+    assert_eq!(assign_call(&game.addr, "GET", Some("boot-token"), "").1, r#"{"assignment":null}"#);
+    // Warm for longer than its join timeout: that clock has not started.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(game.process.process().exited().is_none(), "a warm server waits for its match");
+
+    let ends_at = mm_shared::protocol::now_ms() + 2500;
+    let assignment = |match_id: &str| {
+        format!(
+            r#"{{"gameId":"g-{match_id}","matchId":"{match_id}","playerIds":["p1","p2"],"secret":"{SECRET}","endsAt":{ends_at}}}"#
+        )
+    };
+    assert_eq!(assign_call(&game.addr, "POST", None, &assignment("m1")).0, 401, "no token");
+    assert_eq!(assign_call(&game.addr, "POST", Some("wrong"), &assignment("m1")).0, 401, "wrong token");
+    assert_eq!(assign_call(&game.addr, "POST", Some("boot-token"), "{not json").0, 400);
+    assert_eq!(assign_call(&game.addr, "POST", Some("boot-token"), &assignment("m1")).0, 204, "assigned");
+    // Never a second match.
+    assert_eq!(assign_call(&game.addr, "POST", Some("boot-token"), &assignment("m2")).0, 409);
+    assert_eq!(assign_call(&game.addr, "POST", Some("boot-token"), &assignment("m1")).0, 409);
+    let (status, body) = assign_call(&game.addr, "GET", Some("boot-token"), "");
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""matchId":"m1""#) && body.contains(SECRET), "{body}");
+    assert_eq!(assign_call(&game.addr, "GET", Some("wrong"), "").0, 401);
+
+    // Now it is m1's server: its players with its secret, nobody else.
+    assert_eq!(connect(&game.addr, Some("p3"), Some(SECRET)).await.err(), Some(403));
+    assert_eq!(connect(&game.addr, Some("p1"), Some("boot-token")).await.err(), Some(401));
+    let mut socket = connect(&game.addr, Some("p1"), Some(SECRET)).await.expect("admitted");
+    assert_echo(&mut socket).await;
+    let (code, reason) = close_frame(&mut socket, Duration::from_secs(10)).await;
+    assert_eq!((code, reason.as_str()), (CloseCode::Normal, "game over"), "it ends at the match's end");
+    assert_eq!(exit_code(&mut game, Duration::from_secs(10)), Some(0));
+    let log = game.process.log();
+    assert!(log.contains("warm: waiting for its node") && log.contains("assigned to its match"), "{log}");
+    assert!(!log.contains("boot-token"), "the token is never printed: {log}");
+
+    // A server started with its match has no assignment endpoint.
+    let plain = start("30s", r#"["p1"]"#);
+    assert_eq!(assign_call(&plain.addr, "POST", Some(""), &assignment("m3")).0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_server_ends_on_sigterm_and_its_join_timeout_counts_from_the_assignment() {
+    use mm_shared::protocol::game_server::exit_codes;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("MM_GAME__LISTEN", addr.as_str()),
+        ("MM_GAME__BOOTSTRAP_TOKEN", "\"t\""),
+        ("MM_GAME__JOIN_TIMEOUT", "700ms"),
+    ];
+    let mut process = ServiceProcess::start("game-server", &[], &env).expect("starts");
+    process.wait_healthy(&addr).expect("healthy");
+    let mut warm = Game { process, addr: addr.clone() };
+    mm_shared::process::send_signal(warm.process.pid(), libc::SIGTERM).expect("signal");
+    assert_eq!(exit_code(&mut warm, Duration::from_secs(5)), Some(0), "stopped while warm: exit 0");
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("MM_GAME__LISTEN", addr.as_str()),
+        ("MM_GAME__BOOTSTRAP_TOKEN", "\"t\""),
+        ("MM_GAME__JOIN_TIMEOUT", "700ms"),
+    ];
+    let mut process = ServiceProcess::start("game-server", &[], &env).expect("starts");
+    process.wait_healthy(&addr).expect("healthy");
+    let mut game = Game { process, addr };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let body = format!(
+        r#"{{"gameId":"g","matchId":"m","playerIds":["p1"],"secret":"s","endsAt":{}}}"#,
+        mm_shared::protocol::now_ms() + 30_000
+    );
+    let assigned = Instant::now();
+    assert_eq!(assign_call(&game.addr, "POST", Some("t"), &body).0, 204);
+    let code = exit_code(&mut game, Duration::from_secs(10));
+    assert_eq!(code.map(i64::from), Some(exit_codes::NO_PLAYERS), "{}", game.process.log());
+    assert!(assigned.elapsed() >= Duration::from_millis(600), "counted from the assignment");
+}

@@ -4,8 +4,16 @@
 //! 1. **Latency**: `orchestrator.allocate` request → reply (the reply is sent once the
 //!    server's `/healthz` answers), against a plain `podman run` of the same image with
 //!    the same settings + its first `/healthz`, interleaved in the same run. Ratio of
-//!    p50s (goal ≤ 1.25×).
-//! 2. **Capacity**: how many game servers one node keeps live at once, per driver
+//!    p50s (goal ≤ 1.25×). In the same rounds, a node with a warm pool (on a NATS of its
+//!    own, so the ranking's warm-first rule cannot send the cold case to it): warm p50
+//!    over `podman run` p50 (goal ≤ 0.02).
+//! 2. **Warm throughput**: allocations paced at rising rates (`MM_BENCH_WARM_RATES`,
+//!    `MM_BENCH_WARM_PODMAN_RATES`) against a node with an `auto` pool, per driver: how
+//!    many were warm, and the highest rate the pool kept up with (≥ 95% warm; goal ≥
+//!    200/s with processes).
+//! 3. **Burst**: 50 allocations at once against `min = 10`, `auto`: none may fail; how
+//!    many were warm.
+//! 4. **Capacity**: how many game servers one node keeps live at once, per driver
 //!    (goal ≥ 1,000 processes, ≥ 200 containers), bounded by `MM_BENCH_PROCESSES` /
 //!    `MM_BENCH_CONTAINERS`; it stops at the first failure and says what it was.
 //!
@@ -18,13 +26,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use mm_shared::protocol::{AllocateReply, AllocateRequest, subjects};
+use mm_shared::protocol::{AllocateReply, AllocateRequest, StartKind, subjects};
 use mm_testkit::{NatsServer, PodmanService, ServiceProcess, free_port};
 
 const IMAGE: &str = "localhost/mm/game-server:latest";
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+}
+
+/// A comma-separated list of numbers from the environment.
+fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(name)
+        .ok()
+        .map(|value| value.split(',').filter_map(|item| item.trim().parse().ok()).collect::<Vec<usize>>())
+        .filter(|list| !list.is_empty())
+        .unwrap_or_else(|| default.to_vec())
 }
 
 /// The static release game server `just image` builds (the one the image holds), or the
@@ -166,19 +183,27 @@ fn ms(duration: Duration) -> f64 {
 
 async fn latency(nats: &NatsServer, podman_service: &PodmanService, rounds: usize) {
     let socket = podman_service.socket();
-    let node = Orchestrator::start(
-        nats,
-        "bench-latency",
-        &[
+    let podman_env = || {
+        vec![
             ("MM_ORCHESTRATOR__DRIVER", "podman".to_owned()),
             ("MM_ORCHESTRATOR__PODMAN__SOCKET", socket.display().to_string()),
-        ],
-    );
+        ]
+    };
+    let node = Orchestrator::start(nats, "bench-latency", &podman_env());
+    // The warm node on a NATS of its own: nodes with warm servers rank first, so on one
+    // NATS it would take the cold case's allocations too.
+    let warm_nats = NatsServer::start().expect("nats-server for the warm node");
+    let mut warm_env = podman_env();
+    warm_env.push(("MM_ORCHESTRATOR__POOL__MIN", "4".to_owned()));
+    let warm_node = Orchestrator::start(&warm_nats, "bench-warm", &warm_env);
     let client = async_nats::connect(nats.url()).await.expect("NATS");
+    let warm_client = async_nats::connect(warm_nats.url()).await.expect("NATS");
     // One of each first, so image and network set-up costs are not in the figures.
     let _ = allocate(&client, "warm-up".to_owned()).await;
     let _ = plain_run(socket, 0);
-    let (mut ours, mut plain) = (Vec::new(), Vec::new());
+    let _ = allocate(&warm_client, "warm-up".to_owned()).await;
+    let (mut ours, mut plain, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+    let mut warm_starts = 0;
     for round in 1..=rounds {
         let started = Instant::now();
         match allocate(&client, format!("latency-{round}")).await {
@@ -189,24 +214,196 @@ async fn latency(nats: &NatsServer, podman_service: &PodmanService, rounds: usiz
             Ok(elapsed) => plain.push(elapsed),
             Err(err) => println!("  plain run {round} failed: {err}"),
         }
+        let started = Instant::now();
+        match allocate(&warm_client, format!("warm-{round}")).await {
+            Ok(reply) => {
+                warm.push(started.elapsed());
+                warm_starts += usize::from(reply.start == StartKind::Warm);
+            }
+            Err(err) => println!("  warm allocation {round} failed: {err}"),
+        }
     }
     ours.sort();
     plain.sort();
+    warm.sort();
     let (ours50, ours99, plain50, plain99) =
         (percentile(&ours, 0.5), percentile(&ours, 0.99), percentile(&plain, 0.5), percentile(&plain, 0.99));
+    let (warm50, warm99) = (percentile(&warm, 0.5), percentile(&warm, 0.99));
     println!("allocation latency, request -> ready (podman, rootful, {} rounds, interleaved):", rounds);
     println!("  orchestrator.allocate          p50 {:7.1} ms   p99 {:7.1} ms", ms(ours50), ms(ours99));
     println!("  podman run + first /healthz    p50 {:7.1} ms   p99 {:7.1} ms", ms(plain50), ms(plain99));
+    println!(
+        "  orchestrator.allocate, warm    p50 {:7.2} ms   p99 {:7.2} ms   ({warm_starts} of {} from the pool, min 4)",
+        ms(warm50),
+        ms(warm99),
+        warm.len()
+    );
     let ratio = ours50.as_secs_f64() / plain50.as_secs_f64().max(1e-9);
     let verdict = if ratio <= 1.25 { "meets" } else { "misses" };
     println!(
         "  ratio (p50): {ratio:.2}x ({verdict} the goal of <= 1.25x); p99 ratio {:.2}x",
         ours99.as_secs_f64() / plain99.as_secs_f64().max(1e-9)
     );
+    let warm_ratio = warm50.as_secs_f64() / plain50.as_secs_f64().max(1e-9);
+    let verdict = if warm_ratio <= 0.02 { "meets" } else { "misses" };
+    println!(
+        "warm allocation ratio (p50): {warm_ratio:.4} ({verdict} the goal of <= 0.02; warm p50 / podman run p50)"
+    );
     let stopped = node.stop();
+    let warm_stopped = warm_node.stop();
     remove_labelled(socket, "mm.bench=plain");
     remove_labelled(socket, "mm.node=bench-latency");
-    println!("  (the node stopped its {} containers in {:.1} s)", rounds + 1, stopped.as_secs_f64());
+    remove_labelled(socket, "mm.node=bench-warm");
+    println!(
+        "  (the nodes stopped their {} and {} containers in {:.1} s and {:.1} s)",
+        rounds + 1,
+        warm.len() + 5,
+        stopped.as_secs_f64(),
+        warm_stopped.as_secs_f64()
+    );
+}
+
+/// One paced step of the warm throughput: allocations asked at `rate` per second for
+/// `seconds`; how many succeeded, how many were warm, their p50 and p99.
+async fn paced(
+    client: &async_nats::Client,
+    prefix: &str,
+    rate: usize,
+    seconds: u64,
+) -> (usize, usize, usize, Duration, Duration, Duration) {
+    let total = rate * seconds as usize;
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        ticks.tick().await;
+        let client = client.clone();
+        let match_id = format!("{prefix}-{i}");
+        tasks.spawn(async move {
+            let asked = Instant::now();
+            allocate(&client, match_id).await.map(|reply| (reply.start, asked.elapsed()))
+        });
+    }
+    let (mut ok, mut warm, mut failed, mut latencies) = (0, 0, 0, Vec::new());
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(Ok((start, took))) => {
+                ok += 1;
+                warm += usize::from(start == StartKind::Warm);
+                latencies.push(took);
+            }
+            _ => failed += 1,
+        }
+    }
+    let asked_for = started.elapsed();
+    latencies.sort();
+    (ok, warm, failed, percentile(&latencies, 0.5), percentile(&latencies, 0.99), asked_for)
+}
+
+/// Warm allocations at rising rates against one node with an `auto` pool: the highest
+/// rate at which the pool kept up (at least 95% of the allocations warm).
+async fn warm_throughput(
+    nats: &NatsServer,
+    driver: &str,
+    env: Vec<(&str, String)>,
+    rates: &[usize],
+    goal: usize,
+) {
+    let node_id = format!("bench-throughput-{driver}");
+    let node = Orchestrator::start(nats, &node_id, &env);
+    let client = async_nats::connect(nats.url()).await.expect("NATS");
+    let pool =
+        env.iter().find(|(key, _)| *key == "MM_ORCHESTRATOR__POOL__MIN").map_or("?", |(_, v)| v.as_str());
+    // Let the pool fill first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!("sustained warm allocations, {driver} driver (pool auto, min {pool}; paced, 4 s per rate):");
+    let mut kept_up = 0;
+    for &rate in rates {
+        let (ok, warm, failed, p50, p99, took) = paced(&client, &format!("{driver}-{rate}"), rate, 4).await;
+        let achieved = ok as f64 / took.as_secs_f64().max(1e-9);
+        let share = warm as f64 / (ok + failed).max(1) as f64;
+        println!(
+            "  asked {rate:4}/s: {ok} allocated ({achieved:.0}/s), {warm} warm ({:.0}%), {failed} failed; p50 {:.1} ms, p99 {:.1} ms",
+            share * 100.0,
+            ms(p50),
+            ms(p99)
+        );
+        if share >= 0.95 && failed == 0 {
+            kept_up = kept_up.max(rate);
+        }
+        // The pool refills before the next, faster step.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let verdict = if kept_up >= goal { "meets" } else { "misses" };
+    println!(
+        "  sustained warm allocation rate, {driver} driver: {kept_up}/s ({verdict} the goal of >= {goal}/s)"
+    );
+    let stopped = node.stop();
+    println!("  (SIGTERM stopped the node's servers in {:.1} s)", stopped.as_secs_f64());
+}
+
+/// 50 allocations at once against a pool of `min = 10`, `auto`.
+async fn burst(nats: &NatsServer, driver: &str, env: Vec<(&str, String)>) {
+    let node_id = format!("bench-burst-{driver}");
+    let node = Orchestrator::start(nats, &node_id, &env);
+    let client = async_nats::connect(nats.url()).await.expect("NATS");
+    // Until its 10 warm servers are up.
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let warm = match js.get_key_value("nodes").await {
+            Ok(nodes) => match nodes.get(&node_id).await {
+                Ok(Some(bytes)) => serde_json::from_slice::<mm_shared::protocol::NodeEntry>(&bytes)
+                    .map(|entry| entry.warm)
+                    .unwrap_or(0),
+                _ => 0,
+            },
+            Err(_) => 0,
+        };
+        if warm >= 10 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    let results = futures_util::future::join_all((0..50).map(|i| {
+        let client = client.clone();
+        async move {
+            let asked = Instant::now();
+            allocate(&client, format!("burst-{driver}-{i}")).await.map(|reply| (reply.start, asked.elapsed()))
+        }
+    }))
+    .await;
+    let took = started.elapsed();
+    let mut latencies = Vec::new();
+    let (mut warm, mut failures) = (0, Vec::new());
+    for result in results {
+        match result {
+            Ok((start, latency)) => {
+                warm += usize::from(start == StartKind::Warm);
+                latencies.push(latency);
+            }
+            Err(err) => failures.push(err),
+        }
+    }
+    latencies.sort();
+    let verdict = if failures.is_empty() { "meets" } else { "misses" };
+    println!(
+        "burst of 50 allocations at once, {driver} driver (pool min 10, auto): {} allocated, {warm} warm, {} cold, \
+         {} failed ({verdict} the goal of none failing) in {:.2} s; p50 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        latencies.len() - warm,
+        failures.len(),
+        took.as_secs_f64(),
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 1.0))
+    );
+    if let Some(first) = failures.first() {
+        println!("  first failure: {first}");
+    }
+    node.stop();
 }
 
 /// Allocates up to `target` servers, `parallel` at a time, stopping at the first failure.
@@ -369,6 +566,56 @@ async fn main() {
         memory_available_mb()
     );
     latency(&nats, &podman_service, rounds).await;
+
+    let socket = podman_service.socket().display().to_string();
+    let process_env = |pool: &[(&'static str, &str)]| {
+        let mut env = vec![
+            ("MM_ORCHESTRATOR__DRIVER", "process".to_owned()),
+            ("MM_ORCHESTRATOR__PROCESS__BINARY", game_server_binary().display().to_string()),
+        ];
+        env.extend(pool.iter().map(|(key, value)| (*key, (*value).to_owned())));
+        env
+    };
+    let podman_env = |pool: &[(&'static str, &str)]| {
+        let mut env = vec![
+            ("MM_ORCHESTRATOR__DRIVER", "podman".to_owned()),
+            ("MM_ORCHESTRATOR__PODMAN__SOCKET", socket.clone()),
+            ("MM_ORCHESTRATOR__DRIVER_TIMEOUT", "60s".to_owned()),
+        ];
+        env.extend(pool.iter().map(|(key, value)| (*key, (*value).to_owned())));
+        env
+    };
+    let rates = env_list("MM_BENCH_WARM_RATES", &[100, 200, 300, 400]);
+    let podman_rates = env_list("MM_BENCH_WARM_PODMAN_RATES", &[4, 8, 16]);
+    // Short games, so the servers of a step end while the next runs.
+    let throughput = [
+        ("MM_ORCHESTRATOR__POOL__MIN", "32"),
+        ("MM_ORCHESTRATOR__POOL__MAX", "256"),
+        ("MM_ORCHESTRATOR__POOL__POLICY", "auto"),
+        ("MM_ORCHESTRATOR__POOL__RATE_WINDOW", "5s"),
+        ("MM_ORCHESTRATOR__GAME__DURATION", "5s"),
+        ("MM_ORCHESTRATOR__GAME__JOIN_TIMEOUT", "0s"),
+    ];
+    warm_throughput(&nats, "process", process_env(&throughput), &rates, 200).await;
+    let podman_throughput = [
+        ("MM_ORCHESTRATOR__POOL__MIN", "16"),
+        ("MM_ORCHESTRATOR__POOL__MAX", "64"),
+        ("MM_ORCHESTRATOR__POOL__POLICY", "auto"),
+        ("MM_ORCHESTRATOR__POOL__RATE_WINDOW", "5s"),
+        ("MM_ORCHESTRATOR__GAME__DURATION", "10s"),
+        ("MM_ORCHESTRATOR__GAME__JOIN_TIMEOUT", "0s"),
+    ];
+    warm_throughput(&nats, "podman", podman_env(&podman_throughput), &podman_rates, 0).await;
+    remove_labelled(podman_service.socket(), "mm.node=bench-throughput-podman");
+    let burst_pool = [
+        ("MM_ORCHESTRATOR__POOL__MIN", "10"),
+        ("MM_ORCHESTRATOR__POOL__MAX", "50"),
+        ("MM_ORCHESTRATOR__POOL__POLICY", "auto"),
+    ];
+    burst(&nats, "process", process_env(&burst_pool)).await;
+    burst(&nats, "podman", podman_env(&burst_pool)).await;
+    remove_labelled(podman_service.socket(), "mm.node=bench-burst-podman");
+
     capacity_processes(&nats, processes).await;
     capacity_containers(&nats, &podman_service, containers).await;
 }

@@ -22,8 +22,8 @@ use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use mm_shared::nats::{Budget, RequestError, ServiceError};
 use mm_shared::protocol::{
-    AllocateReply, AllocateRequest, NodeEntry, PlaceRequest, ServerEntry, ServerState, limits, now_ms,
-    subjects,
+    AllocateReply, AllocateRequest, NodeEntry, PlaceRequest, ServerEntry, ServerState, StartKind, limits,
+    now_ms, subjects,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +46,13 @@ pub fn game_id_for(match_id: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, match_id.as_bytes());
     let hex: String = digest.as_ref()[..12].iter().map(|byte| format!("{byte:02x}")).collect();
     format!("g{hex}")
+}
+
+/// A new warm server's id: `w` and 24 random hex digits (as safe as a game id, and never
+/// one: game ids start with `g`).
+pub fn new_warm_id() -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("w{}", &random[..24])
 }
 
 /// Checks a match id and its players: 400 for the caller's mistakes.
@@ -308,6 +315,8 @@ impl Allocator {
                         game_id: entry.game_id,
                         node: entry.node,
                         address: entry.address,
+                        // A replay: nothing was claimed or started for it.
+                        start: StartKind::Cold,
                     }));
                 }
                 // It is ending: the entry goes in a moment, then a new server can start.
@@ -360,6 +369,10 @@ mod tests {
         assert_ne!(a, game_id_for("match-2"));
         assert_eq!(a.len(), 25);
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        let (w1, w2) = (new_warm_id(), new_warm_id());
+        assert_ne!(w1, w2);
+        assert_eq!(w1.len(), 25);
+        assert!(w1.starts_with('w') && w1.chars().all(|c| c.is_ascii_alphanumeric()));
     }
 
     #[test]

@@ -18,6 +18,12 @@
 //! duration = "30s"
 //! start_timeout = "5s"            # at most place_timeout
 //! join_timeout = "15s"            # no player by then: the server ends itself ("0s": never)
+//! [orchestrator.pool]                 # warm servers (off unless min > 0, or auto with max > 0)
+//! min = 4                         # never fewer warm servers than this (when there is room)
+//! max = 32                        # auto never more than this (0: min)
+//! policy = "auto"                 # fixed: min; auto: recent allocation rate x cold-start time
+//! recycle_after = "10m"           # a warm server unclaimed this long is replaced ("0s": never)
+//! rate_window = "30s"             # auto: the allocations counted for the rate
 //! [orchestrator.podman]
 //! socket = "/run/user/1000/podman/podman.sock"
 //! ```
@@ -128,6 +134,7 @@ pub struct OrchestratorSection {
     pub capacity: CapacitySection,
     pub game: GameSection,
     pub restart: RestartSection,
+    pub pool: PoolSection,
     pub podman: PodmanSection,
     pub process: ProcessSection,
 }
@@ -158,6 +165,7 @@ impl Default for OrchestratorSection {
             capacity: CapacitySection::default(),
             game: GameSection::default(),
             restart: RestartSection::default(),
+            pool: PoolSection::default(),
             podman: PodmanSection::default(),
             process: ProcessSection::default(),
         }
@@ -208,6 +216,7 @@ impl OrchestratorSection {
                 ));
             }
         }
+        self.pool.validate()?;
         if self.reap_after < self.node_timeout {
             return Err(format!(
                 "config key `orchestrator.reap_after` ({}) must be at least `orchestrator.node_timeout` \
@@ -314,6 +323,77 @@ pub struct RestartSection {
 impl Default for RestartSection {
     fn default() -> Self {
         Self { attempts: 2, interval: Duration::from_secs(60), delay: Duration::from_millis(250) }
+    }
+}
+
+/// How a node sizes its pool of warm servers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolPolicy {
+    /// Always `min` warm servers.
+    #[default]
+    Fixed,
+    /// The recent allocation rate times the cold-start time (what a burst at that rate
+    /// takes while replacements start), between `min` and `max`.
+    Auto,
+}
+
+/// `[orchestrator.pool]`: the node's buffer of warm servers — started, healthy and
+/// unallocated — that an allocation claims in milliseconds. They count against the
+/// node's capacity. Off by default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolSection {
+    /// Warm servers kept at least (while the node has room).
+    pub min: usize,
+    /// The most warm servers `auto` keeps; 0: `min`.
+    pub max: usize,
+    pub policy: PoolPolicy,
+    /// A warm server no allocation claimed within this is stopped and replaced; 0: never.
+    #[serde(with = "mm_shared::duration")]
+    pub recycle_after: Duration,
+    /// `auto`: the window the allocation rate is measured over.
+    #[serde(with = "mm_shared::duration")]
+    pub rate_window: Duration,
+}
+
+impl Default for PoolSection {
+    fn default() -> Self {
+        Self {
+            min: 0,
+            max: 0,
+            policy: PoolPolicy::Fixed,
+            recycle_after: Duration::from_secs(600),
+            rate_window: Duration::from_secs(30),
+        }
+    }
+}
+
+impl PoolSection {
+    /// The most warm servers the pool may want.
+    pub fn ceiling(&self) -> usize {
+        match self.policy {
+            PoolPolicy::Fixed => self.min,
+            PoolPolicy::Auto => self.min.max(self.max),
+        }
+    }
+
+    /// Does this node keep warm servers at all?
+    pub fn is_on(&self) -> bool {
+        self.ceiling() > 0
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.max != 0 && self.max < self.min {
+            return Err(format!(
+                "config key `orchestrator.pool.max` ({}) must be at least `orchestrator.pool.min` ({}), or 0",
+                self.max, self.min
+            ));
+        }
+        if self.rate_window.is_zero() {
+            return Err("config key `orchestrator.pool.rate_window` must be above zero".to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -455,6 +535,33 @@ mod tests {
         }
         let zero = OrchestratorSection { driver_timeout: Duration::ZERO, ..OrchestratorSection::default() };
         assert!(zero.validate().expect_err("zero").contains("`orchestrator.driver_timeout`"));
+    }
+
+    #[test]
+    fn the_pool_is_off_by_default_and_checked() {
+        let pool = PoolSection::default();
+        assert!(!pool.is_on(), "no warm servers unless configured");
+        let fixed = PoolSection { min: 4, max: 10, ..PoolSection::default() };
+        assert_eq!((fixed.is_on(), fixed.ceiling()), (true, 4), "fixed keeps min");
+        let auto = PoolSection { policy: PoolPolicy::Auto, ..fixed.clone() };
+        assert_eq!(auto.ceiling(), 10);
+        let auto_from_zero =
+            PoolSection { min: 0, max: 8, policy: PoolPolicy::Auto, ..PoolSection::default() };
+        assert!(auto_from_zero.is_on());
+        let mut config = OrchestratorSection {
+            pool: PoolSection { min: 5, max: 3, ..PoolSection::default() },
+            ..OrchestratorSection::default()
+        };
+        let err = config.validate().expect_err("max below min");
+        assert!(err.contains("`orchestrator.pool.max`") && err.contains("`orchestrator.pool.min`"), "{err}");
+        config.pool = PoolSection { min: 5, max: 0, ..PoolSection::default() };
+        config.validate().expect("max 0 means min");
+        config.pool.rate_window = Duration::ZERO;
+        assert!(config.validate().expect_err("zero").contains("`orchestrator.pool.rate_window`"));
+        let parsed: PoolSection =
+            toml::from_str("min = 2\nmax = 6\npolicy = \"auto\"\nrecycle_after = \"5m\"").expect("parses");
+        assert_eq!((parsed.min, parsed.max, parsed.policy), (2, 6, PoolPolicy::Auto));
+        assert_eq!(parsed.recycle_after, Duration::from_secs(300));
     }
 
     #[test]

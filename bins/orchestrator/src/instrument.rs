@@ -99,6 +99,29 @@ pub fn describe() {
         "mm_orchestrator_heartbeats_total",
         "Node entry writes to KV `nodes`, by result (ok, error)."
     );
+    metrics::describe_gauge!(
+        "mm_orchestrator_pool_warm",
+        "Warm game servers in this node's pool (started, healthy, unallocated), by node."
+    );
+    metrics::describe_gauge!(
+        "mm_orchestrator_pool_target",
+        "How many warm servers this node's pool wants now (orchestrator.pool), by node."
+    );
+    metrics::describe_counter!(
+        "mm_orchestrator_claims_total",
+        "Servers this node placed, by kind (warm: a warm server of its pool was claimed; cold: one was \
+         started for the match) and node."
+    );
+    metrics::describe_histogram!(
+        "mm_orchestrator_pool_refill_duration_seconds",
+        metrics::Unit::Seconds,
+        "From the decision to refill the warm pool until the new server is warm, by driver."
+    );
+    metrics::describe_counter!(
+        "mm_orchestrator_pool_recycled_total",
+        "Warm servers stopped and replaced because no allocation claimed them within \
+         orchestrator.pool.recycle_after, by node."
+    );
 }
 
 /// Moves one server from `from` to `to` in `mm_orchestrator_servers` (`None`: not counted).
@@ -148,6 +171,19 @@ pub fn init_counters(node: &str) {
     metrics::counter!("mm_orchestrator_join_timeouts_total", "node" => node.to_owned()).increment(0);
     metrics::counter!("mm_orchestrator_node_claim_lost_total", "node" => node.to_owned()).increment(0);
     metrics::gauge!("mm_orchestrator_starts_in_flight", "node" => node.to_owned()).set(0.0);
+    metrics::gauge!("mm_orchestrator_pool_warm", "node" => node.to_owned()).set(0.0);
+    metrics::gauge!("mm_orchestrator_pool_target", "node" => node.to_owned()).set(0.0);
+    for kind in mm_shared::protocol::StartKind::ALL {
+        metrics::counter!("mm_orchestrator_claims_total", "kind" => kind.as_str(), "node" => node.to_owned())
+            .increment(0);
+    }
+    metrics::counter!("mm_orchestrator_pool_recycled_total", "node" => node.to_owned()).increment(0);
+}
+
+/// Registers a driver's histograms of the warm pool with no sample yet, so the series
+/// exist (with zero counts) before the first refill.
+pub fn init_driver(driver: &'static str) {
+    let _ = metrics::histogram!("mm_orchestrator_pool_refill_duration_seconds", "driver" => driver);
 }
 
 /// The node's capacity and use, in base units, labelled with the node like every other

@@ -12,7 +12,11 @@
 //! - serves `orchestrator.release` and its own `orchestrator.node.<id>.release`
 //!   ([`release`]);
 //! - reconciles KV with its driver at start-up, every `reconcile_interval` and after each
-//!   NATS reconnect, and reaps the entries of nodes gone silent ([`reconcile`]).
+//!   NATS reconnect, and reaps the entries of nodes gone silent ([`reconcile`]);
+//! - keeps a pool of warm servers when `[orchestrator.pool]` asks for one ([`pool`]):
+//!   allocations claim them in milliseconds ([`place`]), and the pool refills in the
+//!   background. Each server's runner is a pure state machine ([`machine`]) with its I/O
+//!   around it ([`runner`], [`game_api`]).
 //!
 //! It holds its node id alone: a second process with a live node's id refuses to start
 //! ([`node::Node::claim`]).
@@ -26,10 +30,13 @@ mod admission;
 mod allocate;
 mod config;
 mod driver;
+mod game_api;
 mod instrument;
 mod ledger;
+mod machine;
 mod node;
 mod place;
+mod pool;
 mod reconcile;
 mod release;
 mod retry;
@@ -112,6 +119,7 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
         tracing::warn!(node = %node_id, driver = driver.name(), "using the {} driver, unhealthy for now: {}", driver.name(), health.status);
     }
     driver.watch(background.clone());
+    instrument::init_driver(driver.name());
     let node = Arc::new(Node::new(node_id.clone(), config.clone(), driver, store, health));
     // The id first: reconciling touches the id's containers, which another live process
     // with this id would be running.
@@ -124,6 +132,15 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     });
 
     reconcile::reconcile(&node).await?;
+    if config.pool.is_on() {
+        tracing::info!(
+            min = config.pool.min,
+            max = config.pool.ceiling(),
+            policy = ?config.pool.policy,
+            "keeping a pool of warm game servers"
+        );
+        tokio::spawn(node.clone().keep_pool());
+    }
     let health_node = node.clone();
     service.health.add_check("driver", move || {
         let health = health_node.driver_health();
@@ -235,6 +252,11 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
         subjects::ORCHESTRATOR_ALLOCATE,
         subjects::ORCHESTRATOR_RELEASE
     );
+    // The subscriptions reach the server before /healthz says ready (a caller that waited
+    // for ready must not meet "no responders").
+    if let Err(err) = nats.flush().await {
+        tracing::warn!("flushing the service subscriptions: {err}");
+    }
     serving.store(true, Ordering::Relaxed);
     tokio::join!(serve_allocate, serve_place, serve_release, serve_node_release);
     serving.store(false, Ordering::Relaxed);

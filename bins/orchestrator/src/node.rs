@@ -1,5 +1,15 @@
 //! One orchestrator process is one node: its books, its driver, its runners, its start
-//! queue, and its heartbeat in KV `nodes`.
+//! queue, its pool of warm servers, and its heartbeat in KV `nodes`.
+//!
+//! **Slots.** A runner is known by its *slot*: the id its driver knows the server by (the
+//! `mm.game-id` label, the container name, the key of its books). A server started for a
+//! match has its game id as slot; a warm server has its warm id, and keeps it as slot
+//! once a claim moves its entry to its match's game id.
+//!
+//! **Warm pool.** [`Node::claim_warm`] takes the oldest warm server under the pool's
+//! lock: two allocations never get the same one, and nothing races in KV. The pool keeper
+//! ([`Node::keep_pool`]) starts servers for the pool in the background, as the start
+//! queue admits them and the books have room (warm servers count against capacity).
 //!
 //! **One node, one id.** The node entry is this process's claim on its id: it carries a
 //! random `instance`, and every heartbeat is a compare-and-set on the revision this
@@ -13,8 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use mm_shared::protocol::game_server::Assignment;
 use mm_shared::protocol::{NodeEntry, ServerEntry, ServerState, now_ms};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,30 +33,31 @@ use crate::admission::{Busy, StartQueue};
 use crate::config::OrchestratorSection;
 use crate::driver::{Driver, Exit};
 use crate::ledger::{Holding, Ledger, Refusal};
+pub use crate::machine::StopReason;
+use crate::machine::{ClaimFailure, PlaceFailure};
+use crate::pool::WarmPool;
 use crate::store::{Latest, Store, StoreError};
 
 /// Busy time over which the learnt start rate halves its weight.
 const START_RATE_HALF_LIFE: Duration = Duration::from_secs(30);
+/// How often the pool keeper looks again when nothing woke it (recycled servers, an
+/// `auto` target that moved, room that came back).
+const POOL_TICK: Duration = Duration::from_millis(250);
+
+/// What a new server's placement waits for: its address once ready, or why not.
+pub type ReadySender = oneshot::Sender<Result<String, PlaceFailure>>;
+/// What a claim of a warm server waits for: its address once it has its match, or why not.
+pub type ClaimSender = oneshot::Sender<Result<String, ClaimFailure>>;
 
 /// What a runner is told.
 #[derive(Debug)]
 pub enum Control {
-    /// The driver saw a server of this game stop (maybe an earlier attempt's).
+    /// The driver saw a server of this slot stop (maybe an earlier attempt's).
     Exited(Exit),
     /// Stop supervising.
     Stop(StopReason),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    /// The placement was given up (its deadline passed): stop the server, it failed.
-    Abort,
-    /// The orchestrator is stopping and stops its servers.
-    Shutdown,
-    /// The orchestrator is stopping and leaves its servers running for the next start.
-    Keep,
-    /// Its match was not committed (`orchestrator.release`): stop the server.
-    Released,
+    /// An allocation claimed this warm server for a match.
+    Claim { assignment: Assignment, reply: ClaimSender },
 }
 
 struct RunnerLink {
@@ -53,6 +65,16 @@ struct RunnerLink {
     control: mpsc::UnboundedSender<Control>,
     /// The entry as the runner last wrote it (what KV should hold).
     entry: ServerEntry,
+}
+
+/// What this node knows of, for reconciliation.
+#[derive(Debug, Default)]
+pub struct Known {
+    /// Keys of KV `servers` it backs: its runners' current game ids, and reservations
+    /// whose runner has not started yet.
+    pub entries: HashSet<String>,
+    /// Slots its driver may run: its runners', and every reservation's.
+    pub slots: HashSet<String>,
 }
 
 /// One admitted start: counted in the node's start queue until dropped (when the
@@ -95,7 +117,11 @@ pub struct Node {
     /// Runner tasks, awaited when the orchestrator stops.
     pub tasks: TaskTracker,
     ledger: Mutex<Ledger>,
+    /// By slot.
     runners: Mutex<HashMap<String, RunnerLink>>,
+    pool: Mutex<WarmPool>,
+    /// Woken when the pool changes (a server left it, a refill ended).
+    pool_changed: Notify,
     next_runner: AtomicU64,
     health: Mutex<DriverHealth>,
     /// Woken when the books change, so the heartbeat publishes them at once.
@@ -136,6 +162,7 @@ impl Node {
         let offset = (u64::from(uuid::Uuid::new_v4().as_u128() as u32) % span) as u16;
         let ledger = Ledger::new(config.capacity.resolve(), range, range.0 + offset);
         let learning = driver.parallel() as u64;
+        let pool = WarmPool::new(&config.pool);
         Self {
             id,
             config,
@@ -144,6 +171,8 @@ impl Node {
             tasks: TaskTracker::new(),
             ledger: Mutex::new(ledger),
             runners: Mutex::new(HashMap::new()),
+            pool: Mutex::new(pool),
+            pool_changed: Notify::new(),
             next_runner: AtomicU64::new(1),
             health: Mutex::new(health),
             changed: Notify::new(),
@@ -226,6 +255,7 @@ impl Node {
             pid: self.pid,
             host: self.host.clone(),
             starting: lock(&self.starts).in_flight(),
+            warm: lock(&self.pool).warm() as u64,
         }
     }
 
@@ -350,8 +380,8 @@ impl Node {
     }
 
     /// Records the entry a runner just wrote (what KV should hold for it).
-    pub fn record(&self, game_id: &str, runner: u64, entry: &ServerEntry) {
-        if let Some(link) = lock(&self.runners).get_mut(game_id)
+    pub fn record(&self, slot: &str, runner: u64, entry: &ServerEntry) {
+        if let Some(link) = lock(&self.runners).get_mut(slot)
             && link.id == runner
         {
             link.entry = entry.clone();
@@ -363,18 +393,34 @@ impl Node {
         lock(&self.runners).values().map(|link| link.entry.clone()).collect()
     }
 
-    /// Games this node knows: supervised by a runner, or holding resources (a placement
-    /// between its reservation and its runner).
-    pub fn known_games(&self) -> HashSet<String> {
-        let mut known: HashSet<String> = lock(&self.runners).keys().cloned().collect();
-        known.extend(lock(&self.ledger).games());
+    /// What this node knows: servers supervised by a runner, and resources held (a
+    /// placement or refill between its reservation and its runner).
+    pub fn known(&self) -> Known {
+        let runners = lock(&self.runners);
+        let mut known = Known::default();
+        for (slot, link) in runners.iter() {
+            known.slots.insert(slot.clone());
+            known.entries.insert(link.entry.game_id.clone());
+        }
+        for slot in lock(&self.ledger).games() {
+            if !runners.contains_key(&slot) {
+                known.entries.insert(slot.clone());
+            }
+            known.slots.insert(slot);
+        }
         known
     }
 
     /// Stops the server of `game_id` because its match was released; false if this node
     /// runs none.
     pub fn release_game(&self, game_id: &str) -> bool {
-        match lock(&self.runners).get(game_id) {
+        let runners = lock(&self.runners);
+        // A claimed warm server runs under its match's game id in another slot.
+        let link = runners
+            .get(game_id)
+            .filter(|link| link.entry.game_id == game_id)
+            .or_else(|| runners.values().find(|link| link.entry.game_id == game_id));
+        match link {
             Some(link) => link.control.send(Control::Stop(StopReason::Released)).is_ok(),
             None => false,
         }
@@ -387,7 +433,8 @@ impl Node {
         self.set_draining();
         let runners = lock(&self.runners);
         for link in runners.values() {
-            let placed = matches!(link.entry.state, ServerState::Ready | ServerState::Running);
+            let placed =
+                matches!(link.entry.state, ServerState::Ready | ServerState::Running | ServerState::Warm);
             if !keep || !placed {
                 let _ = link.control.send(Control::Stop(StopReason::Shutdown));
             }
@@ -421,22 +468,152 @@ impl Node {
         }
     }
 
-    /// Registers a runner for `entry`'s game; returns the id to unregister it with.
-    pub fn register(&self, entry: &ServerEntry, control: mpsc::UnboundedSender<Control>) -> u64 {
+    /// Registers a runner for the server in `slot`; returns the id to unregister it with.
+    pub fn register(&self, slot: &str, entry: &ServerEntry, control: mpsc::UnboundedSender<Control>) -> u64 {
         let id = self.next_runner.fetch_add(1, Ordering::Relaxed);
-        lock(&self.runners).insert(entry.game_id.clone(), RunnerLink { id, control, entry: entry.clone() });
+        lock(&self.runners).insert(slot.to_owned(), RunnerLink { id, control, entry: entry.clone() });
         id
     }
 
-    /// Unregisters runner `id` (a newer runner of the same game id stays).
-    pub fn unregister(&self, game_id: &str, id: u64) {
+    /// Unregisters runner `id` (a newer runner of the same slot stays).
+    pub fn unregister(&self, slot: &str, id: u64) {
         let mut runners = lock(&self.runners);
-        if runners.get(game_id).is_some_and(|link| link.id == id) {
-            runners.remove(game_id);
+        if runners.get(slot).is_some_and(|link| link.id == id) {
+            runners.remove(slot);
         }
     }
 
-    /// Hands a driver's exit report to the game's runner, if it has one.
+    /// Takes the oldest warm server for an allocation: no other claim can get it from
+    /// now on. Its runner hears of the claim on the control channel returned.
+    pub fn claim_warm(&self) -> Option<(String, mpsc::UnboundedSender<Control>)> {
+        loop {
+            let slot = self.with_pool(WarmPool::claim)?;
+            // Its runner ended meanwhile (it had left the pool as it did): the next one.
+            if let Some(link) = lock(&self.runners).get(&slot) {
+                return Some((slot, link.control.clone()));
+            }
+        }
+    }
+
+    fn pool_gauge(&self, pool: &WarmPool) {
+        metrics::gauge!("mm_orchestrator_pool_warm", "node" => self.id.clone()).set(pool.warm() as f64);
+    }
+
+    /// Changes the pool under its lock, then wakes the keeper, and the heartbeat when the
+    /// pool became empty or stopped being empty (what ranking needs at once; the count
+    /// goes out with the next heartbeat).
+    fn with_pool<T>(&self, change: impl FnOnce(&mut WarmPool) -> T) -> T {
+        let (result, flipped) = {
+            let mut pool = lock(&self.pool);
+            let before = pool.warm() > 0;
+            let result = change(&mut pool);
+            self.pool_gauge(&pool);
+            (result, before != (pool.warm() > 0))
+        };
+        self.pool_changed.notify_one();
+        if flipped {
+            self.changed.notify_one();
+        }
+        result
+    }
+
+    /// `slot` is warm: claimable from now on.
+    pub fn pool_enter(&self, slot: &str) {
+        self.with_pool(|pool| pool.enter(slot));
+    }
+
+    /// `slot` is no longer claimable; false if a claim took it first.
+    pub fn pool_leave(&self, slot: &str) -> bool {
+        self.with_pool(|pool| pool.leave(slot))
+    }
+
+    /// A claim of `slot` did not go through: claimable again, first in line.
+    pub fn pool_give_back(&self, slot: &str) {
+        self.with_pool(|pool| pool.give_back(slot));
+    }
+
+    /// `slot`'s runner ended.
+    pub fn pool_forget(&self, slot: &str) {
+        self.with_pool(|pool| pool.forget(slot));
+    }
+
+    /// One allocation served here (for the pool's `auto` sizing).
+    pub fn record_allocation(&self) {
+        lock(&self.pool).sizer.record_allocation(Instant::now());
+    }
+
+    /// How long a cold start took, decision to ready (for the pool's `auto` sizing).
+    pub fn record_cold_start(&self, took: Duration) {
+        lock(&self.pool).sizer.record_cold_start(took);
+    }
+
+    /// Keeps the pool at its target until the node stops: starts warm servers as the
+    /// start queue admits them and the books have room, after failures with a backoff.
+    pub async fn keep_pool(self: Arc<Self>) {
+        let stop = self.stopping.clone();
+        loop {
+            let backoff = lock(&self.pool).backoff();
+            let wait = if backoff.is_zero() { POOL_TICK } else { backoff };
+            tokio::select! {
+                () = self.pool_changed.notified(), if backoff.is_zero() => {}
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => return,
+            }
+            if self.is_draining() || !self.driver_health().healthy {
+                continue;
+            }
+            let wanted = {
+                let mut pool = lock(&self.pool);
+                let wanted = pool.wanted(Instant::now());
+                let target = pool.sizer.target(Instant::now());
+                metrics::gauge!("mm_orchestrator_pool_target", "node" => self.id.clone()).set(target as f64);
+                wanted
+            };
+            for _ in 0..wanted {
+                if let Err(why) = self.refill().await {
+                    tracing::debug!("not refilling the warm pool now: {why}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Starts one server for the pool.
+    async fn refill(self: &Arc<Self>) -> Result<(), String> {
+        let slot = crate::allocate::new_warm_id();
+        let game = &self.config.game;
+        let holding = self.reserve(&slot, game.ask()).map_err(|refusal| refusal.to_string())?;
+        let ticket = match self.admit_start(game.start_timeout) {
+            Ok(ticket) => ticket,
+            Err(busy) => {
+                self.release(&slot);
+                return Err(busy.to_string());
+            }
+        };
+        let now = now_ms();
+        let entry = ServerEntry {
+            game_id: slot.clone(),
+            node: self.id.clone(),
+            state: ServerState::Pending,
+            address: self.address(holding.port),
+            started_at: now,
+            driver: self.driver.name().to_owned(),
+            updated_at: now,
+            resources: holding.resources,
+            warm_id: slot.clone(),
+            ..ServerEntry::default()
+        };
+        if let Err(err) = self.store.create_server(&entry).await {
+            ticket.withdraw();
+            self.release(&slot);
+            return Err(format!("cannot record a warm server: {err}"));
+        }
+        self.with_pool(|pool| pool.start(&slot));
+        crate::runner::spawn_warm(self, entry, holding.port, crate::place::new_secret(), ticket);
+        Ok(())
+    }
+
+    /// Hands a driver's exit report to the slot's runner, if it has one.
     pub fn dispatch(&self, exit: Exit) {
         let runners = lock(&self.runners);
         match runners.get(&exit.game_id) {

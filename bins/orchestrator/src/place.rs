@@ -9,17 +9,24 @@
 //! Before any of that it asks its start queue whether a start admitted now could be
 //! ready within the request's budget ([`crate::admission`]): when not, it refuses at once
 //! with a 409, like a full node, and the allocator asks the next one.
+//!
+//! First of all, when its pool has a warm server, it claims one ([`Node::claim_warm`],
+//! under the pool's lock) and its runner hands it the match: no start, no reservation (it
+//! holds its resources already), an answer in milliseconds with `start: "warm"`. A claim
+//! that fails (the server died meanwhile, its assignment failed) tries the next warm
+//! server; with none left the server is started cold, as above (`start: "cold"`).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use mm_shared::nats::ServiceError;
-use mm_shared::protocol::{AllocateReply, PlaceRequest, ServerEntry, ServerState, now_ms};
+use mm_shared::protocol::game_server::Assignment;
+use mm_shared::protocol::{AllocateReply, PlaceRequest, ServerEntry, ServerState, StartKind, now_ms};
 use tokio::sync::oneshot;
 
 use crate::ledger::Refusal;
+use crate::machine::{ClaimFailure, PlaceFailure};
 use crate::node::{Control, Node, StopReason};
-use crate::runner::PlaceFailure;
 use crate::store::StoreError;
 
 /// How a placement was refused or failed (its `reason` label).
@@ -42,6 +49,11 @@ pub async fn place(
     deadline: Instant,
 ) -> Result<AllocateReply, ServiceError> {
     let result = place_inner(&node, request, deadline).await;
+    if let Ok(reply) = &result {
+        node.record_allocation();
+        metrics::counter!("mm_orchestrator_claims_total", "kind" => reply.start.as_str(), "node" => node.id.clone())
+            .increment(1);
+    }
     let (result_label, reason) = match &result {
         Ok(_) => ("placed", "placed"),
         Err(refused) if refused.error.code == 409 || refused.error.code == 400 => ("refused", refused.reason),
@@ -101,6 +113,9 @@ async fn place_inner(
             "failed",
         ));
     }
+    if let Some(reply) = claim_warm(node, &request, deadline).await? {
+        return Ok(reply);
+    }
     let game = &node.config.game;
     let holding = node.reserve(&request.game_id, game.ask()).map_err(|refusal| match refusal {
         Refusal::Full { .. } => Refused::new(
@@ -132,6 +147,7 @@ async fn place_inner(
         resources: holding.resources,
         handle: String::new(),
         detail: String::new(),
+        warm_id: String::new(),
     };
     if let Err(err) = node.store.create_server(&entry).await {
         ticket.withdraw();
@@ -160,6 +176,7 @@ async fn place_inner(
             game_id: entry.game_id,
             node: node.id.clone(),
             address,
+            start: StartKind::Cold,
         }),
         Ok(Ok(Err(PlaceFailure::Stopped(StopReason::Released)))) => Err(Refused::new(
             ServiceError::conflict(format!("game {} was released while it was being placed", entry.game_id)),
@@ -190,7 +207,74 @@ async fn place_inner(
     }
 }
 
+/// Claims warm servers of this node until one takes the match: its reply, or `None` when
+/// the pool has none (left) and the server must be started cold.
+async fn claim_warm(
+    node: &Arc<Node>,
+    request: &PlaceRequest,
+    deadline: Instant,
+) -> Result<Option<AllocateReply>, Refused> {
+    while let Some((slot, control)) = node.claim_warm() {
+        let assignment = Assignment {
+            game_id: request.game_id.clone(),
+            match_id: request.match_id.clone(),
+            player_ids: request.player_ids.clone(),
+            secret: new_secret(),
+            ends_at: now_ms() + node.config.game.duration.as_millis() as u64,
+        };
+        let (reply, answer) = oneshot::channel();
+        if control.send(Control::Claim { assignment, reply }).is_err() {
+            continue;
+        }
+        let answered = tokio::select! {
+            answered = tokio::time::timeout_at(deadline.into(), answer) => answered,
+            () = node.stopping.cancelled() => {
+                return Err(Refused::new(
+                    ServiceError::unavailable(format!("node {} is shutting down", node.id)),
+                    "draining",
+                ));
+            }
+        };
+        match answered {
+            Ok(Ok(Ok(address))) => {
+                return Ok(Some(AllocateReply {
+                    url: node.player_url(&request.game_id),
+                    game_id: request.game_id.clone(),
+                    node: node.id.clone(),
+                    address,
+                    start: StartKind::Warm,
+                }));
+            }
+            Ok(Ok(Err(ClaimFailure::Duplicate))) => {
+                return Err(Refused::new(
+                    ServiceError::conflict(format!(
+                        "game {} is already running or being placed",
+                        request.game_id
+                    )),
+                    "duplicate",
+                ));
+            }
+            Ok(Ok(Err(failure))) => {
+                tracing::info!(%slot, game_id = %request.game_id, "a warm server did not take the match ({failure:?}); trying the next");
+            }
+            Ok(Err(_)) => tracing::debug!(%slot, "a warm server's runner ended during its claim"),
+            Err(_) => {
+                // Its runner carries on: the match's server may yet come up, and a retry
+                // of the allocation finds it.
+                return Err(Refused::new(
+                    ServiceError::out_of_time(format!(
+                        "node {}: the warm server did not take the match within the placement's budget",
+                        node.id
+                    )),
+                    "out_of_time",
+                ));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// A per-match secret: two random UUIDs (244 random bits) as hex.
-fn new_secret() -> String {
+pub fn new_secret() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }

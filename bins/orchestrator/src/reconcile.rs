@@ -26,11 +26,16 @@
 //! | found | action |
 //! |---|---|
 //! | running, with a ready/running entry, game not over | adopt: count it, supervise it again |
+//! | running, with a warm entry (and its bootstrap token in its settings) | adopt it into the pool |
 //! | running, game over (past its end and grace) | stop and remove, delete the entry |
 //! | running, no entry, but its own settings tell its game (Podman), not over | recover: write its entry again, adopt it |
+//! | running, no entry, started warm (Podman): the server says which match it took, if any | recover: its match's entry, or a warm one |
 //! | running, no entry otherwise (or one that never got ready) | orphan: stop and remove |
 //! | not running | remove (and delete its entry) |
 //! | an entry of this node with no server | mark it lost, delete it |
+//!
+//! A server that came from the warm pool runs in its *slot* (its warm id: its label and
+//! container name) under its match's game id: its entry names the slot in `warmId`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -97,21 +102,32 @@ pub async fn reconcile(node: &Arc<Node>) -> anyhow::Result<Report> {
     let now = now_ms();
     let grace = node.config.game.end_grace.as_millis() as u64;
     let mut report = Report::default();
-    // Adopted games and their handles.
-    let mut kept: HashMap<String, String> = HashMap::new();
+    // Adopted servers by entry key: their slots and handles.
+    let mut kept: HashMap<String, (String, String)> = HashMap::new();
     let mut doomed: Vec<(Instance, &'static str)> = Vec::new();
+    // The entries of servers claimed from the pool, by their slot.
+    let claimed: HashMap<String, String> = entries
+        .values()
+        .filter(|entry| !entry.warm_id.is_empty() && entry.warm_id != entry.game_id)
+        .map(|entry| (entry.warm_id.clone(), entry.game_id.clone()))
+        .collect();
 
     for instance in instances {
-        let entry = entries.get(&instance.game_id);
+        let key = claimed.get(&instance.game_id).unwrap_or(&instance.game_id);
+        let entry = entries.get(key);
+        let keep = |entry: &ServerEntry, kept: &mut HashMap<String, (String, String)>| {
+            kept.insert(entry.game_id.clone(), (instance.game_id.clone(), instance.handle.clone()));
+        };
         let action = match entry {
             _ if !instance.running => "removed_exited",
+            Some(entry) if kept.contains_key(&entry.game_id) => "removed_orphan",
             None => match recover(node, &instance, now).await {
                 // Its entry was lost (reaped while this node was down): written again,
                 // with its secret.
-                Some(entry) => match write_recovered(node, &entry).await {
-                    Ok(()) => match adopt(node, &entry, &instance) {
+                Some((entry, token)) => match write_recovered(node, &entry).await {
+                    Ok(()) => match adopt(node, &entry, &instance, token) {
                         Ok(()) => {
-                            kept.insert(entry.game_id.clone(), instance.handle.clone());
+                            keep(&entry, &mut kept);
                             report.adopted += 1;
                             "recovered"
                         }
@@ -128,14 +144,33 @@ pub async fn reconcile(node: &Arc<Node>) -> anyhow::Result<Report> {
                 },
                 None => "removed_orphan",
             },
+            Some(entry) if entry.state == ServerState::Warm => {
+                // Its match is handed over with its bootstrap token, which only its own
+                // settings hold.
+                let token =
+                    node.driver.recover(&instance.handle).await.map(|recovered| recovered.bootstrap_token);
+                match token.filter(|token| !token.is_empty()) {
+                    Some(token) => match adopt(node, entry, &instance, token) {
+                        Ok(()) => {
+                            keep(entry, &mut kept);
+                            "adopted"
+                        }
+                        Err(reason) => {
+                            tracing::warn!(game_id = %entry.game_id, "not adopting a warm server: {reason}");
+                            "removed_orphan"
+                        }
+                    },
+                    None => "removed_orphan",
+                }
+            }
             Some(entry) if now >= entry.ends_at + grace => "removed_expired",
             Some(entry) if !matches!(entry.state, ServerState::Ready | ServerState::Running) => {
                 "removed_orphan"
             }
-            Some(entry) if !kept.contains_key(&entry.game_id) => {
-                match adopt(node, &with_secret(node, entry, &instance).await, &instance) {
+            Some(entry) => {
+                match adopt(node, &with_secret(node, entry, &instance).await, &instance, String::new()) {
                     Ok(()) => {
-                        kept.insert(entry.game_id.clone(), instance.handle.clone());
+                        keep(entry, &mut kept);
                         "adopted"
                     }
                     Err(reason) => {
@@ -144,7 +179,6 @@ pub async fn reconcile(node: &Arc<Node>) -> anyhow::Result<Report> {
                     }
                 }
             }
-            Some(_) => "removed_orphan",
         };
         metrics::counter!("mm_orchestrator_reconcile_actions_total", "action" => action).increment(1);
         match action {
@@ -193,9 +227,9 @@ pub async fn reconcile(node: &Arc<Node>) -> anyhow::Result<Report> {
             .filter(|instance| instance.running)
             .map(|instance| instance.handle.as_str())
             .collect();
-        for (game_id, handle) in kept {
+        for (slot, handle) in kept.into_values() {
             if !running.contains(handle.as_str()) {
-                node.dispatch(Exit { game_id, handle, code: None });
+                node.dispatch(Exit { game_id: slot, handle, code: None });
             }
         }
     }
@@ -209,20 +243,50 @@ pub async fn reconcile(node: &Arc<Node>) -> anyhow::Result<Report> {
 }
 
 /// The entry of a running server of this node that KV lost, from the server's own
-/// settings, when the driver can tell them and its game is not over at `now`.
-async fn recover(node: &Arc<Node>, instance: &Instance, now: u64) -> Option<ServerEntry> {
-    let recovered = node.driver.recover(&instance.handle).await?;
-    let grace = node.config.game.end_grace.as_millis() as u64;
-    if recovered.game_id != instance.game_id || now >= recovered.ends_at + grace {
+/// settings, when the driver can tell them and its game is not over at `now`; with its
+/// bootstrap token when it is warm. A server started warm says itself (with that token)
+/// which match it took since, if any.
+async fn recover(node: &Arc<Node>, instance: &Instance, now: u64) -> Option<(ServerEntry, String)> {
+    let mut recovered = node.driver.recover(&instance.handle).await?;
+    if recovered.game_id != instance.game_id {
         return None;
     }
-    tracing::info!(game_id = %instance.game_id, "reconcile: its entry was lost; recovered it from the server's own settings");
-    Some(ServerEntry {
-        game_id: recovered.game_id,
-        match_id: recovered.match_id,
+    let slot = instance.game_id.clone();
+    let address = node.address(recovered.port);
+    let token = std::mem::take(&mut recovered.bootstrap_token);
+    let mut state = ServerState::Running;
+    if !token.is_empty() {
+        match crate::game_api::assignment(&address, &token).await {
+            Ok(Some(assignment)) => {
+                recovered.match_id = assignment.match_id;
+                recovered.player_ids = assignment.player_ids;
+                recovered.secret = assignment.secret;
+                recovered.ends_at = assignment.ends_at;
+            }
+            Ok(None) => state = ServerState::Warm,
+            Err(err) => {
+                tracing::warn!(%slot, "reconcile: a warm-started server does not say its match: {err}");
+                return None;
+            }
+        }
+    }
+    let grace = node.config.game.end_grace.as_millis() as u64;
+    if state != ServerState::Warm && now >= recovered.ends_at + grace {
+        return None;
+    }
+    // A game id comes from its match id; a server from the pool runs in a slot of its own.
+    let (game_id, match_id) = match state {
+        ServerState::Warm => (slot.clone(), String::new()),
+        _ => (crate::allocate::game_id_for(&recovered.match_id), recovered.match_id),
+    };
+    let warm_id = if game_id == slot && state != ServerState::Warm { String::new() } else { slot };
+    tracing::info!(%game_id, state = state.as_str(), "reconcile: its entry was lost; recovered it from the server itself");
+    let entry = ServerEntry {
+        game_id,
+        match_id,
         node: node.id.clone(),
-        state: ServerState::Running,
-        address: node.address(recovered.port),
+        state,
+        address,
         started_at: now,
         player_ids: recovered.player_ids,
         driver: node.driver.name().to_owned(),
@@ -233,26 +297,50 @@ async fn recover(node: &Arc<Node>, instance: &Instance, now: u64) -> Option<Serv
         resources: node.config.game.ask().resources(),
         handle: instance.handle.clone(),
         detail: "recovered from its server after its entry was lost".to_owned(),
-    })
+        warm_id,
+    };
+    Some((entry, token))
 }
 
-/// A recovered entry and its secret, written again.
+/// A recovered entry and its secret (a warm one has none), written again.
 async fn write_recovered(node: &Arc<Node>, entry: &ServerEntry) -> Result<(), String> {
     node.store.put_server(entry).await.map_err(|err| err.to_string())?;
+    if entry.secret.is_empty() {
+        return Ok(());
+    }
     node.store.put_secret(&entry.game_id, &entry.secret).await.map_err(|err| err.to_string())
 }
 
 /// `entry` (as read from `servers`, which holds no secret) with its server's secret: from
-/// the `secrets` bucket, or else from the server's own settings (written back then). A
-/// server adopted without it could be restarted with none, and nobody could join it.
+/// the `secrets` bucket, or else from the server's own settings — or, for one that took
+/// its match warm, from the server itself (with the bootstrap token its settings hold) —
+/// written back then. A server adopted without it could be restarted with none, and
+/// nobody could join it.
 async fn with_secret(node: &Arc<Node>, entry: &ServerEntry, instance: &Instance) -> ServerEntry {
     let mut entry = entry.clone();
     if let Ok(Some(secret)) = node.store.secret(&entry.game_id).await {
         entry.secret = secret;
-    } else if let Some(recovered) = node.driver.recover(&instance.handle).await
-        && recovered.game_id == entry.game_id
-    {
-        entry.secret = recovered.secret;
+        return entry;
+    }
+    let Some(recovered) = node.driver.recover(&instance.handle).await else { return entry };
+    if recovered.game_id != instance.game_id {
+        return entry;
+    }
+    let secret = if recovered.bootstrap_token.is_empty() {
+        Some(recovered.secret).filter(|_| recovered.match_id == entry.match_id)
+    } else {
+        let address = node.address(recovered.port);
+        match crate::game_api::assignment(&address, &recovered.bootstrap_token).await {
+            Ok(Some(assignment)) if assignment.match_id == entry.match_id => Some(assignment.secret),
+            Ok(_) => None,
+            Err(err) => {
+                tracing::warn!(game_id = %entry.game_id, "its server does not say its secret: {err}");
+                None
+            }
+        }
+    };
+    if let Some(secret) = secret.filter(|secret| !secret.is_empty()) {
+        entry.secret = secret;
         if let Err(err) = node.store.put_secret(&entry.game_id, &entry.secret).await {
             tracing::warn!(game_id = %entry.game_id, "cannot write its secret again: {err}");
         }
@@ -260,7 +348,9 @@ async fn with_secret(node: &Arc<Node>, entry: &ServerEntry, instance: &Instance)
     entry
 }
 
-fn adopt(node: &Arc<Node>, entry: &ServerEntry, instance: &Instance) -> Result<(), String> {
+/// Counts a running server in the books (in its slot) and supervises it; a warm one
+/// (into the pool) needs its bootstrap `token`.
+fn adopt(node: &Arc<Node>, entry: &ServerEntry, instance: &Instance, token: String) -> Result<(), String> {
     // The entry's address is the only record of an adopted server's port: the node's
     // books are rebuilt from it here.
     let port = entry
@@ -273,10 +363,11 @@ fn adopt(node: &Arc<Node>, entry: &ServerEntry, instance: &Instance) -> Result<(
     } else {
         entry.resources
     };
-    node.adopt(&entry.game_id, Holding { resources, port }).map_err(|err| err.to_string())?;
+    let slot = instance.game_id.clone();
+    node.adopt(&slot, Holding { resources, port }).map_err(|err| err.to_string())?;
     let mut entry = entry.clone();
     entry.handle = instance.handle.clone();
-    crate::runner::spawn_adopted(node, entry, port, instance.handle.clone());
+    crate::runner::spawn_adopted(node, slot, entry, port, instance.handle.clone(), token);
     Ok(())
 }
 
@@ -370,7 +461,7 @@ impl Reconciler {
         let instances =
             node.driver.list(&node.id).await.map_err(|err| format!("listing the driver's servers: {err}"))?;
         let snapshot = node.store.server_snapshot().await.map_err(|err| err.to_string())?;
-        let known = node.known_games();
+        let known = node.known();
         let runners: HashMap<String, ServerEntry> =
             node.runner_entries().into_iter().map(|entry| (entry.game_id.clone(), entry)).collect();
         let mut pass = Pass::default();
@@ -383,7 +474,7 @@ impl Reconciler {
         }
         for entry in own {
             let game_id = entry.value.game_id.clone();
-            if known.contains(&game_id) {
+            if known.entries.contains(&game_id) {
                 in_kv.insert(game_id, entry);
                 continue;
             }
@@ -419,7 +510,7 @@ impl Reconciler {
 
         let stop_timeout = node.config.game.stop_timeout;
         let strays: Vec<Instance> =
-            instances.into_iter().filter(|instance| !known.contains(&instance.game_id)).collect();
+            instances.into_iter().filter(|instance| !known.slots.contains(&instance.game_id)).collect();
         let removed = futures_util::stream::iter(strays)
             .map(|instance| async move {
                 let action = if instance.running { "removed_orphan" } else { "removed_exited" };

@@ -1,100 +1,34 @@
-//! The allocation runner: one task per game server, from placement to its end.
+//! The allocation runner: one task per game server, from its start (for a placement or
+//! for the warm pool) or its adoption to its end. The decisions are the pure
+//! [`crate::machine`]'s; this is the I/O around it.
 //!
-//! ```text
-//! pending ─▶ starting ─▶ ready ─▶ running ─▶ complete   (its game ended; it exited)
-//!               ▲                    │  └───▶ failed     (died early, restarts used up)
-//!               └──── restart ◀──────┘  └───▶ lost       (found gone at start-up)
-//! ```
-//!
-//! - **starting**: the driver started it; the runner waits for its `/healthz`.
-//! - **ready**: `/healthz` answered: the placement is answered now.
-//! - **running**: handed to its match. An exit before the game's end is an early death:
-//!   the restart policy (attempts within an interval, a delay between) starts it again
-//!   on the same port with the same secret, so the address players use stays valid.
-//! - At the end (or a stop), the server is stopped and removed, its resources and port
-//!   go back to the node, the final state is written and the KV entry deleted.
-//!
-//! Exits arrive as [`Control::Exited`] from the driver's event stream; the runner never
-//! polls a running server. Every state change is written to KV `servers`, and recorded
-//! with the node, whose reconciliation rewrites the entry if KV lost it.
-//!
-//! A server says why it ended early by its exit code
-//! ([`mm_shared::protocol::game_server::exit_codes`]): nobody joined within the join
-//! timeout (it ended itself: complete, no restart), or its port was taken (start it on
-//! another port). A stop (shutdown, release, a placement given up) interrupts even a
-//! start that is still queued in the driver; whatever that start created is removed.
+//! The task waits for the next event — a control message (an exit from the driver's event
+//! stream, a stop, a claim), the result of the driver's start or of a `/healthz` probe in
+//! flight, or the time the machine asked to be woken — steps the machine, and carries its
+//! actions out in order. Actions that answer (an exit code, logs, a KV create, an
+//! assignment) give their result as the next event, before anything else is looked at.
+//! At most one start or probe is in flight; a stop drops it (and removes what a dropped
+//! start created). Exits arrive from the driver; the runner never polls a running
+//! server. Every state change is written to KV `servers` and recorded with the node,
+//! whose reconciliation rewrites the entry if KV lost it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mm_shared::protocol::game_server::exit_codes;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use mm_shared::protocol::{ServerEntry, ServerState, now_ms};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::driver::{DriverError, LaunchSpec};
-use crate::node::{Control, Node, StartTicket, StopReason};
-
-/// Why a new server's placement got no server.
-#[derive(Debug)]
-pub enum PlaceFailure {
-    /// It was stopped before it was ready.
-    Stopped(StopReason),
-    /// Its start failed.
-    Failed(String),
-}
-
-/// What a new server's placement waits for: its address once ready, or why not.
-pub type ReadySender = oneshot::Sender<Result<String, PlaceFailure>>;
+use crate::driver::LaunchSpec;
+use crate::machine::{Action, Begin, CreateFailure, Event, Finish, Machine, Now, Policy};
+use crate::node::{ClaimSender, Control, Node, ReadySender, StartTicket};
+use crate::store::StoreError;
 
 /// Tries at removing a server through a busy driver before giving it up (to the node's
 /// reconciliation).
 const REMOVE_ATTEMPTS: usize = 3;
-
-/// How often `/healthz` is tried while a server starts.
-const PROBE_INTERVAL: Duration = Duration::from_millis(10);
-/// How many ports a start tries when the first one turns out to be taken.
-const PORT_TRIES: usize = 3;
-
-/// How a runner's server ended.
-enum Outcome {
-    Ended {
-        state: ServerState,
-        detail: String,
-    },
-    /// Left running for the next orchestrator (on_shutdown = keep).
-    Kept,
-}
-
-enum LaunchError {
-    Stopped(StopReason),
-    Failed(String),
-}
-
-/// How one start attempt failed.
-enum Attempt {
-    PortTaken(u16),
-    Stopped(StopReason),
-    Failed(String),
-}
-
-struct Runner {
-    node: Arc<Node>,
-    /// Its registration with the node.
-    id: u64,
-    entry: ServerEntry,
-    /// The host port the server is published on: the node's books hold it, and
-    /// `entry.address` is this port on the advertised address.
-    port: u16,
-    control: mpsc::UnboundedReceiver<Control>,
-    /// The running attempt's driver handle.
-    handle: Option<String>,
-    /// When each restart happened (those within the policy's interval).
-    restarts: VecDeque<Instant>,
-    /// The state counted in `mm_orchestrator_servers`.
-    counted: Option<ServerState>,
-}
 
 /// Starts the runner of a newly placed server (its `pending` entry is already in KV) on
 /// the host port the node reserved for it. `ticket` counts its start in the node's
@@ -106,420 +40,395 @@ pub fn spawn(
     ready: ReadySender,
     ticket: StartTicket,
 ) -> mpsc::UnboundedSender<Control> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let id = node.register(&entry, tx.clone());
-    let runner = Runner::new(node.clone(), id, entry, port, rx);
-    node.tasks.spawn(runner.run(Some((ready, ticket)), None));
-    tx
+    let slot = entry.game_id.clone();
+    let mut shell = Shell::new(node, Begin::Place, slot, entry, port, None, String::new());
+    shell.ready = Some(ready);
+    shell.ticket = Some(ticket);
+    let control = shell.sender.clone();
+    node.tasks.spawn(shell.run());
+    control
 }
 
-/// Starts the runner of a server found running at start-up on host port `port`.
-pub fn spawn_adopted(node: &Arc<Node>, entry: ServerEntry, port: u16, handle: String) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let id = node.register(&entry, tx);
-    let runner = Runner::new(node.clone(), id, entry, port, rx);
-    node.tasks.spawn(runner.run(None, Some(handle)));
+/// Starts the runner of a server for the node's warm pool (its `pending` entry, keyed by
+/// its warm id, is already in KV), with the token its match will be handed over with.
+pub fn spawn_warm(node: &Arc<Node>, entry: ServerEntry, port: u16, token: String, ticket: StartTicket) {
+    let slot = entry.game_id.clone();
+    let mut shell = Shell::new(node, Begin::Warm, slot, entry, port, None, token);
+    shell.ticket = Some(ticket);
+    node.tasks.spawn(shell.run());
 }
 
-impl Runner {
+/// Starts the runner of a server found running at start-up on host port `port`, in
+/// `slot` (its warm id, for one that came from the pool), warm or running as `entry`
+/// says; a warm one needs its bootstrap `token`.
+pub fn spawn_adopted(
+    node: &Arc<Node>,
+    slot: String,
+    entry: ServerEntry,
+    port: u16,
+    handle: String,
+    token: String,
+) {
+    tracing::info!(game_id = %entry.game_id, address = %entry.address, state = entry.state.as_str(), "adopted a running game server");
+    let shell = Shell::new(node, Begin::Adopted, slot, entry, port, Some(handle), token);
+    node.tasks.spawn(shell.run());
+}
+
+/// Where the next event came from.
+enum Next {
+    Control(Option<Control>),
+    Op(Event),
+    Timer,
+}
+
+struct Shell {
+    node: Arc<Node>,
+    /// Its registration with the node.
+    id: u64,
+    slot: String,
+    machine: Machine,
+    control: mpsc::UnboundedReceiver<Control>,
+    sender: mpsc::UnboundedSender<Control>,
+    begin: Begin,
+    /// A warm server's bootstrap token.
+    token: String,
+    ready: Option<ReadySender>,
+    ticket: Option<StartTicket>,
+    claim: Option<ClaimSender>,
+    /// The start or probe in flight.
+    op: Option<BoxFuture<'static, Event>>,
+    /// The state counted in `mm_orchestrator_servers`.
+    counted: Option<ServerState>,
+    /// When the runner began (a refill's latency runs from here).
+    began: Instant,
+    /// When the running attempt's driver start returned (its ready time runs from here).
+    started: Option<Instant>,
+}
+
+impl Shell {
     fn new(
-        node: Arc<Node>,
-        id: u64,
+        node: &Arc<Node>,
+        begin: Begin,
+        slot: String,
         entry: ServerEntry,
         port: u16,
-        control: mpsc::UnboundedReceiver<Control>,
+        handle: Option<String>,
+        token: String,
     ) -> Self {
+        let (sender, control) = mpsc::unbounded_channel();
+        let id = node.register(&slot, &entry, sender.clone());
         let counted = Some(entry.state);
         crate::instrument::transition(&node.id, None, counted);
-        Self { node, id, entry, port, control, handle: None, restarts: VecDeque::new(), counted }
-    }
-
-    async fn run(mut self, placement: Option<(ReadySender, StartTicket)>, adopted: Option<String>) {
-        let outcome = match (adopted, placement) {
-            (Some(handle), _) => {
-                self.handle = Some(handle);
-                tracing::info!(game_id = %self.entry.game_id, address = %self.entry.address, "adopted a running game server");
-                self.supervise().await
-            }
-            (None, Some((ready, ticket))) => self.first_start(ready, ticket).await,
-            (None, None) => Outcome::Ended {
-                state: ServerState::Failed,
-                detail: "a runner with neither a placement nor a server".to_owned(),
-            },
-        };
-        self.finish(outcome).await;
-        self.node.unregister(&self.entry.game_id, self.id);
-    }
-
-    async fn first_start(&mut self, ready: ReadySender, ticket: StartTicket) -> Outcome {
-        let launched = self.launch().await;
-        // Ready or not, this start has left the node's queue.
-        drop(ticket);
-        match launched {
-            Ok(()) => {}
-            Err(LaunchError::Stopped(reason)) => {
-                let _ = ready.send(Err(PlaceFailure::Stopped(reason)));
-                return self.stopped(reason).await;
-            }
-            Err(LaunchError::Failed(detail)) => {
-                let _ = ready.send(Err(PlaceFailure::Failed(detail.clone())));
-                return Outcome::Ended { state: ServerState::Failed, detail };
-            }
+        let machine = Machine::new(Policy::from_config(&node.config), begin, entry, port, handle);
+        Self {
+            node: node.clone(),
+            id,
+            slot,
+            machine,
+            control,
+            sender,
+            begin,
+            token,
+            ready: None,
+            ticket: None,
+            claim: None,
+            op: None,
+            counted,
+            began: Instant::now(),
+            started: None,
         }
-        self.set_state(ServerState::Ready).await;
-        if ready.send(Ok(self.entry.address.clone())).is_err() {
-            // The placement gave up waiting (its deadline passed) a moment ago.
-            return self.stopped(StopReason::Abort).await;
-        }
-        self.set_state(ServerState::Running).await;
-        self.supervise().await
     }
 
-    /// Starts the server and waits until its `/healthz` answers, moving to another port
-    /// when its port turns out to be taken by another program.
-    async fn launch(&mut self) -> Result<(), LaunchError> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.start_once().await {
-                Ok(()) => return Ok(()),
-                Err(Attempt::PortTaken(port)) if tries < PORT_TRIES => {
-                    let Some(new_port) = self.node.change_port(&self.entry.game_id) else {
-                        return Err(LaunchError::Failed(format!(
-                            "port {port} is taken and no other port is free"
-                        )));
-                    };
-                    tracing::info!(game_id = %self.entry.game_id, port, new_port, "port taken on the host; trying another");
-                    self.port = new_port;
-                    self.entry.address = self.node.address(new_port);
+    async fn run(mut self) {
+        let mut queue = VecDeque::from([Event::Begin]);
+        while !self.machine.is_done() {
+            let event = match queue.pop_front() {
+                Some(event) => event,
+                None => self.next_event().await,
+            };
+            self.observe(&event);
+            let now = Now { at: Instant::now(), wall_ms: now_ms() };
+            for action in self.machine.step(event, now) {
+                if let Some(event) = self.execute(action).await {
+                    queue.push_back(event);
                 }
-                Err(Attempt::PortTaken(port)) => {
-                    return Err(LaunchError::Failed(format!(
-                        "port {port} is taken on the host ({tries} ports tried)"
-                    )));
-                }
-                Err(Attempt::Failed(detail)) => return Err(LaunchError::Failed(detail)),
-                Err(Attempt::Stopped(reason)) => return Err(LaunchError::Stopped(reason)),
             }
         }
-    }
-
-    /// The driver's start, given up when the runner is told to stop meanwhile (a start
-    /// waiting for its turn in a busy driver would otherwise hold a shutdown up).
-    async fn driver_start(&mut self) -> Result<Result<String, DriverError>, StopReason> {
-        let node = self.node.clone();
-        let spec = self.spec();
-        // A boxed future: dropping it below gives the start up.
-        let mut start = node.driver.start(&spec);
-        loop {
-            tokio::select! {
-                started = &mut start => return Ok(started),
-                control = self.control.recv() => match control {
-                    Some(Control::Exited(_)) => {}
-                    Some(Control::Stop(reason)) => {
-                        drop(start);
-                        // The start may have created a server before it was dropped.
-                        let timeout = node.config.game.stop_timeout;
-                        if let Err(err) = node.driver.discard_game(&spec.game_id, timeout).await {
-                            tracing::warn!(game_id = %spec.game_id, "removing an interrupted start: {err}");
-                        }
-                        return Err(reason);
-                    }
-                    None => return Err(StopReason::Shutdown),
-                },
+        // Claims that arrived after the end hear so.
+        self.control.close();
+        while let Ok(control) = self.control.try_recv() {
+            if let Control::Claim { reply, .. } = control {
+                let _ = reply.send(Err(crate::machine::ClaimFailure::Gone));
             }
         }
+        self.node.unregister(&self.slot, self.id);
     }
 
-    async fn start_once(&mut self) -> Result<(), Attempt> {
-        let node = self.node.clone();
-        let driver_name = node.driver.name();
-        let started = Instant::now();
-        let handle = match self.driver_start().await {
-            Err(reason) => return Err(Attempt::Stopped(reason)),
-            Ok(Ok(handle)) => handle,
-            Ok(Err(DriverError::PortTaken(port))) => return Err(Attempt::PortTaken(port)),
-            Ok(Err(err)) => return Err(Attempt::Failed(err.to_string())),
-        };
-        metrics::histogram!("mm_orchestrator_container_start_duration_seconds", "driver" => driver_name)
-            .record(started.elapsed().as_secs_f64());
-        self.handle = Some(handle.clone());
-        self.entry.handle = handle.clone();
-        self.set_state(ServerState::Starting).await;
-
-        let started = Instant::now();
-        let deadline = started + node.config.game.start_timeout;
-        loop {
-            // Probed at the advertised address, the one the gateway dials: it must work
-            // from where this node runs, which under compose is a container of its own,
-            // where neither `host_ip` nor loopback is the host.
-            if healthz(&self.entry.address).await {
-                metrics::histogram!("mm_orchestrator_server_ready_duration_seconds", "driver" => driver_name)
-                    .record(started.elapsed().as_secs_f64());
-                return Ok(());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                let logs = node.driver.logs_tail(&handle).await;
-                self.stop_instance().await;
-                return Err(Attempt::Failed(format!(
-                    "the game server's /healthz did not answer within {}{}",
-                    mm_shared::duration::format(node.config.game.start_timeout),
-                    quote_logs(&logs)
-                )));
-            }
-            let wait = PROBE_INTERVAL.min(deadline - now);
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                control = self.control.recv() => match control {
-                    Some(Control::Exited(exit)) if exit.handle == handle => {
-                        // The driver's record (Podman's inspect) first; the event's as a fallback.
-                        let code = node.driver.exit_code(&handle).await.ok().flatten().or(exit.code);
-                        let logs = node.driver.logs_tail(&handle).await;
-                        self.remove_instance().await;
-                        // Another program bound the port between our check and its start.
-                        if code == Some(exit_codes::ADDRESS_IN_USE) {
-                            return Err(Attempt::PortTaken(self.port));
-                        }
-                        return Err(Attempt::Failed(format!(
-                            "the game server exited ({}) before it was ready{}",
-                            describe_code(code),
-                            quote_logs(&logs)
-                        )));
-                    }
-                    Some(Control::Exited(_)) => {}
-                    Some(Control::Stop(reason)) => return Err(Attempt::Stopped(reason)),
-                    None => return Err(Attempt::Stopped(StopReason::Shutdown)),
-                },
-            }
-        }
-    }
-
-    /// Watches a running server until its game ends, restarting it if it dies early.
-    async fn supervise(&mut self) -> Outcome {
-        loop {
-            let overrun_at = self.entry.ends_at + self.node.config.game.end_grace.as_millis() as u64;
-            let overrun_in = Duration::from_millis(overrun_at.saturating_sub(now_ms()));
-            let control = tokio::select! {
-                control = self.control.recv() => control,
-                () = tokio::time::sleep(overrun_in) => {
-                    self.stop_instance().await;
-                    return Outcome::Ended {
-                        state: ServerState::Complete,
-                        detail: "its game ended; it did not exit by itself and was stopped".to_owned(),
-                    };
+    async fn next_event(&mut self) -> Event {
+        let wake = self.machine.wake_at();
+        let next = {
+            let (control, op) = (&mut self.control, &mut self.op);
+            let op = async {
+                match op.as_mut() {
+                    Some(op) => op.await,
+                    None => std::future::pending().await,
                 }
             };
-            let exit = match control {
-                Some(Control::Exited(exit)) if Some(&exit.handle) == self.handle.as_ref() => exit,
-                Some(Control::Exited(_)) => continue,
-                Some(Control::Stop(reason)) => return self.stopped(reason).await,
-                None => return self.stopped(StopReason::Shutdown).await,
+            let timer = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
             };
-            let code = self.node.driver.exit_code(&exit.handle).await.ok().flatten().or(exit.code);
-            if now_ms() >= self.entry.ends_at {
-                return Outcome::Ended {
-                    state: ServerState::Complete,
-                    detail: format!("its game ended ({})", describe_code(code)),
-                };
+            tokio::select! {
+                biased;
+                control = control.recv() => Next::Control(control),
+                event = op => Next::Op(event),
+                () = timer => Next::Timer,
             }
-            if code == Some(exit_codes::NO_PLAYERS) {
-                metrics::counter!("mm_orchestrator_join_timeouts_total", "node" => self.node.id.clone())
-                    .increment(1);
-                return Outcome::Ended {
-                    state: ServerState::Complete,
-                    detail: format!(
-                        "no player joined within {} (orchestrator.game.join_timeout): it ended itself",
-                        mm_shared::duration::format(self.node.config.game.join_timeout)
-                    ),
-                };
-            }
-            let logs = self.node.driver.logs_tail(&exit.handle).await;
-            let mut reason =
-                format!("it exited ({}) before its game ended{}", describe_code(code), quote_logs(&logs));
-            self.remove_instance().await;
-            loop {
-                if !self.may_restart() {
-                    let policy = &self.node.config.restart;
-                    return Outcome::Ended {
-                        state: ServerState::Failed,
-                        detail: format!(
-                            "{reason}; no restart left ({} allowed within {})",
-                            policy.attempts,
-                            mm_shared::duration::format(policy.interval)
-                        ),
-                    };
-                }
-                self.entry.restarts += 1;
-                self.entry.detail = format!("restart {}: {reason}", self.entry.restarts);
-                metrics::counter!("mm_orchestrator_restarts_total", "node" => self.node.id.clone())
-                    .increment(1);
-                tracing::warn!(game_id = %self.entry.game_id, restarts = self.entry.restarts, "restarting: {reason}");
-                tokio::select! {
-                    () = tokio::time::sleep(self.node.config.restart.delay) => {}
-                    control = self.control.recv() => match control {
-                        Some(Control::Stop(reason)) => return self.stopped(reason).await,
-                        None => return self.stopped(StopReason::Shutdown).await,
-                        Some(Control::Exited(_)) => {}
-                    },
-                }
-                match self.launch().await {
-                    Ok(()) => {
-                        self.set_state(ServerState::Running).await;
-                        break;
-                    }
-                    Err(LaunchError::Stopped(reason)) => return self.stopped(reason).await,
-                    Err(LaunchError::Failed(detail)) => reason = detail,
-                }
-            }
-        }
-    }
-
-    /// Does the restart policy allow one more restart now? (Records it if so.)
-    fn may_restart(&mut self) -> bool {
-        let policy = &self.node.config.restart;
-        let now = Instant::now();
-        while self.restarts.front().is_some_and(|at| now.duration_since(*at) > policy.interval) {
-            self.restarts.pop_front();
-        }
-        if self.restarts.len() < policy.attempts as usize && now_ms() < self.entry.ends_at {
-            self.restarts.push_back(now);
-            true
-        } else {
-            false
-        }
-    }
-
-    async fn stopped(&mut self, reason: StopReason) -> Outcome {
-        let placed = matches!(self.entry.state, ServerState::Ready | ServerState::Running);
-        match reason {
-            // Only a server handed to its match is worth leaving for the next start.
-            StopReason::Keep if placed && self.handle.is_some() => Outcome::Kept,
-            StopReason::Keep | StopReason::Shutdown => {
-                self.stop_instance().await;
-                Outcome::Ended {
-                    state: ServerState::Complete,
-                    detail: "stopped early: its node shut down".to_owned(),
-                }
-            }
-            StopReason::Released => {
-                self.stop_instance().await;
-                Outcome::Ended {
-                    state: ServerState::Complete,
-                    detail: "released: its match was not committed (orchestrator.release)".to_owned(),
-                }
-            }
-            StopReason::Abort => {
-                self.stop_instance().await;
-                Outcome::Ended {
-                    state: ServerState::Failed,
-                    detail: "the placement gave up before the server was ready".to_owned(),
-                }
-            }
-        }
-    }
-
-    /// Stops and removes the current attempt's server, trying again through a busy
-    /// driver; what is still left then is the node's reconciliation's to remove.
-    async fn stop_instance(&mut self) {
-        let Some(handle) = self.handle.take() else { return };
-        let (driver, timeout) = (&self.node.driver, self.node.config.game.stop_timeout);
-        let discarded = crate::retry::with_retries(REMOVE_ATTEMPTS, Duration::from_millis(200), || {
-            driver.discard(&handle, timeout)
-        })
-        .await;
-        if let Err(err) = discarded {
-            tracing::warn!(game_id = %self.entry.game_id, "stopping the game server: {err}");
-        }
-    }
-
-    async fn remove_instance(&mut self) {
-        if let Some(handle) = self.handle.take()
-            && let Err(err) = self.node.driver.remove(&handle).await
-        {
-            tracing::warn!(game_id = %self.entry.game_id, "removing the game server: {err}");
-        }
-    }
-
-    async fn finish(&mut self, outcome: Outcome) {
-        let (state, detail) = match outcome {
-            Outcome::Kept => {
-                crate::instrument::transition(&self.node.id, self.counted.take(), None);
-                tracing::info!(game_id = %self.entry.game_id, "left running for the next start of this node");
-                return;
-            }
-            Outcome::Ended { state, detail } => (state, detail),
         };
-        self.stop_instance().await;
-        // The books first, then KV: a new placement of the same game id may follow at once.
-        self.node.release(&self.entry.game_id);
-        self.entry.detail = detail;
-        self.set_state(state).await;
-        // Counted before the entry goes: whoever sees it gone sees the count too.
-        metrics::counter!("mm_orchestrator_servers_ended_total", "state" => state.as_str(), "node" => self.node.id.clone())
-            .increment(1);
-        if let Err(err) = self.node.store.delete_server(&self.entry.game_id).await {
-            tracing::warn!(game_id = %self.entry.game_id, "deleting the server entry: {err}");
-        }
-        let game_id = &self.entry.game_id;
-        match state {
-            ServerState::Failed => tracing::warn!(%game_id, "game server failed: {}", self.entry.detail),
-            _ => tracing::info!(%game_id, "game server {}: {}", state.as_str(), self.entry.detail),
+        match next {
+            Next::Control(Some(Control::Exited(exit))) => {
+                Event::Exited { handle: exit.handle, code: exit.code }
+            }
+            Next::Control(Some(Control::Stop(reason))) => Event::Stop(reason),
+            Next::Control(Some(Control::Claim { assignment, reply })) => {
+                // One claim at a time: a claim comes from a pool pop, which hands a slot out once.
+                if let Some(earlier) = self.claim.replace(reply) {
+                    let _ = earlier.send(Err(crate::machine::ClaimFailure::Gone));
+                }
+                Event::Claim(assignment)
+            }
+            Next::Control(None) => Event::Stop(crate::machine::StopReason::Shutdown),
+            Next::Op(event) => {
+                self.op = None;
+                event
+            }
+            Next::Timer => Event::Timer,
         }
     }
 
-    async fn set_state(&mut self, state: ServerState) {
-        crate::instrument::transition(&self.node.id, self.counted.replace(state), Some(state));
-        if state.is_final() {
-            self.counted = None;
-        }
-        self.entry.state = state;
-        self.entry.updated_at = now_ms();
-        self.node.record(&self.entry.game_id, self.id, &self.entry);
-        if let Err(err) = self.node.store.put_server(&self.entry).await {
-            tracing::warn!(game_id = %self.entry.game_id, state = state.as_str(), "server entry not written: {err}");
+    /// Metrics read off events as they pass.
+    fn observe(&mut self, event: &Event) {
+        let driver = self.node.driver.name();
+        match event {
+            Event::Started(Ok(_)) => self.started = Some(Instant::now()),
+            Event::Probed(true) => {
+                if let Some(started) = self.started.take() {
+                    metrics::histogram!("mm_orchestrator_server_ready_duration_seconds", "driver" => driver)
+                        .record(started.elapsed().as_secs_f64());
+                }
+            }
+            _ => {}
         }
     }
 
     fn spec(&self) -> LaunchSpec {
+        let entry = self.machine.entry();
+        let config = &self.node.config;
         LaunchSpec {
-            game_id: self.entry.game_id.clone(),
-            match_id: self.entry.match_id.clone(),
+            game_id: self.slot.clone(),
+            match_id: entry.match_id.clone(),
             node: self.node.id.clone(),
-            player_ids: self.entry.player_ids.clone(),
-            secret: self.entry.secret.clone(),
-            host_ip: self.node.config.host_ip,
-            port: self.port,
-            ends_at: self.entry.ends_at,
-            cpu_millicores: self.entry.resources.cpu_millicores,
-            memory_mb: self.entry.resources.memory_mb,
-            worker_threads: self.node.config.game.worker_threads,
-            join_timeout: self.node.config.game.join_timeout,
+            player_ids: entry.player_ids.clone(),
+            secret: entry.secret.clone(),
+            host_ip: config.host_ip,
+            port: self.machine.port(),
+            ends_at: entry.ends_at,
+            cpu_millicores: entry.resources.cpu_millicores,
+            memory_mb: entry.resources.memory_mb,
+            worker_threads: config.game.worker_threads,
+            join_timeout: config.game.join_timeout,
+            // A server that has its match (restarted after a claim, too) is started with it;
+            // only one without (a warm start) gets the token.
+            bootstrap_token: if entry.match_id.is_empty() { self.token.clone() } else { String::new() },
         }
     }
-}
 
-fn describe_code(code: Option<i64>) -> String {
-    match code {
-        Some(code) if code < 0 => format!("killed by signal {}", -code),
-        Some(code) => format!("exit code {code}"),
-        None => "exit code unknown".to_owned(),
+    /// Carries one action out; its result, for those that have one.
+    async fn execute(&mut self, action: Action) -> Option<Event> {
+        let node = self.node.clone();
+        match action {
+            Action::Start => {
+                let spec = self.spec();
+                self.op = Some(
+                    async move {
+                        let began = Instant::now();
+                        let started = node.driver.start(&spec).await;
+                        if started.is_ok() {
+                            metrics::histogram!("mm_orchestrator_container_start_duration_seconds", "driver" => node.driver.name())
+                                .record(began.elapsed().as_secs_f64());
+                        }
+                        Event::Started(started)
+                    }
+                    .boxed(),
+                );
+                None
+            }
+            Action::CancelStart => {
+                // Dropping the start gives it up; it may have created a server already.
+                self.op = None;
+                if let Err(err) = node.driver.discard_game(&self.slot, node.config.game.stop_timeout).await {
+                    tracing::warn!(slot = %self.slot, "removing an interrupted start: {err}");
+                }
+                None
+            }
+            Action::CancelOp => {
+                self.op = None;
+                None
+            }
+            Action::ChangePort => {
+                let port = node.change_port(&self.slot);
+                if let Some(port) = port {
+                    tracing::info!(game_id = %self.machine.entry().game_id, port, "port taken on the host; trying another");
+                }
+                Some(Event::PortChanged(port.map(|port| (port, node.address(port)))))
+            }
+            Action::Probe => {
+                let address = self.machine.entry().address.clone();
+                self.op =
+                    Some(async move { Event::Probed(crate::game_api::healthz(&address).await) }.boxed());
+                None
+            }
+            Action::ExitCode { handle, code } => {
+                // The driver's record (Podman's inspect) first; the event's as a fallback.
+                Some(Event::ExitCode(node.driver.exit_code(&handle).await.ok().flatten().or(code)))
+            }
+            Action::FetchLogs(handle) => Some(Event::Logs(node.driver.logs_tail(&handle).await)),
+            Action::StopInstance(handle) => {
+                let (driver, timeout) = (&node.driver, node.config.game.stop_timeout);
+                let discarded =
+                    crate::retry::with_retries(REMOVE_ATTEMPTS, Duration::from_millis(200), || {
+                        driver.discard(&handle, timeout)
+                    })
+                    .await;
+                if let Err(err) = discarded {
+                    tracing::warn!(game_id = %self.machine.entry().game_id, "stopping the game server: {err}");
+                }
+                None
+            }
+            Action::RemoveInstance(handle) => {
+                if let Err(err) = node.driver.remove(&handle).await {
+                    tracing::warn!(game_id = %self.machine.entry().game_id, "removing the game server: {err}");
+                }
+                None
+            }
+            Action::Record(entry) => {
+                self.record(&entry).await;
+                None
+            }
+            Action::Track(entry) => {
+                node.record(&self.slot, self.id, &entry);
+                None
+            }
+            Action::CreateEntry(entry) => {
+                let created = match node.store.create_server(&entry).await {
+                    Ok(()) => Ok(()),
+                    Err(StoreError::Exists(_)) => Err(CreateFailure::Exists),
+                    Err(other) => Err(CreateFailure::Failed(other.to_string())),
+                };
+                Some(Event::Created(created))
+            }
+            Action::DeleteEntry(key) => {
+                if let Err(err) = node.store.delete_server(&key).await {
+                    tracing::warn!(game_id = %key, "deleting an entry: {err}");
+                }
+                None
+            }
+            Action::AnswerPlacement(result) => {
+                let ok = result.is_ok();
+                let delivered = self.ready.take().is_some_and(|ready| ready.send(result).is_ok());
+                if ok {
+                    node.record_cold_start(self.began.elapsed());
+                }
+                Some(Event::Answered(delivered))
+            }
+            Action::ReleaseTicket => {
+                // Ready or not, this start has left the node's queue.
+                self.ticket.take();
+                None
+            }
+            Action::EnterPool => {
+                if self.begin == Begin::Warm {
+                    let took = self.began.elapsed();
+                    metrics::histogram!("mm_orchestrator_pool_refill_duration_seconds", "driver" => node.driver.name())
+                        .record(took.as_secs_f64());
+                    node.record_cold_start(took);
+                }
+                node.pool_enter(&self.slot);
+                None
+            }
+            Action::LeavePool => Some(Event::LeftPool(node.pool_leave(&self.slot))),
+            Action::ReturnToPool => {
+                node.pool_give_back(&self.slot);
+                None
+            }
+            Action::Assign { address, assignment } => {
+                Some(Event::Assigned(crate::game_api::assign(&address, &self.token, &assignment).await))
+            }
+            Action::AnswerClaim(result) => {
+                if let Some(reply) = self.claim.take() {
+                    let _ = reply.send(result);
+                }
+                None
+            }
+            Action::Restarting { restarts, reason } => {
+                metrics::counter!("mm_orchestrator_restarts_total", "node" => node.id.clone()).increment(1);
+                tracing::warn!(game_id = %self.machine.entry().game_id, restarts, "restarting: {reason}");
+                None
+            }
+            Action::JoinTimedOut => {
+                metrics::counter!("mm_orchestrator_join_timeouts_total", "node" => node.id.clone())
+                    .increment(1);
+                None
+            }
+            Action::Recycled => {
+                metrics::counter!("mm_orchestrator_pool_recycled_total", "node" => node.id.clone())
+                    .increment(1);
+                None
+            }
+            Action::Finish(finish) => {
+                self.finish(finish).await;
+                None
+            }
+        }
     }
-}
 
-fn quote_logs(logs: &str) -> String {
-    let last = logs.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("");
-    if last.is_empty() { String::new() } else { format!("; its last log line: {}", last.trim()) }
-}
+    async fn record(&mut self, entry: &ServerEntry) {
+        crate::instrument::transition(&self.node.id, self.counted.replace(entry.state), Some(entry.state));
+        if entry.state.is_final() {
+            self.counted = None;
+        }
+        self.node.record(&self.slot, self.id, entry);
+        if let Err(err) = self.node.store.put_server(entry).await {
+            tracing::warn!(game_id = %entry.game_id, state = entry.state.as_str(), "server entry not written: {err}");
+        }
+    }
 
-/// `GET /healthz` on `address`: true on a 200, within half a second.
-async fn healthz(address: &str) -> bool {
-    let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-        stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: game\r\n\r\n").await.ok()?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await.ok()?;
-        Some(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
-    };
-    matches!(tokio::time::timeout(Duration::from_millis(500), probe).await, Ok(Some(true)))
+    async fn finish(&mut self, finish: Finish) {
+        self.node.pool_forget(&self.slot);
+        let entry = match finish {
+            Finish::Kept => {
+                crate::instrument::transition(&self.node.id, self.counted.take(), None);
+                tracing::info!(game_id = %self.machine.entry().game_id, "left running for the next start of this node");
+                return;
+            }
+            Finish::Ended(entry) => entry,
+        };
+        // The books first, then KV: a new placement of the same game id may follow at once.
+        self.node.release(&self.slot);
+        let state = entry.state;
+        self.record(&entry).await;
+        // Counted before the entry goes: whoever sees it gone sees the count too.
+        metrics::counter!("mm_orchestrator_servers_ended_total", "state" => state.as_str(), "node" => self.node.id.clone())
+            .increment(1);
+        if let Err(err) = self.node.store.delete_server(&entry.game_id).await {
+            tracing::warn!(game_id = %entry.game_id, "deleting the server entry: {err}");
+        }
+        let game_id = &entry.game_id;
+        match state {
+            ServerState::Failed => tracing::warn!(%game_id, "game server failed: {}", entry.detail),
+            _ => tracing::info!(%game_id, "game server {}: {}", state.as_str(), entry.detail),
+        }
+    }
 }

@@ -7,10 +7,14 @@
 //!    free CPU and memory, it has a free port. A node that fails is counted under the
 //!    first filter it fails, so "nothing fits" can say why:
 //!    `3 nodes: 2 out of memory, 1 out of ports`.
-//! 2. **Ranking** ([`rank`]): bin-packing by default (the node that is fullest after the
-//!    placement wins, so whole nodes stay free for big asks and idle nodes can go), or
+//! 2. **Ranking** ([`rank`]): nodes with warm servers first (an allocation there claims
+//!    one in milliseconds), then bin-packing by default (the node that is fullest after
+//!    the placement wins, so whole nodes stay free for big asks and idle nodes can go), or
 //!    spread (the emptiest wins). Ties go to the smaller node id, so a ranking is
 //!    deterministic.
+//!
+//! A node with warm servers fits whatever its capacity says: its warm servers hold their
+//! resources already (the pool counts against capacity), and a claim needs no more.
 //!
 //! The ranking is advice read from KV, which lags: the chosen node re-checks its own
 //! books ([`crate::ledger`]) and may refuse, and the allocator then asks the next one.
@@ -120,6 +124,9 @@ pub fn check(node: &NodeEntry, ask: Ask, now: u64, node_timeout_ms: u64) -> Resu
     if !node.driver_healthy {
         return Err(Filter::DriverUnhealthy);
     }
+    if node.warm > 0 {
+        return Ok(());
+    }
     let ports_free = port_count(node.port_range).saturating_sub(node.ports_used);
     fits(node.capacity, node.used, ports_free, ask)
 }
@@ -129,6 +136,8 @@ pub fn check(node: &NodeEntry, ask: Ask, now: u64, node_timeout_ms: u64) -> Resu
 pub struct Ranked {
     pub node: String,
     pub score: f64,
+    /// It has warm servers (ranked before every node without).
+    pub warm: bool,
 }
 
 /// Why no node can take the server.
@@ -177,7 +186,11 @@ pub fn rank(
     let mut ranked = Vec::new();
     for node in nodes {
         match check(node, ask, now, node_timeout_ms) {
-            Ok(()) => ranked.push(Ranked { node: node.node.clone(), score: score(node, ask, algorithm) }),
+            Ok(()) => ranked.push(Ranked {
+                node: node.node.clone(),
+                score: score(node, ask, algorithm),
+                warm: node.warm > 0,
+            }),
             Err(filter) => {
                 *rejected.entry(filter).or_insert(0) += 1;
                 if filter == Filter::DriverUnhealthy && notes.len() < MAX_NOTES {
@@ -189,7 +202,9 @@ pub fn rank(
     if ranked.is_empty() {
         return Err(NoPlacement { nodes: nodes.len(), rejected, notes });
     }
-    ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.node.cmp(&b.node)));
+    ranked.sort_by(|a, b| {
+        b.warm.cmp(&a.warm).then_with(|| b.score.total_cmp(&a.score)).then_with(|| a.node.cmp(&b.node))
+    });
     Ok(ranked)
 }
 
@@ -248,6 +263,29 @@ pub(crate) mod tests {
         assert_eq!(order(&binpack), ["almost", "half", "empty"]);
         let spread = rank(ASK, &nodes, NOW, TIMEOUT, Algorithm::Spread).expect("fits");
         assert_eq!(order(&spread), ["empty", "half", "almost"]);
+    }
+
+    #[test]
+    fn nodes_with_warm_servers_come_first_and_fit_when_full() {
+        let mut warm = node("warm", (1000, 1024, 10), (0, 0, 0));
+        warm.warm = 2;
+        let mut full_but_warm = node("full-warm", (1000, 1024, 2), (1000, 1024, 2));
+        full_but_warm.warm = 1;
+        full_but_warm.ports_used = 100;
+        let nodes = [node("almost", (1000, 1024, 10), (800, 900, 8)), warm, full_but_warm.clone()];
+        for algorithm in [Algorithm::Binpack, Algorithm::Spread] {
+            let ranked = rank(ASK, &nodes, NOW, TIMEOUT, algorithm).expect("fits");
+            assert_eq!(order(&ranked)[2], "almost", "{algorithm:?}: warm nodes first");
+            assert!(ranked[0].warm && ranked[1].warm && !ranked[2].warm);
+        }
+        assert_eq!(check(&full_but_warm, ASK, NOW, TIMEOUT), Ok(()), "its warm servers hold their room");
+        // A warm node that is down or sick is still out.
+        let mut down = full_but_warm.clone();
+        down.heartbeat_at = NOW - TIMEOUT - 1;
+        assert_eq!(check(&down, ASK, NOW, TIMEOUT), Err(Filter::Down));
+        let mut sick = full_but_warm;
+        sick.driver_healthy = false;
+        assert_eq!(check(&sick, ASK, NOW, TIMEOUT), Err(Filter::DriverUnhealthy));
     }
 
     #[test]

@@ -159,7 +159,10 @@ impl Store {
             }
             Ok(Err(err)) => return Err(StoreError::Failed { bucket, reason: err.to_string() }),
         }
-        if let Err(err) = self.put_secret(&entry.game_id, &entry.secret).await {
+        // A warm server has no match, so no secret yet.
+        if !entry.secret.is_empty()
+            && let Err(err) = self.put_secret(&entry.game_id, &entry.secret).await
+        {
             let _ = self.delete_server(&entry.game_id).await;
             return Err(err);
         }

@@ -96,35 +96,57 @@ pub fn unquote_list(literal: &str) -> Option<Vec<String>> {
 }
 
 /// What a game server's environment says of its game (to adopt a server whose KV entry
-/// was lost): everything but its host port.
+/// was lost): everything but its host port. A warm server's says only its warm id and
+/// its bootstrap token.
 pub fn recover(environment: &[String]) -> Option<super::Recovered> {
     let value = |key: &str| {
         environment
             .iter()
             .find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.to_owned()))
     };
+    let game_id = unquote(&value(env::GAME_ID)?)?;
+    if let Some(token) = value(env::BOOTSTRAP_TOKEN) {
+        return Some(super::Recovered {
+            game_id,
+            match_id: String::new(),
+            player_ids: Vec::new(),
+            secret: String::new(),
+            ends_at: 0,
+            port: 0,
+            bootstrap_token: unquote(&token)?,
+        });
+    }
     Some(super::Recovered {
-        game_id: unquote(&value(env::GAME_ID)?)?,
+        game_id,
         match_id: unquote(&value(env::MATCH_ID)?)?,
         player_ids: unquote_list(&value(env::PLAYERS)?)?,
         secret: unquote(&value(env::SECRET)?)?,
         ends_at: value(env::ENDS_AT)?.parse().ok()?,
         port: 0,
+        bootstrap_token: String::new(),
     })
 }
 
-/// The game server's environment for `spec`, listening on `listen`.
+/// The game server's environment for `spec`, listening on `listen`. A warm server gets
+/// its bootstrap token instead of a match.
 pub fn game_env(spec: &LaunchSpec, listen: &str) -> Vec<(&'static str, String)> {
-    vec![
+    let mut environment = vec![
         (env::LISTEN, listen.to_owned()),
         (env::GAME_ID, quoted(&spec.game_id)),
-        (env::MATCH_ID, quoted(&spec.match_id)),
-        (env::ENDS_AT, spec.ends_at.to_string()),
-        (env::SECRET, quoted(&spec.secret)),
-        (env::PLAYERS, quoted_list(&spec.player_ids)),
         (env::WORKER_THREADS, spec.worker_threads.max(1).to_string()),
         (env::JOIN_TIMEOUT, quoted(&mm_shared::duration::format(spec.join_timeout))),
-    ]
+    ];
+    if spec.bootstrap_token.is_empty() {
+        environment.extend([
+            (env::MATCH_ID, quoted(&spec.match_id)),
+            (env::ENDS_AT, spec.ends_at.to_string()),
+            (env::SECRET, quoted(&spec.secret)),
+            (env::PLAYERS, quoted_list(&spec.player_ids)),
+        ]);
+    } else {
+        environment.push((env::BOOTSTRAP_TOKEN, quoted(&spec.bootstrap_token)));
+    }
+    environment
 }
 
 #[cfg(test)]
@@ -172,6 +194,7 @@ mod tests {
             memory_mb: 32,
             worker_threads: 1,
             join_timeout: std::time::Duration::from_secs(15),
+            bootstrap_token: String::new(),
         };
         let environment: Vec<String> = game_env(&spec, "0.0.0.0:7777")
             .into_iter()
@@ -191,5 +214,26 @@ mod tests {
         let without_game_id: Vec<String> =
             environment.iter().filter(|pair| !pair.starts_with(env::GAME_ID)).cloned().collect();
         assert_eq!(recover(&without_game_id), None);
+
+        // A warm server: its id and token, and no match in its environment at all.
+        let warm = LaunchSpec {
+            game_id: "w1".into(),
+            match_id: String::new(),
+            player_ids: Vec::new(),
+            secret: String::new(),
+            ends_at: 0,
+            bootstrap_token: "boot\"strap".into(),
+            ..spec
+        };
+        let environment: Vec<String> = game_env(&warm, "0.0.0.0:7777")
+            .into_iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        for absent in [env::MATCH_ID, env::SECRET, env::PLAYERS, env::ENDS_AT] {
+            assert!(!environment.iter().any(|pair| pair.starts_with(absent)), "{absent}: {environment:?}");
+        }
+        let recovered = recover(&environment).expect("recovered");
+        assert_eq!((recovered.game_id.as_str(), recovered.bootstrap_token.as_str()), ("w1", "boot\"strap"));
+        assert!(recovered.match_id.is_empty() && recovered.secret.is_empty());
     }
 }

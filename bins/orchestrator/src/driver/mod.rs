@@ -47,6 +47,9 @@ pub struct LaunchSpec {
     pub worker_threads: u32,
     /// The server ends itself when no player joins within this (zero: never).
     pub join_timeout: Duration,
+    /// Set for a warm server (then `match_id`, `player_ids`, `secret` and `ends_at` are
+    /// unset): the token its node hands it its match with.
+    pub bootstrap_token: String,
 }
 
 /// What a running server's own settings say of its game: enough to write its KV entry
@@ -60,6 +63,9 @@ pub struct Recovered {
     pub ends_at: u64,
     /// The host port it is published on.
     pub port: u16,
+    /// A server started warm: its bootstrap token (the match fields are then empty: it
+    /// took its match, if any, after it started; the server itself says which).
+    pub bootstrap_token: String,
 }
 
 /// A game server the driver knows of (for reconciliation).
