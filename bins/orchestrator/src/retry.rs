@@ -1,78 +1,37 @@
-//! The orchestrator's one way to try again: exponential backoff with jitter (`backon`).
+//! The orchestrator's ways to try again, on the workspace's one backoff
+//! ([`mm_shared::retry`]: exponential with jitter, so that many nodes, or many runners of
+//! one node, do not retry in step).
 //!
 //! - [`forever`] keeps a long-lived session going (a KV watch, Podman's event stream)
 //!   until shutdown: each time it ends or fails it is started again after the next delay,
 //!   and a session that ran long enough to count as healthy starts the delays over.
 //! - [`with_retries`] runs one fallible operation a few times (removing a container
 //!   through a busy Podman) and returns its last error.
-//!
-//! The jitter keeps many nodes (or many runners of one node) from retrying in step.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use mm_shared::retry::Backoff;
 use tokio_util::sync::CancellationToken;
 
-/// A session that lasted this long was healthy: the next failure starts the delays over.
-const SETTLED: Duration = Duration::from_secs(10);
-
-/// Delays from `min`, doubling up to `max`, each with random jitter, without end.
-pub fn delays(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(min)
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
 /// Runs `session` until `shutdown`, starting it again after each end or failure (logged
-/// with `what`) after the next backoff delay.
-pub async fn forever<F, Fut>(
-    what: &str,
-    shutdown: &CancellationToken,
-    min: Duration,
-    max: Duration,
-    mut session: F,
-) where
+/// with `what`) after a delay from `min`, doubling up to `max`.
+pub async fn forever<F, Fut>(what: &str, shutdown: &CancellationToken, min: Duration, max: Duration, session: F)
+where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let mut next = delays(min, max);
-    loop {
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            outcome = session() => outcome,
-            () = shutdown.cancelled() => return,
-        };
-        if let Err(err) = outcome {
-            tracing::warn!("{what}: {err}; trying again");
-        }
-        if started.elapsed() >= SETTLED {
-            next = delays(min, max);
-        }
-        let delay = next.next().unwrap_or(max);
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
+    mm_shared::retry::forever(what, shutdown, Backoff::new(min, max), session).await;
 }
 
-/// Runs `operation` up to `attempts` times (at least once), `min` apart and doubling,
-/// with jitter; the first success, or the last error.
+/// Runs `operation` up to `attempts` times (at least once), `min` apart and doubling up
+/// to eight times `min`; the first success, or the last error.
 pub async fn with_retries<T, E, F, Fut>(attempts: usize, min: Duration, operation: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(min)
-        .with_max_delay(min * 8)
-        .with_jitter()
-        .with_max_times(attempts.saturating_sub(1));
-    operation.retry(backoff).sleep(tokio::time::sleep).await
+    Backoff::new(min, min * 8).retry(attempts, operation, |_| true, |_, _| {}).await
 }
 
 #[cfg(test)]
@@ -81,19 +40,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-
-    #[test]
-    fn delays_grow_to_the_maximum_with_jitter() {
-        let taken: Vec<Duration> =
-            delays(Duration::from_millis(100), Duration::from_secs(1)).take(8).collect();
-        assert_eq!(taken.len(), 8, "without end");
-        assert!(
-            taken[0] >= Duration::from_millis(100) && taken[0] <= Duration::from_millis(200),
-            "{taken:?}"
-        );
-        assert!(taken.iter().all(|delay| *delay <= Duration::from_secs(2)), "{taken:?}");
-        assert!(taken[7] >= Duration::from_secs(1), "{taken:?}");
-    }
 
     #[tokio::test]
     async fn with_retries_stops_at_the_first_success_or_the_last_attempt() {
@@ -116,23 +62,5 @@ mod tests {
         })
         .await;
         assert_eq!(result, Err("try 2".to_owned()));
-    }
-
-    #[tokio::test]
-    async fn forever_restarts_sessions_until_shutdown() {
-        let shutdown = CancellationToken::new();
-        let runs = Arc::new(AtomicUsize::new(0));
-        let (counter, stop) = (runs.clone(), shutdown.clone());
-        forever("test session", &shutdown, Duration::from_millis(1), Duration::from_millis(5), move || {
-            let (counter, stop) = (counter.clone(), stop.clone());
-            async move {
-                if counter.fetch_add(1, Ordering::SeqCst) + 1 == 4 {
-                    stop.cancel();
-                }
-                Err("broke".to_owned())
-            }
-        })
-        .await;
-        assert_eq!(runs.load(Ordering::SeqCst), 4);
     }
 }
