@@ -569,11 +569,11 @@ impl Node {
                 metrics::gauge!("mm_orchestrator_pool_target", "node" => self.id.clone()).set(target as f64);
                 wanted
             };
-            for _ in 0..wanted {
-                if let Err(why) = self.refill().await {
-                    tracing::debug!("not refilling the warm pool now: {why}");
-                    break;
-                }
+            // Side by side: each refill waits for its KV create, and one after another
+            // those round trips, not the starts, would bound the refill rate.
+            let refills = futures_util::future::join_all((0..wanted).map(|_| self.refill())).await;
+            if let Some(Err(why)) = refills.into_iter().find(Result::is_err) {
+                tracing::debug!("not refilling the warm pool fully now: {why}");
             }
         }
     }
