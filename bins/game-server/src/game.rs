@@ -5,8 +5,8 @@
 //! [`game_server::ASSIGN_PATH`], once; a second assignment is refused (409), so a server
 //! never serves two matches.
 
-use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -70,6 +70,9 @@ struct Admission {
     secret: String,
     /// The match's players; empty: any player id.
     players: HashSet<String>,
+    /// The same players in the match's order: the first half is one side, the second
+    /// half the other.
+    order: Vec<String>,
     /// The assignment it came from (a warm server's), for `GET /assign`.
     assignment: Option<Assignment>,
 }
@@ -93,6 +96,8 @@ pub struct Game {
     sockets: TaskTracker,
     /// Cancelled when the first player is admitted.
     joined: CancellationToken,
+    /// The last true skill each connected player sent (see [`crate::result`]).
+    skills: Mutex<HashMap<String, f64>>,
 }
 
 /// How the game ended, for the socket loops.
@@ -175,9 +180,15 @@ fn bearer_is(authorization: Option<&str>, expected: &str) -> bool {
 
 impl Game {
     /// The game of a server started with its match.
-    pub fn new(secret: String, players: HashSet<String>, max_message_bytes: usize) -> Self {
+    pub fn new(secret: String, players: Vec<String>, max_message_bytes: usize) -> Self {
         let game = Self::with_token(String::new(), max_message_bytes);
-        let _ = game.admission.set(Admission { secret, players, assignment: None });
+        let admission = Admission {
+            secret,
+            players: players.iter().cloned().collect(),
+            order: players,
+            assignment: None,
+        };
+        let _ = game.admission.set(admission);
         game.assigned.cancel();
         game
     }
@@ -198,6 +209,7 @@ impl Game {
             ending: OnceLock::new(),
             sockets: TaskTracker::new(),
             joined: CancellationToken::new(),
+            skills: Mutex::new(HashMap::new()),
         }
     }
 
@@ -250,6 +262,7 @@ impl Game {
         let admission = Admission {
             secret: assignment.secret.clone(),
             players: assignment.player_ids.iter().cloned().collect(),
+            order: assignment.player_ids.clone(),
             assignment: Some(assignment),
         };
         // Once only: whoever sets it first wins; any later one is refused.
@@ -271,6 +284,26 @@ impl Game {
     pub async fn wait_assigned(&self) -> Option<Assignment> {
         self.assigned.cancelled().await;
         self.admission.get().and_then(|admission| admission.assignment.clone())
+    }
+
+    /// The match's players in its order (empty before a warm server's assignment).
+    pub fn players(&self) -> Vec<String> {
+        self.admission.get().map(|admission| admission.order.clone()).unwrap_or_default()
+    }
+
+    /// Keeps the true skill `message` carries, if any, as `player`'s (the id its
+    /// connection was admitted as).
+    fn note_skill(&self, player: &str, message: &[u8]) {
+        let Some(skill) = crate::result::true_skill(message) else { return };
+        let mut skills = self.skills.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if skills.len() < crate::result::MAX_TRACKED_PLAYERS || skills.contains_key(player) {
+            skills.insert(player.to_owned(), skill);
+        }
+    }
+
+    /// The true skills players sent, by player.
+    pub fn skills(&self) -> HashMap<String, f64> {
+        self.skills.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// Returns once a player has joined (been admitted and upgraded).
@@ -415,10 +448,12 @@ async fn play(mut socket: WebSocket, game: Arc<Game>, player: String) {
                 let echo = match message {
                     Some(Ok(Message::Text(text))) => {
                         metrics::counter!("mm_game_messages_total", "kind" => "text").increment(1);
+                        game.note_skill(&player, text.as_bytes());
                         Message::Text(text)
                     }
                     Some(Ok(Message::Binary(data))) => {
                         metrics::counter!("mm_game_messages_total", "kind" => "binary").increment(1);
+                        game.note_skill(&player, &data);
                         Message::Binary(data)
                     }
                     // Pings are answered by the WebSocket layer itself.
@@ -582,6 +617,25 @@ mod tests {
         let warm = Game::warm("boot".into(), 1024);
         warm.end(EndReason::Shutdown, Duration::from_millis(10)).await;
         assert_eq!(warm.assign(Some("Bearer boot"), assignment("m1")), Err(AssignRefusal::GameOver));
+    }
+
+    #[test]
+    fn true_skills_are_kept_per_admitted_player_in_the_matchs_order() {
+        let playing = game("", &["b", "a", "d", "c"]);
+        assert_eq!(playing.players(), ["b", "a", "d", "c"], "the match's order, not a set's");
+        playing.note_skill("a", br#"a#1 {"trueSkill":1600.5}"#);
+        // The tag in the text does not matter: the connection's player does.
+        playing.note_skill("b", br#"a#1 {"trueSkill":900}"#);
+        playing.note_skill("c", b"c#1 plain echo");
+        playing.note_skill("a", br#"a#2 {"trueSkill":1610}"#);
+        assert_eq!(playing.skills(), HashMap::from([("a".to_owned(), 1610.0), ("b".to_owned(), 900.0)]));
+        // A server started by hand admits any id, but keeps only so many.
+        let open = game("", &[]);
+        for i in 0..200 {
+            open.note_skill(&format!("p{i}"), br#"x {"trueSkill":1}"#);
+        }
+        assert_eq!(open.skills().len(), crate::result::MAX_TRACKED_PLAYERS);
+        assert!(Game::warm("boot".into(), 1024).players().is_empty(), "no match yet");
     }
 
     #[test]

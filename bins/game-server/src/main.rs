@@ -31,6 +31,16 @@
 //! shutting down"): in a container the server is PID 1, which gets no default signal
 //! handling, so this is what makes `podman stop` quick.
 //!
+//! ## The result
+//!
+//! A game played to its end has a winner: the server plays the first half of its player
+//! list against the second half, from the true skills the players sent with their
+//! messages and some luck ([`result`]), and writes one line to stdout as its very last
+//! output: `MM_GAME_RESULT {"gameId","matchId","teams","winner"}`
+//! ([`mm_shared::protocol::game_server::RESULT_PREFIX`]). It has no NATS credentials: its
+//! node reads the line once the server exited and publishes it on `events.game.ended`.
+//! A game cut short (SIGTERM, nobody joined) writes none.
+//!
 //! A server that no player joins within `game.join_timeout` (its match was probably never
 //! committed) ends itself, saying so in its log, and exits with
 //! [`exit_codes::NO_PLAYERS`]; one whose listen address is taken exits with
@@ -50,6 +60,7 @@
 //! resolve host names: every address it is given is an IP address.
 
 mod game;
+mod result;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -141,10 +152,19 @@ impl ServiceConfig for Config {
 
 /// The exit code that says why the server ended early, when it did (see the module doc).
 static EXIT_CODE: OnceLock<i64> = OnceLock::new();
+/// The game's result line, written after everything else (see the module doc).
+static RESULT: OnceLock<String> = OnceLock::new();
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let code = service::main("game-server", &args.common, run);
+    if let Some(line) = RESULT.get() {
+        // The result protocol, not a log: stdout, one line, the very last output (logs
+        // go to stderr), so the node finds it at the end of what the server wrote.
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    }
     match EXIT_CODE.get() {
         Some(&special) => ExitCode::from(u8::try_from(special).unwrap_or(1)),
         None => code,
@@ -157,7 +177,7 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     let game = Arc::new(if warm {
         Game::warm(config.bootstrap_token.clone(), config.max_message_bytes)
     } else {
-        Game::new(config.secret.clone(), config.players.iter().cloned().collect(), config.max_message_bytes)
+        Game::new(config.secret.clone(), config.players.clone(), config.max_message_bytes)
     });
     let router = service.admin_router().merge(game::router(game.clone()));
     let bound = match service.serve(config.listen, "game.listen", router).await {
@@ -172,7 +192,7 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
         }
     };
     // A warm server waits for its match (or its end) before its game's clocks start.
-    let (game_id, match_id, players, ends_at) = if warm {
+    let (game_id, match_id, player_count, ends_at) = if warm {
         tracing::info!(warm_id = %config.game_id, %bound, "warm: waiting for its node to hand it a match");
         let assigned = tokio::select! {
             assigned = game.wait_assigned() => assigned,
@@ -197,7 +217,7 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
         %game_id,
         %match_id,
         %bound,
-        players,
+        players = player_count,
         ends_in = %mm_shared::duration::format(ends_in),
         "game open"
     );
@@ -228,5 +248,29 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     } else {
         tracing::info!(%game_id, sockets_closed = closed, "game ended: {reason}");
     }
+    if reason == EndReason::GameOver {
+        report_result(&game, &game_id, &match_id);
+    }
     Ok(())
+}
+
+/// Decides the winner of a game played to its end and keeps the result line for `main`
+/// to write last. A game cut short (shutdown, nobody joined) has no result.
+fn report_result(game: &Game, game_id: &str, match_id: &str) {
+    let players = game.players();
+    let skills = game.skills();
+    let Some(decision) = result::decide(&players, &skills, &mut fastrand::Rng::new()) else {
+        tracing::info!(%game_id, players = players.len(), "no result: the players are not two equal sides");
+        return;
+    };
+    tracing::info!(
+        %game_id,
+        %match_id,
+        winner = decision.winner,
+        strength = ?decision.strength,
+        first_wins = decision.first_wins,
+        skills_known = skills.len(),
+        "result decided"
+    );
+    let _ = RESULT.set(result::line(game_id, match_id, &players, decision.winner));
 }

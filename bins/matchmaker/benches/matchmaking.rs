@@ -7,9 +7,16 @@
 //! queued, and one pop behind 10,000 overdue tickets, for the seed's list scripts (kept
 //! in `support/seed_list.rs` as the baseline) and for the sorted set, side by side.
 //!
+//! Then the queues at depth: 50,000 tickets of random ratings waiting in `default` (FIFO)
+//! and, in the same run, 50,000 in `skill` (two teams of five, ratings within a widening
+//! window): tickets matched per second through the matchmaker while the queue is deep,
+//! and the ratio of the two.
+//!
 //! `cargo bench -p matchmaker` (or `just bench`). Every loop is bounded in count and
 //! time; all traffic stays on 127.0.0.1. `MM_BENCH_TICKETS` changes the ticket count,
-//! `MM_BENCH_QUEUED` the queue at scale.
+//! `MM_BENCH_QUEUED` the queue at scale, `MM_BENCH_WAITING` the queues at depth;
+//! `MM_BENCH_CASES` picks cases (comma-separated: `throughput`, `scale`, `queues`; all by
+//! default), e.g. `MM_BENCH_CASES=queues cargo bench -p matchmaker --bench matchmaking`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,10 +30,10 @@ mod seed_list;
 use common::{Allocator, Answer};
 use futures_util::StreamExt;
 use matchmaker::config::TicketSettings;
-use matchmaker::tickets::{Cancelled, Claim, Joined, TicketStore};
+use matchmaker::tickets::{Cancelled, Claim, Joined, NewTicket, TicketStore};
 use mm_shared::nats::request_json;
 use mm_shared::protocol::{
-    JoinReply, JoinRequest, MATCH_SIZE, MatchRecord, ServerAssignment, keys, now_ms, subjects,
+    JoinReply, JoinRequest, MATCH_SIZE, MatchCreated, MatchRecord, ServerAssignment, keys, now_ms, subjects,
 };
 use mm_testkit::{NatsServer, RedisServer};
 
@@ -38,18 +45,30 @@ const TIME_LIMIT: Duration = Duration::from_secs(60);
 fn main() {
     let tickets: u64 = std::env::var("MM_BENCH_TICKETS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let tickets = tickets - tickets % MATCH_SIZE as u64;
+    let cases = std::env::var("MM_BENCH_CASES").unwrap_or_default();
+    let wanted = |case: &str| cases.trim().is_empty() || cases.split(',').any(|c| c.trim() == case);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let nats = NatsServer::start().expect("nats-server (run `just setup`)");
     let redis = RedisServer::start().expect("redis-server (run `just setup`)");
+    if wanted("throughput") {
+        throughput(&runtime, &nats, &redis, tickets);
+    }
+    if wanted("scale") {
+        scale(&runtime, &redis);
+    }
+    if wanted("queues") {
+        let waiting: usize =
+            std::env::var("MM_BENCH_WAITING").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+        queues_at_depth(&runtime, &nats, &redis, waiting);
+    }
+}
+
+fn throughput(runtime: &tokio::runtime::Runtime, nats: &NatsServer, redis: &RedisServer, tickets: u64) {
+    flush(runtime, &redis.url());
 
     let direct = runtime.block_on(direct_scripts(&redis.url(), tickets));
-    flush(&runtime, &redis.url());
-    let through = runtime.block_on(through_matchmaker(&nats, &redis, tickets));
-    let queued: usize = std::env::var("MM_BENCH_QUEUED").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
-    flush(&runtime, &redis.url());
-    let list = runtime.block_on(at_scale(&redis.url(), queued, Queue::SeedList));
-    flush(&runtime, &redis.url());
-    let sorted = runtime.block_on(at_scale(&redis.url(), queued, Queue::SortedSet));
+    flush(runtime, &redis.url());
+    let through = runtime.block_on(through_matchmaker(nats, redis, tickets));
 
     println!("matchmaker: {tickets} tickets joined and matched, {CONCURRENCY} in flight");
     println!(
@@ -67,6 +86,14 @@ fn main() {
         direct.as_secs_f64() / through.as_secs_f64()
     );
     println!();
+}
+
+fn scale(runtime: &tokio::runtime::Runtime, redis: &RedisServer) {
+    let queued: usize = std::env::var("MM_BENCH_QUEUED").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    flush(runtime, &redis.url());
+    let list = runtime.block_on(at_scale(&redis.url(), queued, Queue::SeedList));
+    flush(runtime, &redis.url());
+    let sorted = runtime.block_on(at_scale(&redis.url(), queued, Queue::SortedSet));
     println!(
         "queue:default at scale: {queued} tickets queued; {OPS} operations of each kind, one at a time \
          (client-side latency, loopback round trip included)"
@@ -85,6 +112,125 @@ fn main() {
         format!("{:.2} ms, expired {}", ms(list.overdue_pop), list.overdue_expired),
         format!("{:.2} ms, expired {}", ms(sorted.overdue_pop), sorted.overdue_expired),
     );
+    println!();
+}
+
+/// The share of the waiting tickets the queues-at-depth rate is measured over: the queue
+/// stays deep (a fifth still waiting) for the whole measurement.
+const DEPTH_MEASURED: f64 = 0.8;
+
+/// `waiting` tickets with random ratings in `default`, then as many in `skill`, each
+/// matched through the matchmaker; prints both rates and their ratio.
+fn queues_at_depth(
+    runtime: &tokio::runtime::Runtime,
+    nats: &NatsServer,
+    redis: &RedisServer,
+    waiting: usize,
+) {
+    let waiting = waiting - waiting % MATCH_SIZE;
+    let mut rates = Vec::new();
+    for queue in ["default", "skill"] {
+        flush(runtime, &redis.url());
+        let run = runtime.block_on(at_depth(nats, redis, queue, waiting));
+        rates.push(run);
+    }
+    let (fifo, skill) = (&rates[0], &rates[1]);
+    println!(
+        "queues at depth: {waiting} tickets waiting, ratings ~ N(1500, 300); the first {:.0}% of them \
+         matched through the matchmaker (allocations answered at once)",
+        DEPTH_MEASURED * 100.0
+    );
+    for (name, run) in [("default (fifo, 10)", fifo), ("skill (2 teams of 5)", skill)] {
+        println!(
+            "  {name:<22} {:>9.0} tickets/s  ({} matched in {:.2?}; {} of {waiting} by the last match, at {:.2?})",
+            rate(run.measured as u64, run.elapsed),
+            run.measured,
+            run.elapsed,
+            run.matched,
+            run.last,
+        );
+    }
+    println!(
+        "  skill/fifo ratio: {:.2}",
+        rate(skill.measured as u64, skill.elapsed) / rate(fifo.measured as u64, fifo.elapsed)
+    );
+}
+
+/// One queue at depth.
+struct AtDepth {
+    /// Tickets matched over the measurement.
+    measured: usize,
+    /// From the first match to the measured share.
+    elapsed: Duration,
+    /// Tickets matched in all (the tail waits for its window to widen; fewer than a
+    /// match's worth can never play).
+    matched: usize,
+    /// From the first match to the last.
+    last: Duration,
+}
+
+/// How long the tail of a queue at depth may go without a match before the run ends.
+const TAIL_IDLE: Duration = Duration::from_secs(10);
+
+/// A normal draw (Box-Muller) from `rng`.
+fn normal(rng: &mut fastrand::Rng, mean: f64, sd: f64) -> f64 {
+    let (u, v) = (rng.f64().max(f64::MIN_POSITIVE), rng.f64());
+    mean + sd * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+/// Fills `queue` with `waiting` solo tickets of random ratings straight through the join
+/// script, then starts the matchmaker and times its matches of that queue.
+async fn at_depth(nats: &NatsServer, redis: &RedisServer, queue: &str, waiting: usize) -> AtDepth {
+    let settings = TicketSettings { ttl: Duration::from_secs(600), retention: Duration::from_secs(600) };
+    let store = TicketStore::new(common::redis(&redis.url()).await, settings).for_queue(queue);
+    let mut rng = fastrand::Rng::with_seed(42);
+    let ratings: Vec<f64> = (0..waiting).map(|_| normal(&mut rng, 1500.0, 300.0)).collect();
+    let filled = Instant::now();
+    futures_util::stream::iter(ratings.into_iter().enumerate())
+        .for_each_concurrent(CONCURRENCY, |(index, rating)| {
+            let store = store.clone();
+            async move {
+                let new = NewTicket {
+                    player_id: format!("{queue}-{index}"),
+                    rating: Some(rating),
+                    ..NewTicket::default()
+                };
+                match store.join_ticket(new).await.expect("join") {
+                    Joined::Created { .. } => {}
+                    other => panic!("a new player's join: {other:?}"),
+                }
+            }
+        })
+        .await;
+    assert!(filled.elapsed() < TIME_LIMIT, "filling the queue took too long");
+
+    let client = async_nats::connect(&nats.url()).await.expect("nats");
+    let mut created = client.subscribe(subjects::EVENTS_MATCH_CREATED).await.expect("subscribe");
+    common::synced(&client).await;
+    let allocator = Allocator::start(&nats.url(), |_| Answer::Server(Duration::ZERO)).await;
+    let (mut matchmaker, _admin) = common::start_matchmaker(nats, redis, &[("MM_LOG__FILTER", "warn")]);
+    let target = (waiting as f64 * DEPTH_MEASURED) as usize;
+    let deadline = Instant::now() + TIME_LIMIT;
+    let (mut matched, mut first, mut measured) = (0usize, None::<(Instant, usize)>, None);
+    let mut last = Duration::ZERO;
+    while waiting - matched >= MATCH_SIZE {
+        let left = deadline.saturating_duration_since(Instant::now()).min(TAIL_IDLE);
+        let Ok(Some(message)) = tokio::time::timeout(left, created.next()).await else { break };
+        let Ok(event) = serde_json::from_slice::<MatchCreated>(&message.payload) else { continue };
+        if event.queue != queue {
+            continue;
+        }
+        matched += event.player_ids.len();
+        let (started, before) = *first.get_or_insert((Instant::now(), event.player_ids.len()));
+        last = started.elapsed();
+        if measured.is_none() && matched >= target {
+            measured = Some((matched - before, last));
+        }
+    }
+    drop(allocator);
+    matchmaker.terminate(Duration::from_secs(10));
+    let (measured, elapsed) = measured.expect("the measured share matched within the time limit");
+    AtDepth { measured, elapsed, matched, last }
 }
 
 fn ms(elapsed: Duration) -> f64 {

@@ -15,6 +15,9 @@ pub enum TicketEvent {
 }
 
 impl TicketEvent {
+    pub const ALL: [TicketEvent; 6] =
+        [Self::Created, Self::Matched, Self::Cancelled, Self::Expired, Self::Failed, Self::Requeued];
+
     fn label(self) -> &'static str {
         match self {
             Self::Created => "created",
@@ -183,4 +186,19 @@ pub fn describe() {
     for operation in ["pop", "claim", "commit", "give_back", "reap"] {
         counter!("mm_matchmaker_redis_errors_total", "operation" => operation).increment(0);
     }
+    for event in TicketEvent::ALL {
+        counter!("mm_matchmaker_tickets_total", "event" => event.label()).increment(0);
+    }
+    for result in ["ok", "no_responders", "unavailable", "timeout", "rejected", "error"] {
+        counter!("mm_matchmaker_allocations_total", "result" => result).increment(0);
+        let _ = metrics::histogram!("mm_matchmaker_allocation_duration_seconds", "result" => result);
+    }
+    metrics::gauge!("mm_matchmaker_allocations_in_flight").set(0.0);
+    for result in ["ok", "unknown"] {
+        counter!("mm_session_verifications_total", "result" => result).increment(0);
+    }
+    for result in ["ok", "replayed", "insufficient_funds", "unknown_offer", "key_reused"] {
+        counter!("mm_store_purchases_total", "result" => result).increment(0);
+    }
+    mm_shared::nats::register_client_metrics(&[mm_shared::protocol::subjects::ORCHESTRATOR_ALLOCATE]);
 }

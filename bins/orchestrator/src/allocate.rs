@@ -22,8 +22,8 @@ use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use mm_shared::nats::{Budget, RequestError, ServiceError};
 use mm_shared::protocol::{
-    AllocateReply, AllocateRequest, NodeEntry, PlaceRequest, ServerEntry, ServerState, StartKind, limits,
-    now_ms, subjects,
+    AllocateReply, NodeEntry, PlaceRequest, RegionalAllocateRequest, ServerEntry, ServerState, StartKind,
+    limits, now_ms, subjects,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -183,7 +183,7 @@ type Labelled<T> = Result<(T, &'static str), (ServiceError, &'static str)>;
 impl Allocator {
     pub async fn allocate(
         &self,
-        request: AllocateRequest,
+        request: RegionalAllocateRequest,
         budget: Budget,
     ) -> Result<AllocateReply, ServiceError> {
         let started = budget.arrived();
@@ -208,8 +208,16 @@ impl Allocator {
         }
     }
 
-    async fn allocate_inner(&self, request: AllocateRequest, deadline: Instant) -> Labelled<AllocateReply> {
+    async fn allocate_inner(
+        &self,
+        RegionalAllocateRequest { request, region }: RegionalAllocateRequest,
+        deadline: Instant,
+    ) -> Labelled<AllocateReply> {
         check_request(&request.match_id, &request.player_ids).map_err(|err| (err, "bad_request"))?;
+        if let Some(region) = &region {
+            limits::check_token("region", region)
+                .map_err(|err| (ServiceError::bad_request(err), "bad_request"))?;
+        }
         let node = &self.node;
         let game_id = game_id_for(&request.match_id);
 
@@ -218,12 +226,15 @@ impl Allocator {
         }
         let own = node.entry();
         let nodes = self.directory.snapshot(own);
+        let (now, node_timeout_ms) = (now_ms(), node.config.node_timeout.as_millis() as u64);
+        let region = scheduler::region_in_force(region.as_deref(), &nodes, now, node_timeout_ms);
         let ranked = scheduler::rank(
             node.config.game.ask(),
             &nodes,
-            now_ms(),
-            node.config.node_timeout.as_millis() as u64,
+            now,
+            node_timeout_ms,
             node.config.scheduler,
+            region,
         )
         .map_err(|refusal| {
             for (filter, count) in &refusal.rejected {

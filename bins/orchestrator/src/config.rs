@@ -85,6 +85,9 @@ pub struct OrchestratorSection {
     /// This node's id: its key in KV `nodes` and its containers' `mm.node` label. Keep it
     /// stable across restarts (the default is the host name). Letters, digits, `-`, `_`.
     pub node: String,
+    /// The region this node serves (a name like `eu-west`; empty: none). Matches that a
+    /// latency queue placed in a region go to nodes of that region when any is live.
+    pub region: String,
     pub driver: DriverChoice,
     /// Host ports game servers get, inclusive: `"20000-32000"`.
     pub port_range: PortRange,
@@ -144,6 +147,7 @@ impl Default for OrchestratorSection {
         Self {
             admin_listen: addresses::ORCHESTRATOR_ADMIN,
             node: String::new(),
+            region: String::new(),
             driver: DriverChoice::Auto,
             port_range: PortRange(20000, 32000),
             host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -180,6 +184,10 @@ impl OrchestratorSection {
     /// first. The error names the config key.
     pub fn validate(&self) -> Result<(), String> {
         let format = mm_shared::duration::format;
+        if !self.region.is_empty() {
+            mm_shared::protocol::limits::check_token("region", &self.region)
+                .map_err(|err| format!("config key `orchestrator.region`: {err}"))?;
+        }
         for (key, value) in [
             ("heartbeat_interval", self.heartbeat_interval),
             ("node_timeout", self.node_timeout),

@@ -63,6 +63,11 @@ pub fn describe() {
         "orchestrator.release requests, by result (released, forwarded, not_found, bad_request, error)."
     );
     metrics::describe_counter!(
+        "mm_orchestrator_game_results_total",
+        "Games that ended on this node, by what became of their result: published (on \
+         events.game.ended), unpublished (NATS refused it), none (the server wrote no valid result line)."
+    );
+    metrics::describe_counter!(
         "mm_orchestrator_join_timeouts_total",
         "Game servers that ended themselves because no player joined within the join timeout, by node."
     );
@@ -169,6 +174,9 @@ pub fn init_counters(node: &str) {
             .increment(0);
     }
     metrics::counter!("mm_orchestrator_join_timeouts_total", "node" => node.to_owned()).increment(0);
+    for result in crate::runner::GAME_RESULTS {
+        metrics::counter!("mm_orchestrator_game_results_total", "result" => result).increment(0);
+    }
     metrics::counter!("mm_orchestrator_node_claim_lost_total", "node" => node.to_owned()).increment(0);
     metrics::gauge!("mm_orchestrator_starts_in_flight", "node" => node.to_owned()).set(0.0);
     metrics::gauge!("mm_orchestrator_pool_warm", "node" => node.to_owned()).set(0.0);
@@ -178,12 +186,25 @@ pub fn init_counters(node: &str) {
             .increment(0);
     }
     metrics::counter!("mm_orchestrator_pool_recycled_total", "node" => node.to_owned()).increment(0);
+    // What the orchestrator dashboard charts from the first request on: at 0 before it.
+    metrics::counter!("mm_orchestrator_allocations_total", "result" => "ok", "reason" => "placed")
+        .increment(0);
+    let _ = metrics::histogram!("mm_orchestrator_allocation_duration_seconds");
+    for outcome in ["placed", "refused", "unreachable", "failed"] {
+        metrics::counter!("mm_orchestrator_place_attempts_total", "outcome" => outcome).increment(0);
+    }
+    for state in ServerState::ALL.into_iter().filter(|state| state.is_final()) {
+        metrics::counter!("mm_orchestrator_servers_ended_total", "state" => state.as_str(), "node" => node.to_owned())
+            .increment(0);
+    }
 }
 
 /// Registers a driver's histograms of the warm pool with no sample yet, so the series
 /// exist (with zero counts) before the first refill.
 pub fn init_driver(driver: &'static str) {
     let _ = metrics::histogram!("mm_orchestrator_pool_refill_duration_seconds", "driver" => driver);
+    let _ = metrics::histogram!("mm_orchestrator_container_start_duration_seconds", "driver" => driver);
+    let _ = metrics::histogram!("mm_orchestrator_server_ready_duration_seconds", "driver" => driver);
 }
 
 /// The node's capacity and use, in base units, labelled with the node like every other

@@ -215,7 +215,7 @@ impl Ledger {
                 format!("{} of {} MB in use, {} asked", used.memory_mb, capacity.memory_mb, ask.memory_mb)
             }
             Filter::Ports => format!("all ports of {}-{} in use", self.ports.range.0, self.ports.range.1),
-            Filter::Down | Filter::DriverUnhealthy => String::new(),
+            Filter::Region | Filter::Down | Filter::DriverUnhealthy => String::new(),
         }
     }
 }

@@ -33,10 +33,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use mm_shared::protocol::game_server::{Assignment, exit_codes};
-use mm_shared::protocol::{ServerEntry, ServerState};
+use mm_shared::protocol::{GameEnded, ServerEntry, ServerState};
 
 use crate::config::OrchestratorSection;
 use crate::driver::DriverError;
+use crate::results::NoResult;
 
 /// How often `/healthz` is tried while a server starts.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(10);
@@ -205,6 +206,10 @@ pub enum Phase {
     DyingLogs {
         code: Option<i64>,
     },
+    /// It exited after its game's end: its last output lines are read for the result.
+    EndedLogs {
+        code: Option<i64>,
+    },
     /// Waiting `restart.delay` before it is started again.
     RestartDelay {
         until: Instant,
@@ -297,6 +302,9 @@ pub enum Action {
     JoinTimedOut,
     /// It was recycled, unclaimed for too long.
     Recycled,
+    /// The game's result read from the server's last lines: publish it on
+    /// `events.game.ended`, or say why there is none.
+    Result(Result<GameEnded, NoResult>),
     /// The end: books, final entry, deletion.
     Finish(Finish),
 }
@@ -564,8 +572,17 @@ impl Machine {
             }
             (Phase::Dying, Event::ExitCode(code)) => {
                 if now.wall_ms >= self.entry.ends_at {
-                    let detail = format!("its game ended ({})", describe_code(code));
-                    return self.end(ServerState::Complete, detail, now, out);
+                    // Its game is over: its last line is the result.
+                    return match self.handle.clone() {
+                        Some(handle) => {
+                            out.push(Action::FetchLogs(handle));
+                            Phase::EndedLogs { code }
+                        }
+                        None => {
+                            let detail = format!("its game ended ({})", describe_code(code));
+                            self.end(ServerState::Complete, detail, now, out)
+                        }
+                    };
                 }
                 if code == Some(exit_codes::NO_PLAYERS) {
                     out.push(Action::JoinTimedOut);
@@ -586,6 +603,17 @@ impl Machine {
             (Phase::DyingLogs { code }, Event::Logs(logs)) => {
                 self.remove_instance(out);
                 self.restart(died_early(code, &logs), now, out)
+            }
+            (Phase::EndedLogs { code }, Event::Logs(logs)) => {
+                let result = crate::results::read(&logs, &self.entry);
+                let detail = match &result {
+                    Ok(result) => {
+                        format!("its game ended ({}); side {} won", describe_code(code), result.winner)
+                    }
+                    Err(why) => format!("its game ended ({}); no result: {why}", describe_code(code)),
+                };
+                out.push(Action::Result(result));
+                self.end(ServerState::Complete, detail, now, out)
             }
             (Phase::RestartDelay { .. }, Event::Timer) => self.start(Launch::Restart, 1, out),
 
@@ -1081,14 +1109,46 @@ mod tests {
             run.step(Event::Started(Ok(format!("h{}", n + 2))));
             run.step(Event::Probed(true));
         }
-        // A death after the game's end is its end, not a crash.
+        // A death after the game's end is its end, not a crash: its last lines are read
+        // for the result.
         let mut run = Run::new(Begin::Place, entry("g1"), None);
         run.running("h1");
         run.advance(30_000);
         run.step(Event::Exited { handle: "h1".into(), code: Some(0) });
-        let out = run.step(Event::ExitCode(Some(0)));
+        assert_eq!(run.kinds(Event::ExitCode(Some(0))), ["logs h1"]);
+        let out = run.step(Event::Logs("INFO game ended".into()));
+        assert!(matches!(&out[0], Action::Result(Err(NoResult::Missing))), "{out:?}");
         let end = ended(&out);
-        assert_eq!((end.state, end.detail.as_str()), (ServerState::Complete, "its game ended (exit code 0)"));
+        assert_eq!(
+            (end.state, end.detail.as_str()),
+            (ServerState::Complete, "its game ended (exit code 0); no result: its output has no result line")
+        );
+    }
+
+    #[test]
+    fn a_game_that_ended_publishes_the_result_its_server_wrote() {
+        let players: Vec<String> = (0..4).map(|i| format!("p{i}")).collect();
+        let mut run =
+            Run::new(Begin::Place, ServerEntry { player_ids: players.clone(), ..entry("g1") }, None);
+        run.running("h1");
+        run.advance(31_000);
+        run.step(Event::Exited { handle: "h1".into(), code: Some(0) });
+        assert_eq!(run.kinds(Event::ExitCode(Some(0))), ["logs h1"]);
+        let line = format!(
+            r#"{}{{"gameId":"g1","matchId":"m1","teams":[["p0","p1"],["p2","p3"]],"winner":0}}"#,
+            mm_shared::protocol::game_server::RESULT_PREFIX
+        );
+        let out = run.step(Event::Logs(format!("INFO game ended\n{line}\nINFO game-server stopped")));
+        let expected = GameEnded {
+            game_id: "g1".into(),
+            match_id: "m1".into(),
+            teams: vec![players[..2].to_vec(), players[2..].to_vec()],
+            winner: 0,
+        };
+        assert_eq!(out[0], Action::Result(Ok(expected)));
+        assert_eq!(out.iter().skip(1).map(kind).collect::<Vec<_>>(), ["stop h1", "end complete"]);
+        assert_eq!(ended(&out).detail, "its game ended (exit code 0); side 0 won");
+        assert!(run.machine.is_done());
     }
 
     #[test]

@@ -39,6 +39,7 @@ mod place;
 mod pool;
 mod reconcile;
 mod release;
+mod results;
 mod retry;
 mod runner;
 mod scheduler;
@@ -102,7 +103,8 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
         let serving = serving_check.load(Ordering::Relaxed);
         async move { if serving { Ok("serving".to_owned()) } else { Err("starting".to_owned()) } }
     });
-    let store = store::Store::open(nats.clone()).await?;
+    let replicas = mm_shared::nats::kv_replicas(&nats, service.config.nats.kv_replicas);
+    let store = store::Store::open_with(nats.clone(), replicas).await?;
 
     // Background work that must outlive the endpoints (exit events while servers are
     // being stopped at shutdown): cancelled last.

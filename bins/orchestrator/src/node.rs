@@ -256,6 +256,7 @@ impl Node {
             host: self.host.clone(),
             starting: lock(&self.starts).in_flight(),
             warm: lock(&self.pool).warm() as u64,
+            region: self.config.region.clone(),
         }
     }
 

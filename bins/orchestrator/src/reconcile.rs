@@ -583,7 +583,27 @@ impl Reconciler {
                 continue;
             }
             for entry in by_node.remove(&silent_node).unwrap_or_default() {
-                match node.store.delete_server_if(&entry.value.game_id, entry.revision).await {
+                // Marked `lost` first (watchers of `servers` see why it goes), then deleted,
+                // each only if unchanged since read.
+                let mut lost = entry.value.clone();
+                let revision = if lost.state == ServerState::Lost {
+                    entry.revision
+                } else {
+                    lost.state = ServerState::Lost;
+                    lost.detail = format!(
+                        "its node {silent_node} was silent for over {}",
+                        mm_shared::duration::format(grace)
+                    );
+                    lost.updated_at = now_ms();
+                    match node.store.update_server(&lost, entry.revision).await {
+                        Ok(revision) => revision,
+                        Err(err) => {
+                            tracing::debug!(game_id = %entry.value.game_id, "reap: cannot mark it lost: {err}");
+                            continue;
+                        }
+                    }
+                };
+                match node.store.delete_server_if(&entry.value.game_id, revision).await {
                     Ok(true) => reaped += 1,
                     Ok(false) => {}
                     Err(err) => tracing::warn!(game_id = %entry.value.game_id, "reap: cannot delete: {err}"),

@@ -16,8 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs `session` until `shutdown`, starting it again after each end or failure (logged
 /// with `what`) after a delay from `min`, doubling up to `max`.
-pub async fn forever<F, Fut>(what: &str, shutdown: &CancellationToken, min: Duration, max: Duration, session: F)
-where
+pub async fn forever<F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    min: Duration,
+    max: Duration,
+    session: F,
+) where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {

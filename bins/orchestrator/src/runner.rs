@@ -18,17 +18,22 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use mm_shared::protocol::{ServerEntry, ServerState, now_ms};
+use mm_shared::protocol::{GameEnded, ServerEntry, ServerState, now_ms, subjects};
 use tokio::sync::mpsc;
 
 use crate::driver::LaunchSpec;
 use crate::machine::{Action, Begin, CreateFailure, Event, Finish, Machine, Now, Policy};
 use crate::node::{ClaimSender, Control, Node, ReadySender, StartTicket};
+use crate::results::NoResult;
 use crate::store::StoreError;
 
 /// Tries at removing a server through a busy driver before giving it up (to the node's
 /// reconciliation).
 const REMOVE_ATTEMPTS: usize = 3;
+/// How long a game's result may wait for room in the NATS client's outgoing buffer.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The `result` labels of `mm_orchestrator_game_results_total`.
+pub const GAME_RESULTS: [&str; 3] = ["published", "unpublished", "none"];
 
 /// Starts the runner of a newly placed server (its `pending` entry is already in KV) on
 /// the host port the node reserved for it. `ticket` counts its start in the node's
@@ -387,6 +392,10 @@ impl Shell {
                     .increment(1);
                 None
             }
+            Action::Result(result) => {
+                publish_result(&node, &self.machine.entry().game_id.clone(), result).await;
+                None
+            }
             Action::Finish(finish) => {
                 self.finish(finish).await;
                 None
@@ -429,6 +438,40 @@ impl Shell {
         match state {
             ServerState::Failed => tracing::warn!(%game_id, "game server failed: {}", entry.detail),
             _ => tracing::info!(%game_id, "game server {}: {}", state.as_str(), entry.detail),
+        }
+    }
+}
+
+/// Publishes a game's result on `events.game.ended` (core NATS: at most once; the
+/// matchmaker applies each game's result once however often it hears it).
+async fn publish_result(node: &Node, game_id: &str, result: Result<GameEnded, NoResult>) {
+    let result = match result {
+        Ok(result) => result,
+        Err(why) => {
+            metrics::counter!("mm_orchestrator_game_results_total", "result" => "none").increment(1);
+            tracing::info!(%game_id, "no game result: {why}");
+            return;
+        }
+    };
+    let published = match serde_json::to_vec(&result) {
+        Ok(payload) => {
+            let publish = node.store.client().publish(subjects::EVENTS_GAME_ENDED, payload.into());
+            match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err(format!("no room to send it within {PUBLISH_TIMEOUT:?}")),
+            }
+        }
+        Err(err) => Err(err.to_string()),
+    };
+    match published {
+        Ok(()) => {
+            metrics::counter!("mm_orchestrator_game_results_total", "result" => "published").increment(1);
+            tracing::info!(%game_id, match_id = %result.match_id, winner = result.winner, "game result published");
+        }
+        Err(err) => {
+            metrics::counter!("mm_orchestrator_game_results_total", "result" => "unpublished").increment(1);
+            tracing::warn!(%game_id, "game result not published: {err}");
         }
     }
 }

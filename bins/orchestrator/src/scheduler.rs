@@ -53,6 +53,8 @@ pub enum Algorithm {
 /// The feasibility filters, in the order they are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Filter {
+    /// The match asks for a region some live node declares, and this node is elsewhere.
+    Region,
     /// No heartbeat within the node timeout.
     Down,
     /// Its driver (Podman, or the game-server binary) does not work.
@@ -66,12 +68,20 @@ pub enum Filter {
 
 impl Filter {
     /// Every filter, in the order they are applied.
-    pub const ALL: [Filter; 6] =
-        [Self::Down, Self::DriverUnhealthy, Self::MaxServers, Self::Cpu, Self::Memory, Self::Ports];
+    pub const ALL: [Filter; 7] = [
+        Self::Region,
+        Self::Down,
+        Self::DriverUnhealthy,
+        Self::MaxServers,
+        Self::Cpu,
+        Self::Memory,
+        Self::Ports,
+    ];
 
     /// How the filter reads in "3 nodes: 2 out of memory".
     pub fn describe(self) -> &'static str {
         match self {
+            Self::Region => "in another region",
             Self::Down => "down",
             Self::DriverUnhealthy => "driver unhealthy",
             Self::MaxServers => "at max servers",
@@ -84,6 +94,7 @@ impl Filter {
     /// The metric label value.
     pub fn label(self) -> &'static str {
         match self {
+            Self::Region => "region",
             Self::Down => "down",
             Self::DriverUnhealthy => "driver_unhealthy",
             Self::MaxServers => "max_servers",
@@ -173,19 +184,38 @@ impl std::error::Error for NoPlacement {}
 /// How many unhealthy drivers' statuses a [`NoPlacement`] quotes.
 const MAX_NOTES: usize = 3;
 
-/// Filters and ranks `nodes` for `ask` at time `now` (Unix ms): the best node first.
+/// The region placement keeps to: `wanted` when a live node declares it; otherwise none
+/// (no node serves that region, or nodes declare no regions at all: one region, anywhere).
+pub fn region_in_force<'a>(
+    wanted: Option<&'a str>,
+    nodes: &[NodeEntry],
+    now: u64,
+    node_timeout_ms: u64,
+) -> Option<&'a str> {
+    let wanted = wanted.filter(|region| !region.is_empty())?;
+    let live = |node: &NodeEntry| now.saturating_sub(node.heartbeat_at) <= node_timeout_ms;
+    nodes.iter().any(|node| node.region == wanted && live(node)).then_some(wanted)
+}
+
+/// Filters and ranks `nodes` for `ask` at time `now` (Unix ms): the best node first. With
+/// a `region` in force ([`region_in_force`]) only that region's nodes qualify.
 pub fn rank(
     ask: Ask,
     nodes: &[NodeEntry],
     now: u64,
     node_timeout_ms: u64,
     algorithm: Algorithm,
+    region: Option<&str>,
 ) -> Result<Vec<Ranked>, NoPlacement> {
     let mut rejected = BTreeMap::new();
     let mut notes = Vec::new();
     let mut ranked = Vec::new();
     for node in nodes {
-        match check(node, ask, now, node_timeout_ms) {
+        let checked = match region {
+            Some(region) if node.region != region => Err(Filter::Region),
+            _ => check(node, ask, now, node_timeout_ms),
+        };
+        match checked {
             Ok(()) => ranked.push(Ranked {
                 node: node.node.clone(),
                 score: score(node, ask, algorithm),
@@ -259,9 +289,9 @@ pub(crate) mod tests {
             node("half", (1000, 1024, 10), (500, 512, 5)),
             node("almost", (1000, 1024, 10), (800, 900, 8)),
         ];
-        let binpack = rank(ASK, &nodes, NOW, TIMEOUT, Algorithm::Binpack).expect("fits");
+        let binpack = rank(ASK, &nodes, NOW, TIMEOUT, Algorithm::Binpack, None).expect("fits");
         assert_eq!(order(&binpack), ["almost", "half", "empty"]);
-        let spread = rank(ASK, &nodes, NOW, TIMEOUT, Algorithm::Spread).expect("fits");
+        let spread = rank(ASK, &nodes, NOW, TIMEOUT, Algorithm::Spread, None).expect("fits");
         assert_eq!(order(&spread), ["empty", "half", "almost"]);
     }
 
@@ -274,7 +304,7 @@ pub(crate) mod tests {
         full_but_warm.ports_used = 100;
         let nodes = [node("almost", (1000, 1024, 10), (800, 900, 8)), warm, full_but_warm.clone()];
         for algorithm in [Algorithm::Binpack, Algorithm::Spread] {
-            let ranked = rank(ASK, &nodes, NOW, TIMEOUT, algorithm).expect("fits");
+            let ranked = rank(ASK, &nodes, NOW, TIMEOUT, algorithm, None).expect("fits");
             assert_eq!(order(&ranked)[2], "almost", "{algorithm:?}: warm nodes first");
             assert!(ranked[0].warm && ranked[1].warm && !ranked[2].warm);
         }
@@ -291,7 +321,10 @@ pub(crate) mod tests {
     #[test]
     fn ties_go_to_the_smaller_node_id() {
         let nodes = [node("b", (1000, 1024, 10), (0, 0, 0)), node("a", (1000, 1024, 10), (0, 0, 0))];
-        assert_eq!(order(&rank(ASK, &nodes, NOW, TIMEOUT, Algorithm::Binpack).expect("fits")), ["a", "b"]);
+        assert_eq!(
+            order(&rank(ASK, &nodes, NOW, TIMEOUT, Algorithm::Binpack, None).expect("fits")),
+            ["a", "b"]
+        );
     }
 
     #[test]
@@ -330,13 +363,45 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_region_keeps_placement_in_it_when_a_live_node_serves_it() {
+        let in_region = |id: &str, region: &str, used: u64| {
+            let mut entry = node(id, (1000, 1024, 10), (used, used, 1));
+            entry.region = region.to_owned();
+            entry
+        };
+        // The emptiest node is in another region; bin-packing alone would pick `eu-2`.
+        let nodes = [in_region("eu-1", "eu", 100), in_region("us-1", "us", 0), in_region("eu-2", "eu", 500)];
+        let region = region_in_force(Some("us"), &nodes, NOW, TIMEOUT);
+        assert_eq!(region, Some("us"));
+        let ranked = rank(ASK, &nodes, NOW, TIMEOUT, Algorithm::Binpack, region).expect("fits");
+        assert_eq!(order(&ranked), ["us-1"]);
+
+        // The region's only node is down: nobody serves it, so anywhere (bin-packing).
+        let mut down = nodes.clone();
+        down[1].heartbeat_at = NOW - TIMEOUT - 1;
+        assert_eq!(region_in_force(Some("us"), &down, NOW, TIMEOUT), None);
+        // A region no node declares, or no region at all: anywhere.
+        assert_eq!(region_in_force(Some("ap"), &nodes, NOW, TIMEOUT), None);
+        assert_eq!(region_in_force(None, &nodes, NOW, TIMEOUT), None);
+
+        // In force and full: the refusal says the others are elsewhere.
+        let mut full = nodes.clone();
+        full[1].used.memory_mb = 1024;
+        let refusal = rank(ASK, &full, NOW, TIMEOUT, Algorithm::Binpack, Some("us")).expect_err("full");
+        assert_eq!(
+            refusal.to_string(),
+            "no node can run a game server: 3 nodes: 2 in another region, 1 out of memory"
+        );
+    }
+
+    #[test]
     fn the_refusal_says_why_per_filter() {
         let nodes = [node("a", (1000, 1024, 10), (0, 1000, 1)), node("b", (1000, 1024, 10), (0, 1000, 1)), {
             let mut full = node("c", (1000, 1024, 500), (0, 0, 0));
             full.ports_used = 100;
             full
         }];
-        let refusal = rank(ASK, &nodes, NOW, TIMEOUT, Algorithm::Binpack).expect_err("nothing fits");
+        let refusal = rank(ASK, &nodes, NOW, TIMEOUT, Algorithm::Binpack, None).expect_err("nothing fits");
         assert_eq!(
             refusal.to_string(),
             "no node can run a game server: 3 nodes: 2 out of memory, 1 out of ports"
@@ -345,13 +410,13 @@ pub(crate) mod tests {
         let mut sick = node("n1", (1000, 1024, 10), (0, 0, 0));
         sick.driver_healthy = false;
         sick.driver_status = "image localhost/mm/game-server:latest not found".to_owned();
-        let refusal = rank(ASK, &[sick], NOW, TIMEOUT, Algorithm::Binpack).expect_err("unhealthy");
+        let refusal = rank(ASK, &[sick], NOW, TIMEOUT, Algorithm::Binpack, None).expect_err("unhealthy");
         assert_eq!(
             refusal.to_string(),
             "no node can run a game server: 1 node: 1 driver unhealthy \
              (n1: image localhost/mm/game-server:latest not found)"
         );
-        let none = rank(ASK, &[], NOW, TIMEOUT, Algorithm::Binpack).expect_err("no nodes");
+        let none = rank(ASK, &[], NOW, TIMEOUT, Algorithm::Binpack, None).expect_err("no nodes");
         assert!(none.to_string().starts_with("no orchestrator node is registered"), "{none}");
     }
 
@@ -391,7 +456,7 @@ pub(crate) mod tests {
                 (0..rng.below(8) as usize).map(|id| random_node(&mut rng, id)).collect();
             let ask = Ask { cpu_millicores: rng.below(500), memory_mb: rng.below(512) };
             let algorithm = if round % 2 == 0 { Algorithm::Binpack } else { Algorithm::Spread };
-            match rank(ask, &nodes, NOW, TIMEOUT, algorithm) {
+            match rank(ask, &nodes, NOW, TIMEOUT, algorithm, None) {
                 Ok(ranked) => {
                     for candidate in &ranked {
                         let entry = nodes.iter().find(|n| n.node == candidate.node).expect("known node");
@@ -436,7 +501,7 @@ pub(crate) mod tests {
                     )
                 })
                 .collect();
-            let Ok(ranked) = rank(ASK, &nodes, NOW, TIMEOUT, Algorithm::Binpack) else { continue };
+            let Ok(ranked) = rank(ASK, &nodes, NOW, TIMEOUT, Algorithm::Binpack, None) else { continue };
             let fullest = nodes
                 .iter()
                 .filter(|n| check(n, ASK, NOW, TIMEOUT).is_ok())

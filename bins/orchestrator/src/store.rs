@@ -74,8 +74,18 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens both buckets, creating them if they do not exist yet.
+    /// Opens the buckets, creating them if they do not exist yet, with the replicas
+    /// `auto` gives (3 in a cluster of three or more servers, else 1).
+    #[cfg(test)]
     pub async fn open(client: async_nats::Client) -> anyhow::Result<Self> {
+        let replicas = mm_shared::nats::kv_replicas(&client, mm_shared::config::Replicas::Auto);
+        Self::open_with(client, replicas).await
+    }
+
+    /// Like [`Store::open`], with `replicas` copies of each bucket it creates (a bucket
+    /// that exists keeps its own).
+    pub async fn open_with(client: async_nats::Client, replicas: usize) -> anyhow::Result<Self> {
+        tracing::debug!(replicas, "opening the KV buckets");
         let mut js = jetstream::new(client.clone());
         js.set_timeout(KV_TIMEOUT);
         let servers = ensure_bucket(
@@ -84,6 +94,7 @@ impl Store {
                 bucket: buckets::SERVERS.to_owned(),
                 description: "live game servers, by game id (written by orchestrators)".to_owned(),
                 history: 1,
+                num_replicas: replicas,
                 ..Default::default()
             },
         )
@@ -95,6 +106,7 @@ impl Store {
                 description: "orchestrator nodes: capacity, use, heartbeat".to_owned(),
                 history: 1,
                 max_age: NODES_MAX_AGE,
+                num_replicas: replicas,
                 ..Default::default()
             },
         )
@@ -108,11 +120,17 @@ impl Store {
                         .to_owned(),
                 history: 1,
                 max_age: SECRETS_MAX_AGE,
+                num_replicas: replicas,
                 ..Default::default()
             },
         )
         .await?;
         Ok(Self { client, servers, nodes, secrets, deleted: Mutex::new(VecDeque::new()) })
+    }
+
+    /// The NATS connection the buckets use (for the node's few plain publishes).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
     }
 
     /// Writes a server's secret (creation, and a recovered entry).

@@ -12,7 +12,9 @@ use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
 use common::{Client, Node};
 use futures_util::StreamExt;
 use mm_shared::nats::RequestError;
-use mm_shared::protocol::{NodeEntry, Resources, now_ms, subjects};
+use mm_shared::protocol::{
+    AllocateReply, AllocateRequest, NodeEntry, RegionalAllocateRequest, Resources, now_ms, subjects,
+};
 use mm_testkit::NatsServer;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -175,4 +177,51 @@ async fn a_second_process_with_a_live_nodes_id_refuses_to_start_naming_the_holde
     assert_ne!(taken.instance, holder_entry.instance, "the new process holds the id");
     assert!(successor.process.log().contains("taking the node id over"), "{}", successor.process.log());
     drop(holder);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_match_placed_in_a_region_goes_to_a_node_of_that_region() {
+    let nats = NatsServer::start().expect("nats-server");
+    let long = ("MM_ORCHESTRATOR__GAME__DURATION", "60s");
+    let _eu = Node::start(&nats, "eu-node", &[long, ("MM_ORCHESTRATOR__REGION", "eu")]);
+    let _us = Node::start(&nats, "us-node", &[long, ("MM_ORCHESTRATOR__REGION", "us")]);
+    let client = Client::connect(&nats).await;
+    common::eventually(Duration::from_secs(5), "both nodes registered with their regions", || async {
+        let eu = client.node("eu-node").await.is_some_and(|node| node.region == "eu");
+        let us = client.node("us-node").await.is_some_and(|node| node.region == "us");
+        (eu && us).then_some(())
+    })
+    .await;
+    let allocate = |match_id: &str, region: Option<&str>| {
+        let request = RegionalAllocateRequest {
+            request: AllocateRequest {
+                match_id: match_id.to_owned(),
+                player_ids: common::players_of(match_id, 2),
+            },
+            region: region.map(str::to_owned),
+        };
+        let nats = client.nats.clone();
+        async move {
+            mm_shared::nats::request_json::<_, AllocateReply>(
+                &nats,
+                subjects::ORCHESTRATOR_ALLOCATE,
+                &request,
+                Duration::from_secs(15),
+            )
+            .await
+        }
+    };
+    // Whichever node takes each request, the server lands in the match's region.
+    for i in 0..4 {
+        let region = if i % 2 == 0 { "eu" } else { "us" };
+        let reply = allocate(&format!("reg-{i}"), Some(region)).await.expect("allocated");
+        assert_eq!(reply.node, format!("{region}-node"), "match {i} in {region}");
+    }
+    // A region nobody serves: anywhere.
+    allocate("reg-ap", Some("ap")).await.expect("a region no node declares is placed anywhere");
+    // A region that is not a name: the caller's mistake.
+    match allocate("reg-bad", Some("eu.west")).await {
+        Err(RequestError::Service { code: 400, .. }) => {}
+        other => panic!("expected a 400, got {other:?}"),
+    }
 }

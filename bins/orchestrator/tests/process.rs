@@ -1,14 +1,16 @@
-//! The process driver (no Podman): a match's whole journey, the restart policy, quick
-//! refusals, and nothing left behind on SIGTERM or kill -9.
+//! The process driver (no Podman): a match's whole journey, its result published, the
+//! restart policy, quick refusals, and nothing left behind on SIGTERM or kill -9.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{Client, Node, alive, assert_echo, connect_player, wait_closed};
+use futures_util::{SinkExt, StreamExt};
 use mm_shared::nats::RequestError;
-use mm_shared::protocol::{ServerState, subjects};
+use mm_shared::protocol::{GameEnded, ServerState, subjects};
 use mm_testkit::NatsServer;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -66,6 +68,47 @@ async fn a_match_gets_a_server_plays_and_leaves_nothing_behind() {
         0,
         "the node's books are back to empty"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_game_publishes_its_result_with_the_matchs_teams() {
+    let nats = NatsServer::start().expect("nats-server");
+    // One server cold, then one from the warm pool: both report the same way.
+    let node = Node::start(&nats, "proc-res", &[("MM_ORCHESTRATOR__POOL__MIN", "1")]);
+    let client = Client::connect(&nats).await;
+    let mut results = client.nats.subscribe(subjects::EVENTS_GAME_ENDED).await.expect("subscribe");
+    client.nats.flush().await.expect("flush");
+
+    // The first match's first side is far stronger, the second match's second side: 2,200
+    // points apart, the strong side wins all but once in 300,000 games.
+    for (match_id, strong) in [("result-1", 0), ("result-2", 1)] {
+        let reply = client.allocate(match_id, 4).await.expect("allocated");
+        let entry = client.entry(&reply.game_id).await.expect("KV entry");
+        // Everyone sends their true skill as the harness does.
+        for index in 0..4 {
+            let skill = if index / 2 == strong { 2600.0 } else { 400.0 };
+            let player = format!("{match_id}-p{index}");
+            let mut socket = connect_player(&reply.address, &player, &entry.secret).await.expect("admitted");
+            let text = format!("{player}#1 {{\"trueSkill\":{skill:.1}}}");
+            socket.send(Message::text(text.clone())).await.expect("send");
+            let echo =
+                tokio::time::timeout(Duration::from_secs(5), socket.next()).await.expect("echo in time");
+            assert_eq!(echo.expect("open").expect("frame"), Message::text(text));
+            tokio::spawn(async move { wait_closed(&mut socket, Duration::from_secs(15)).await });
+        }
+        let message = tokio::time::timeout(Duration::from_secs(15), results.next())
+            .await
+            .expect("a result within the game's length")
+            .expect("subscribed");
+        let result: GameEnded = serde_json::from_slice(&message.payload).expect("a GameEnded");
+        let players = common::players_of(match_id, 4);
+        assert_eq!((result.game_id.as_str(), result.match_id.as_str()), (reply.game_id.as_str(), match_id));
+        assert_eq!(result.teams, vec![players[..2].to_vec(), players[2..].to_vec()], "halves, in order");
+        assert_eq!(result.winner, strong, "{result:?}");
+        client.wait_gone(&reply.game_id, Duration::from_secs(10)).await;
+    }
+    assert_eq!(node.metric("mm_orchestrator_game_results_total{result=\"published\"}"), 2.0);
+    assert!(node.metric("mm_orchestrator_claims_total{kind=\"warm\"}") >= 1.0, "{}", node.metrics());
 }
 
 #[tokio::test(flavor = "multi_thread")]

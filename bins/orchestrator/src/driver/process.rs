@@ -5,7 +5,9 @@
 //! themselves, and get SIGTERM from the kernel if the orchestrator dies: a process
 //! driver's games never outlive their node, so after a crash there is nothing to adopt.
 //! Their output goes to this process's log at debug level; the last lines are kept for
-//! error messages.
+//! error messages and for the game's result (its server's last line). An exit is reported
+//! only once the child's output has been read to its end (or a moment after its exit),
+//! so the lines kept are really its last.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -23,6 +25,10 @@ use crate::config::OrchestratorSection;
 
 /// Lines of a child's output kept for error messages.
 const TAIL_LINES: usize = 5;
+
+/// How long after a child's exit its output may still be read before the exit is
+/// reported anyway (a grandchild could hold the pipes open).
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 /// Starts admitted at once before the start rate is learnt: spawning is quick, and the
 /// children come up in parallel.
@@ -71,11 +77,12 @@ impl ProcessDriver {
             child.id().ok_or_else(|| DriverError::Failed("the game server exited at once".to_owned()))?;
         let handle = pid.to_string();
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let mut readers = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            forward(stdout, spec.game_id.clone(), tail.clone());
+            readers.push(forward(stdout, spec.game_id.clone(), tail.clone()));
         }
         if let Some(stderr) = child.stderr.take() {
-            forward(stderr, spec.game_id.clone(), tail.clone());
+            readers.push(forward(stderr, spec.game_id.clone(), tail.clone()));
         }
         let (exited_tx, exited) = watch::channel(None);
         let exits = self.exits.clone();
@@ -92,6 +99,9 @@ impl ProcessDriver {
                     -1
                 }
             };
+            // Its last lines (its result among them) are in the tail before anyone hears
+            // of the exit.
+            let _ = tokio::time::timeout(OUTPUT_DRAIN, futures_util::future::join_all(readers)).await;
             let _ = exited_tx.send(Some(code));
             let _ = exits.send(Exit { game_id, handle: task_handle, code: Some(code) });
         });
@@ -104,12 +114,13 @@ impl ProcessDriver {
     }
 }
 
-/// Reads a child's output line by line: kept in its tail, logged at debug level.
+/// Reads a child's output line by line: kept in its tail, logged at debug level. The
+/// task ends at the end of the stream.
 fn forward(
     stream: impl AsyncRead + Unpin + Send + 'static,
     game_id: String,
     tail: Arc<Mutex<VecDeque<String>>>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -120,7 +131,7 @@ fn forward(
             }
             tail.push_back(line);
         }
-    });
+    })
 }
 
 impl Driver for ProcessDriver {

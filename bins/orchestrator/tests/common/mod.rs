@@ -351,8 +351,11 @@ impl Drop for ContainerGuard<'_> {
 }
 
 /// The journey every driver must support: allocate → container with the labels →
-/// KV entry → a player's WebSocket echo → the game ends → entry and container gone.
+/// KV entry → a player's WebSocket echo → the game ends → its result is published from
+/// the server's last output line → entry and container gone.
 pub async fn journey(client: &Client, socket: Option<&Path>, node: &str, match_id: &str) {
+    let mut results = client.nats.subscribe(subjects::EVENTS_GAME_ENDED).await.expect("subscribe");
+    client.nats.flush().await.expect("flush");
     let reply = client.allocate(match_id, 10).await.expect("allocated");
     assert_eq!(reply.node, node);
 
@@ -392,6 +395,15 @@ pub async fn journey(client: &Client, socket: Option<&Path>, node: &str, match_i
     assert_eq!(connect_player(&reply.address, "someone-else", &entry.secret).await.err(), Some(403));
 
     assert_eq!(wait_closed(&mut socket_a, Duration::from_secs(15)).await, Some(CloseCode::Normal));
+    let result = tokio::time::timeout(Duration::from_secs(15), results.next())
+        .await
+        .expect("the game's result published")
+        .expect("subscribed");
+    let result: mm_shared::protocol::GameEnded =
+        serde_json::from_slice(&result.payload).expect("a GameEnded");
+    let players = players_of(match_id, 10);
+    assert_eq!((result.game_id.as_str(), result.match_id.as_str()), (reply.game_id.as_str(), match_id));
+    assert_eq!(result.teams, vec![players[..5].to_vec(), players[5..].to_vec()]);
     client.wait_gone(&reply.game_id, Duration::from_secs(15)).await;
     eventually(Duration::from_secs(10), "the container removed", || async {
         containers_of(socket, node).is_empty().then_some(())
