@@ -20,14 +20,42 @@ default:
 setup:
     @bash .ci/setup
 
+# `just dev --cluster`: NATS as a cluster of three; `MM_BIND=<address> just dev`: listen there
+# for other machines (NATS and the gateway; it prints the ports a firewall must open).
 # Game servers run on rootless Podman where this host can run it (`--driver process`: processes).
 # Run the backend in the foreground: nats-server, redis-server, matchmaker, orchestrator, gateway.
 dev *args: setup image
-    {{ bin }}/mmctl dev {{ args }}
+    {{ bin }}/mmctl dev ${MM_BIND:+--bind "$MM_BIND"} {{ args }}
+
+# BACKEND: the address of the machine running `just dev` (with MM_BIND) or `just up`.
+# Needs its `.mm/harness.env` copied here (or HARNESS_ENV=<file>); extra flags go to the
+# harness (`--players 5000`, `--duration 30m`). The fleet target is set on the backend host
+# with `mmctl fleet --target N`.
+# A load machine: one harness instance against BACKEND, with the harness credentials only.
+load backend *args: static-build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    env_file="${HARNESS_ENV:-.mm/harness.env}"
+    if [ ! -f "$env_file" ]; then
+        echo "just load: $env_file is missing: copy it from the backend host (scp {{ backend }}:<checkout>/.mm/harness.env .mm/)" >&2
+        exit 2
+    fi
+    url="$(sed -n 's/^NATS_URL=//p' "$env_file" | tr -d '"')"
+    # The file names the servers as the backend host listened (127.0.0.1 unless MM_BIND
+    # was set): point every one of them at BACKEND, keeping the ports.
+    url="$(printf '%s' "$url" | sed -E 's#@[^:,/@]+:#@{{ backend }}:#g')"
+    servers="$(printf '%s' "$url" | sed -E 's#nats://[^@,]*@#nats://#g')"
+    echo "just load: harness against gateway http://{{ backend }}:${MM_GATEWAY_PORT:-8080}, NATS $servers (user harness)"
+    NATS_URL="$url" exec {{ bin }}/harness --gateway "http://{{ backend }}:${MM_GATEWAY_PORT:-8080}" {{ args }}
 
 # `dev` plus a harness run (default 1,000 players for 60 s), then the run report.
 demo players="1000" duration="60s" *args: setup image
     {{ bin }}/mmctl demo --players {{ players }} --duration {{ duration }} {{ args }}
+
+# `just scaling --set players=250000`; `just scaling --inputs` lists each input and where it was measured.
+# What 1,000,000 concurrent players would need, recomputed from the figures measured here (docs/SCALING.md).
+scaling *args:
+    python3 scripts/scaling.py {{ args }}
 
 # `mmctl chaos --help` lists the flags (players, windows, `--driver process`, ...).
 # `dev` under load with faults injected (kill -9 of each service, a Redis pause, a NATS restart), then the audit table; exits 1 when an invariant breaks.
@@ -113,6 +141,9 @@ up *args: setup images
     [ ${#profiles[@]} -gt 0 ] && echo "grafana     http://$bind:${MM_GRAFANA_PORT:-3000}"
     echo "nats        nats://$bind:${MM_NATS_PORT:-4222} (no credentials: the operator; try \`nats micro ls\`)"
     echo "game servers on $MM_PODMAN_SOCKET (\`just games\`); \`just logs\`, \`just ps\`, \`just down\`"
+    if [ "$bind" != 127.0.0.1 ]; then
+        echo "other hosts reach this stack on $bind: open TCP ${MM_NATS_PORT:-4222} (NATS, for load machines: \`just load $bind\` with .mm/harness.env) and ${MM_GATEWAY_PORT:-8080} (gateway)"
+    fi
 
 # Volumes stay; `just down -v` removes them too.
 # Stop the compose stack, the game servers its node left and the Podman service `just up` started.

@@ -77,7 +77,12 @@ pub fn share_of(fleet_target: u64, members: &[&str], me: &str) -> u64 {
 
 /// The rates a control state asks for, on top of the configured ones.
 pub fn rates_with(configured: Rates, control: &HarnessControl) -> [Rate; SCENARIOS] {
-    let mut rates = configured.to_array();
+    rates_over(configured.to_array(), control)
+}
+
+/// The rates a control state asks for, on top of `own` (the configured ones, or a stage's).
+pub fn rates_over(own: [Rate; SCENARIOS], control: &HarnessControl) -> [Rate; SCENARIOS] {
+    let mut rates = own;
     if let Some(changes) = &control.rates {
         for (name, per_second) in changes {
             if let (Some(scenario), Some(rate)) = (Scenario::from_name(name), Rate::per_second(*per_second)) {
@@ -149,7 +154,10 @@ impl Fleet {
     ) -> Result<(Self, StatsPublisher), JoinError> {
         let config = &context.config.fleet;
         let jetstream = async_nats::jetstream::new(nats.clone());
-        let kv = open_bucket(&jetstream, config.stale_after * MAX_AGE_FACTOR).await?;
+        // 3 copies when NATS is a cluster of three or more (so losing a server loses no
+        // member and no control state), 1 otherwise.
+        let replicas = mm_shared::nats::kv_replicas(&nats, mm_shared::config::Replicas::Auto);
+        let kv = open_bucket(&jetstream, config.stale_after * MAX_AGE_FACTOR, replicas).await?;
         let control_messages = nats.subscribe(subjects::HARNESS_CONTROL).await.map_err(|err| {
             JoinError::Subscribe { subject: subjects::HARNESS_CONTROL, reason: err.to_string() }
         })?;
@@ -210,6 +218,8 @@ impl Fleet {
                         watch = None;
                     }
                 },
+                // The stage plan moved this instance's own target or rates.
+                () = self.context.own.changed.notified() => self.recompute(),
                 _ = heartbeat.tick() => {
                     self.expire_stale().await;
                     self.heartbeat().await;
@@ -334,14 +344,14 @@ impl Fleet {
     /// Recomputes this instance's target and rates and passes them on.
     fn recompute(&self) {
         let members = self.members();
-        let config = &self.context.config;
         let target = match self.control.fleet_target {
             Some(fleet_target) => share_of(fleet_target, &members, &self.member.instance),
-            None => config.players,
+            // `players`, or where the stage plan is now.
+            None => self.context.own.target(),
         };
         let settings = Settings {
             target,
-            rates: rates_with(config.rates, &self.control),
+            rates: rates_over(self.context.own.rates(), &self.control),
             fleet_target: self.control.fleet_target,
             instances: members.len(),
         };
@@ -449,6 +459,7 @@ fn age_of(entry: &Entry) -> Duration {
 async fn open_bucket(
     jetstream: &async_nats::jetstream::Context,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<Store, JoinError> {
     let error = |reason: String| JoinError::Bucket { bucket: buckets::HARNESS, reason };
     if let Ok(Ok(store)) = tokio::time::timeout(KV_TIMEOUT, jetstream.get_key_value(buckets::HARNESS)).await {
@@ -459,6 +470,7 @@ async fn open_bucket(
         description: "harness instances (key = instance id) and the fleet control state".to_owned(),
         history: 1,
         max_age,
+        num_replicas: replicas,
         ..KvConfig::default()
     };
     match tokio::time::timeout(KV_TIMEOUT, jetstream.create_key_value(config)).await {

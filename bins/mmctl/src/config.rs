@@ -1,7 +1,7 @@
 //! mmctl's configuration: its own `[dev]` section, plus the addresses of the services it
 //! supervises, read from the same file and environment the services read, so both agree.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,6 +21,20 @@ pub struct DevSection {
     pub nats_monitor_port: u16,
     /// Port of the redis-server it starts.
     pub redis_port: u16,
+    /// nats-servers to run as one cluster: 1 (a single server, the default) or up to 5
+    /// (`mmctl dev --cluster`: 3). Server `i` (from 0) listens for clients on
+    /// `nats_port + i`, monitors on `nats_monitor_port + i` and routes on
+    /// `nats_route_port + i` (loopback only), each with its own store under
+    /// `<data_dir>/nats-<i+1>`; the services get every server's URL, and the KV buckets
+    /// get 3 replicas when there are 3 or more servers.
+    pub nats_cluster: u8,
+    /// First route (cluster) port of the servers of `nats_cluster`.
+    pub nats_route_port: u16,
+    /// The address NATS clients and players reach: nats-server and the gateway listen on
+    /// it. 127.0.0.1 (the default) serves this machine only; the LAN address (or 0.0.0.0)
+    /// lets load machines in (`just dev` reads `MM_BIND`). Redis, the services' admin
+    /// ports and the NATS routes stay on loopback.
+    pub bind: IpAddr,
     /// Where nats-server keeps JetStream data and the demo writes its report
     /// (project-local and git-ignored).
     pub data_dir: PathBuf,
@@ -49,6 +63,9 @@ pub struct DevSection {
     /// length); not a config key.
     #[serde(skip)]
     pub orchestrator_env: Vec<(String, String)>,
+    /// The same for the gateway (`mmctl demo`'s login burst); not a config key.
+    #[serde(skip)]
+    pub gateway_env: Vec<(String, String)>,
 }
 
 impl Default for DevSection {
@@ -57,6 +74,9 @@ impl Default for DevSection {
             nats_port: addresses::NATS_PORT,
             nats_monitor_port: addresses::NATS_MONITOR_PORT,
             redis_port: addresses::REDIS_PORT,
+            nats_cluster: 1,
+            nats_route_port: 6222,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             data_dir: PathBuf::from(".mm"),
             bin_dir: None,
             nats_config: None,
@@ -66,6 +86,7 @@ impl Default for DevSection {
             driver: DriverChoice::Auto,
             podman_socket: None,
             orchestrator_env: Vec::new(),
+            gateway_env: Vec::new(),
         }
     }
 }

@@ -55,11 +55,12 @@ pub async fn connect(
     timeout: std::time::Duration,
 ) -> anyhow::Result<async_nats::Client> {
     let (servers, credentials) = mm_shared::config::split_nats_credentials(url);
+    let servers = mm_shared::nats::server_addrs(&servers).map_err(anyhow::Error::msg)?;
     let mut options = async_nats::ConnectOptions::new().name(name);
     if let Some((user, password)) = credentials {
         options = options.user_and_password(user, password);
     }
-    match tokio::time::timeout(timeout, options.connect(servers.as_str())).await {
+    match tokio::time::timeout(timeout, options.connect(servers)).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(err)) => {
             anyhow::bail!("cannot connect to NATS at {}: {err}", mm_shared::config::redact_url(url))

@@ -130,11 +130,21 @@ pub struct ContainerCount {
     pub cleaned_up: usize,
 }
 
+/// A container Podman does not know is a ghost once this old (not one a live service is
+/// creating right now).
+pub const GHOST_GRACE: Duration = Duration::from_secs(30);
+
 impl PodmanGames {
     /// After the stack stopped: removes the containers `node` left, counts what happened
     /// to its containers since `since`, and ends Podman's pause process.
     pub fn finish(&self, node: &str, since: SystemTime) -> Result<ContainerCount, String> {
         let cleaned_up = self.user.remove_containers(node);
+        // A Podman service killed mid-create (mmctl chaos does it) can leave a container
+        // that only runc knows; nothing else would ever end it.
+        let ghosts = self.user.remove_ghost_containers(GHOST_GRACE).unwrap_or_else(|err| {
+            tracing::warn!("looking for containers Podman lost: {err}");
+            0
+        });
         let count = self.count(node, since);
         if self.start_service {
             // The service mmctl ran is gone; so is any reason for its socket file.
@@ -142,7 +152,7 @@ impl PodmanGames {
         }
         // Last: every command above restarts the pause process.
         self.user.end_pause_process();
-        Ok(ContainerCount { cleaned_up: cleaned_up?, ..count? })
+        Ok(ContainerCount { cleaned_up: cleaned_up? + ghosts, ..count? })
     }
 
     /// Counts the containers of `node` started and removed since `since`, by Podman's

@@ -56,6 +56,14 @@ enum Command {
         /// otherwise), `podman` or `process` (config key `dev.driver`).
         #[arg(long, value_enum)]
         driver: Option<DriverChoice>,
+        /// Run NATS as a cluster of this many servers (`--cluster` alone: 3; config key
+        /// `dev.nats_cluster`); the KV buckets get 3 replicas from 3 servers on.
+        #[arg(long, num_args = 0..=1, default_missing_value = "3", value_name = "SERVERS")]
+        cluster: Option<u8>,
+        /// Listen for other hosts on this address: NATS and the gateway (config key
+        /// `dev.bind`; `just dev` passes `MM_BIND`). Default 127.0.0.1.
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<std::net::IpAddr>,
     },
     /// Run the backend plus one harness run, then print the report and stop.
     Demo {
@@ -69,7 +77,8 @@ enum Command {
         /// games still going, so that games finish inside the demo.
         #[arg(long, default_value = "15s", value_parser = mm_shared::duration::parse)]
         game_duration: Duration,
-        /// Where the harness writes its JSON report (default: `<data_dir>/demo-report.json`).
+        /// Where the harness writes its JSON report (default: `<data_dir>/demo-report.json`);
+        /// the HTML report with charts goes beside it (`.html`).
         #[arg(long)]
         report: Option<PathBuf>,
         /// How game servers run (see `mmctl dev --help`).
@@ -212,7 +221,12 @@ fn main() -> ExitCode {
             reset,
             json,
         }),
-        Command::Dev { driver } => run_async(dev(config, pass, driver)),
+        Command::Dev { driver, cluster, bind } => {
+            let mut config = config;
+            config.dev.nats_cluster = cluster.unwrap_or(config.dev.nats_cluster);
+            config.dev.bind = bind.unwrap_or(config.dev.bind);
+            run_async(dev(config, pass, driver))
+        }
         Command::Demo { players, duration, game_duration, report, driver } => {
             run_async(demo(config, pass, Demo { players, duration, game_duration, report, driver }))
         }
@@ -338,8 +352,12 @@ async fn dev(config: Config, pass: PassThrough, driver: Option<DriverChoice>) ->
     for (name, endpoint) in stack.endpoints() {
         output.say(&format!("  {name:<13} {endpoint}"));
     }
-    output.say(&format!("  players use   http://{}", config.gateway.listen));
+    output.say(&format!("  NATS clients  {}", stack::nats_url(&config)));
+    output.say(&format!("  players use   http://{}", stack::gateway_listen(&config)));
     output.say(&format!("  {}", stack.games.describe()));
+    if let Some(ports) = stack::open_ports(&config) {
+        output.say(&format!("  {ports}"));
+    }
     output.say("Ctrl-C stops everything");
     shutdown.cancelled().await;
     stack.stop().await;
@@ -359,20 +377,58 @@ struct Demo {
 /// end grace, the close handshake, and the time from matched to connected.
 const DEMO_DRAIN_MARGIN: Duration = Duration::from_secs(10);
 
+/// The demo's warm pool: every node keeps at least 4 warm servers (more when its
+/// allocation rate asks for them, up to 32), so its time to play shows warm allocations.
+/// `MM_ORCHESTRATOR__POOL__*` in the environment overrides it.
+const DEMO_POOL: [(&str, &str); 3] = [
+    ("MM_ORCHESTRATOR__POOL__MIN", "4"),
+    ("MM_ORCHESTRATOR__POOL__POLICY", "auto"),
+    ("MM_ORCHESTRATOR__POOL__MAX", "32"),
+];
+
+/// The demo's matchmaking mix: half the attempts in `default` (the seed's FIFO), half in
+/// `skill` (two teams of five by rating), so the report sets them side by side.
+/// `MM_HARNESS__POPULATION__QUEUES__*` in the environment overrides it.
+const DEMO_QUEUES: [(&str, &str); 2] =
+    [("MM_HARNESS__POPULATION__QUEUES__DEFAULT", "0.5"), ("MM_HARNESS__POPULATION__QUEUES__SKILL", "0.5")];
+
+/// How often an idle demo player queues: often enough that players play several games
+/// in a short run, so ratings learn from results and the report's rating convergence
+/// means something. `MM_HARNESS__RATES__MATCHMAKING` in the environment overrides it.
+const DEMO_MATCHMAKING_RATE: [(&str, &str); 1] = [("MM_HARNESS__RATES__MATCHMAKING", "1/30s")];
+
+/// `defaults` that the environment does not already set (by any key with `prefix`).
+fn demo_defaults(prefix: &str, defaults: &[(&str, &str)]) -> Vec<(String, String)> {
+    if std::env::vars_os().any(|(key, _)| key.to_string_lossy().starts_with(prefix)) {
+        return Vec::new();
+    }
+    defaults.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect()
+}
+
 async fn demo(mut config: Config, pass: PassThrough, demo: Demo) -> anyhow::Result<ExitCode> {
     let output = Output::new();
     let (shutdown, force) = signals(output)?;
     let supervisor = supervisor(&config, output, force);
     let report = demo.report.clone().unwrap_or_else(|| config.dev.data_dir.join("demo-report.json"));
     let table = report.with_extension("txt");
+    let page = report.with_extension("html");
     let _ = std::fs::remove_file(&report);
     let _ = std::fs::remove_file(&table);
+    let _ = std::fs::remove_file(&page);
     let harness_path = stack::project_binary(&config, "harness")?;
     let games = choose_games(&config, demo.driver, output).await?;
     // Games of the demo's length, for every orchestrator of the stack.
     config.dev.orchestrator_env.push((
         "MM_ORCHESTRATOR__GAME__DURATION".to_owned(),
         mm_shared::duration::format(demo.game_duration),
+    ));
+    config.dev.orchestrator_env.extend(demo_defaults("MM_ORCHESTRATOR__POOL__", &DEMO_POOL));
+    // Every demo player logs in from this one address: the gateway's per-address login
+    // burst (1,000 by default) must hold them all, or most of a large demo meets 429s.
+    let burst = demo.players.saturating_add(demo.players / 10).max(1000).to_string();
+    config.dev.gateway_env.extend(demo_defaults(
+        "MM_GATEWAY__LOGIN_RATE__BURST",
+        &[("MM_GATEWAY__LOGIN_RATE__BURST", burst.as_str())],
     ));
     let Some(stack) = Stack::start(&config, &pass, games, supervisor.clone(), &shutdown).await? else {
         return Ok(ExitCode::SUCCESS);
@@ -398,8 +454,12 @@ async fn demo(mut config: Config, pass: PassThrough, demo: Demo) -> anyhow::Resu
         stack::nats_url(&config).into(),
         "--report".into(),
         report.clone().into_os_string(),
+        "--report-html".into(),
+        page.clone().into_os_string(),
     ]);
     let mut env = stack.credentials.client_env("harness");
+    env.extend(demo_defaults("MM_HARNESS__POPULATION__QUEUES", &DEMO_QUEUES));
+    env.extend(demo_defaults("MM_HARNESS__RATES__MATCHMAKING", &DEMO_MATCHMAKING_RATE));
     env.push(("MM_HARNESS__DRAIN".to_owned(), mm_shared::duration::format(drain)));
     // mmctl prints the table itself, after the stack's last words.
     env.push(("MM_HARNESS__PRINT_TABLE".to_owned(), "false".to_owned()));
@@ -434,6 +494,7 @@ async fn demo(mut config: Config, pass: PassThrough, demo: Demo) -> anyhow::Resu
             println!("\n{table}");
             println!("{}", games_summary(&games, containers.as_ref(), &run));
             println!("the full report (JSON): {}", report.display());
+            println!("the report with charts (HTML, open it in a browser): {}", page.display());
         }
         Err(err) => {
             output.say(&format!("the harness wrote no readable report at {}: {err}", report.display()))

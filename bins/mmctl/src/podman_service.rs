@@ -138,6 +138,11 @@ pub fn stop(data_dir: &Path, node: &str) -> anyhow::Result<ExitCode> {
             Ok(removed) => eprintln!("mmctl: removed {removed} game-server containers node {node} left"),
             Err(err) => eprintln!("mmctl: removing the containers of node {node}: {err}"),
         }
+        match user.remove_ghost_containers(crate::games::GHOST_GRACE) {
+            Ok(0) => {}
+            Ok(removed) => eprintln!("mmctl: removed {removed} containers Podman had lost track of"),
+            Err(err) => eprintln!("mmctl: looking for containers Podman lost: {err}"),
+        }
     }
     let file = state_file(data_dir);
     let Ok(text) = std::fs::read_to_string(&file) else {

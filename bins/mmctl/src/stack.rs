@@ -3,7 +3,10 @@
 //! Tiers start front to back and stop back to front:
 //! 0. a rootless `podman system service`, when game servers run on Podman and nothing
 //!    answers on its socket yet (`games.rs` decides);
-//! 1. nats-server (JetStream, data under `<data_dir>/nats`) and redis-server (no persistence);
+//! 1. nats-server (JetStream, data under `<data_dir>/nats`), or with `dev.nats_cluster`
+//!    (`mmctl dev --cluster`) that many as one cluster (routes on loopback, data under
+//!    `<data_dir>/nats-<n>`, every service given every server's URL), and redis-server
+//!    (no persistence);
 //! 2. matchmaker and orchestrator;
 //! 3. gateway.
 //!
@@ -19,6 +22,10 @@
 //! `MM_NATS__USER`/`MM_NATS__PASSWORD`, and writes the operator's and the harness's to
 //! `<data_dir>/operator.env` and `harness.env` (mode 0600, removed at the stop). Clients
 //! without credentials are the read-only viewer.
+//!
+//! `dev.bind` (`--bind`, `MM_BIND` in `just dev`) moves NATS's client and monitor ports and
+//! the gateway to that address, for load machines on other hosts; Redis, the routes and
+//! the admin ports stay on loopback.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -145,9 +152,79 @@ fn nats_config_file(config: &Config) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// What the stack's children connect to.
+/// Names of the nats-servers (the supervisor's child names): `nats` first, so a single
+/// server keeps its name and `mmctl chaos` finds it.
+const NATS_NAMES: [&str; 5] = ["nats", "nats-2", "nats-3", "nats-4", "nats-5"];
+
+/// One nats-server of the stack: its name, its ports and its store.
+#[derive(Debug, Clone)]
+pub struct NatsServer {
+    pub name: &'static str,
+    pub port: u16,
+    pub monitor_port: u16,
+    /// Route port, when the stack runs a cluster.
+    pub route_port: Option<u16>,
+    pub store: PathBuf,
+}
+
+/// The nats-servers `[dev]` asks for (`nats_cluster`, 1 to 5).
+pub fn nats_servers(config: &Config) -> anyhow::Result<Vec<NatsServer>> {
+    let dev = &config.dev;
+    let count = usize::from(dev.nats_cluster);
+    if !(1..=NATS_NAMES.len()).contains(&count) {
+        bail!("config key `dev.nats_cluster` is {count}: run 1 to {} nats-servers", NATS_NAMES.len());
+    }
+    let offset = |base: u16, i: usize, key: &str| {
+        u16::try_from(i)
+            .ok()
+            .and_then(|i| base.checked_add(i))
+            .with_context(|| format!("`dev.{key}` too high"))
+    };
+    (0..count)
+        .map(|i| {
+            Ok(NatsServer {
+                name: NATS_NAMES[i],
+                port: offset(dev.nats_port, i, "nats_port")?,
+                monitor_port: offset(dev.nats_monitor_port, i, "nats_monitor_port")?,
+                route_port: (count > 1)
+                    .then(|| offset(dev.nats_route_port, i, "nats_route_port"))
+                    .transpose()?,
+                store: if count > 1 {
+                    dev.data_dir.join(format!("nats-{}", i + 1))
+                } else {
+                    dev.data_dir.join("nats")
+                },
+            })
+        })
+        .collect()
+}
+
+/// The host clients name: the bind address, or loopback when it binds every address.
+fn client_host(config: &Config) -> std::net::IpAddr {
+    if config.dev.bind.is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { config.dev.bind }
+}
+
+/// What the stack's children connect to: every server of the cluster, comma separated.
 pub fn nats_url(config: &Config) -> String {
-    format!("nats://127.0.0.1:{}", config.dev.nats_port)
+    let host = client_host(config);
+    let ports: Vec<u16> = match nats_servers(config) {
+        Ok(servers) => servers.iter().map(|server| server.port).collect(),
+        Err(_) => vec![config.dev.nats_port],
+    };
+    ports.iter().map(|port| format!("nats://{host}:{port}")).collect::<Vec<_>>().join(",")
+}
+
+/// `nats://<user>:<password>@<host>:<port>` for every server, comma separated (the form
+/// of the credentials files).
+pub fn nats_url_for(config: &Config, user: &str, password: &str) -> String {
+    nats_url(config)
+        .split(',')
+        .map(|server| {
+            let host = server.trim_start_matches("nats://");
+            crate::credentials::url(user, password, host)
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn redis_url(config: &Config) -> String {
@@ -183,21 +260,55 @@ pub fn project_binary(config: &Config, name: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Where the gateway listens: `gateway.listen`, moved to `dev.bind` when that is set and
+/// the gateway was left on loopback.
+pub fn gateway_listen(config: &Config) -> std::net::SocketAddr {
+    let mut listen = config.gateway.listen;
+    let localhost = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+    if listen.ip() == localhost && config.dev.bind != localhost {
+        listen.set_ip(config.dev.bind);
+    }
+    listen
+}
+
+/// The ports other machines need open, when the stack listens beyond loopback.
+pub fn open_ports(config: &Config) -> Option<String> {
+    if config.dev.bind == std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST) {
+        return None;
+    }
+    let servers = nats_servers(config).ok()?;
+    let nats: Vec<String> = servers.iter().map(|server| server.port.to_string()).collect();
+    Some(format!(
+        "other hosts reach this stack on {}: open TCP {} (NATS, for load machines) and {} (gateway, for players); \
+         routes, Redis and the admin ports stay on loopback",
+        config.dev.bind,
+        nats.join(", "),
+        gateway_listen(config).port()
+    ))
+}
+
 /// Fails if something already listens where the stack wants to; better than a child
 /// failing to bind while the readiness check talks to the stranger.
 fn check_ports_free(config: &Config) -> anyhow::Result<()> {
-    let wanted = [
-        ("nats-server", format!("127.0.0.1:{}", config.dev.nats_port), "dev.nats_port"),
-        (
+    let host = client_host(config);
+    let mut wanted = Vec::new();
+    for server in nats_servers(config)? {
+        wanted.push(("nats-server", format!("{host}:{}", server.port), "dev.nats_port"));
+        wanted.push((
             "nats-server monitor",
-            format!("127.0.0.1:{}", config.dev.nats_monitor_port),
+            format!("{host}:{}", server.monitor_port),
             "dev.nats_monitor_port",
-        ),
+        ));
+        if let Some(route) = server.route_port {
+            wanted.push(("nats-server routes", format!("127.0.0.1:{route}"), "dev.nats_route_port"));
+        }
+    }
+    wanted.extend([
         ("redis-server", format!("127.0.0.1:{}", config.dev.redis_port), "dev.redis_port"),
         ("matchmaker", config.matchmaker.admin_listen.to_string(), "matchmaker.admin_listen"),
         ("orchestrator", config.orchestrator.admin_listen.to_string(), "orchestrator.admin_listen"),
-        ("gateway", config.gateway.listen.to_string(), "gateway.listen"),
-    ];
+        ("gateway", gateway_listen(config).to_string(), "gateway.listen"),
+    ]);
     for (what, addr, key) in wanted {
         if mm_shared::probe::tcp_open(&addr, std::time::Duration::from_millis(200)) {
             bail!(
@@ -222,30 +333,57 @@ pub fn programs(
 ) -> anyhow::Result<Vec<Vec<Program>>> {
     let data = &config.dev.data_dir;
     let restart = config.dev.restart;
-    let nats = Program {
-        name: "nats",
-        path: on_path("nats-server")?,
-        // Flags after the file win over its values: loopback, these ports, this store.
-        args: vec![
-            "-c".into(),
-            nats_config.as_os_str().to_owned(),
-            "-js".into(),
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            config.dev.nats_port.to_string().into(),
-            "-m".into(),
-            config.dev.nats_monitor_port.to_string().into(),
-            "-sd".into(),
-            data.join("nats").into_os_string(),
-            "-n".into(),
-            "mm-dev".into(),
-        ],
-        env: credentials.server_env(),
-        ready: Ready::Http { addr: format!("127.0.0.1:{}", config.dev.nats_monitor_port), path: "/healthz" },
-        restart,
-        current_dir: None,
-    };
+    let servers = nats_servers(config)?;
+    let nats_path = on_path("nats-server")?;
+    let host = client_host(config);
+    let routes: Vec<String> = servers
+        .iter()
+        .filter_map(|server| server.route_port)
+        .map(|port| format!("nats://127.0.0.1:{port}"))
+        .collect();
+    let nats: Vec<Program> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, server)| {
+            // Flags after the file win over its values: this address, these ports, this store.
+            let mut args: Vec<OsString> = vec![
+                "-c".into(),
+                nats_config.as_os_str().to_owned(),
+                "-js".into(),
+                "-a".into(),
+                config.dev.bind.to_string().into(),
+                "-p".into(),
+                server.port.to_string().into(),
+                "-m".into(),
+                server.monitor_port.to_string().into(),
+                "-sd".into(),
+                server.store.clone().into_os_string(),
+                "-n".into(),
+                if servers.len() > 1 { format!("mm-dev-{}", i + 1).into() } else { "mm-dev".into() },
+            ];
+            if let Some(route) = server.route_port {
+                // One cluster: routes on loopback, every server given every route (its own
+                // is ignored); JetStream replicates across them.
+                args.extend([
+                    "--cluster_name".into(),
+                    "mm-dev".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{route}").into(),
+                    "--routes".into(),
+                    routes.join(",").into(),
+                ]);
+            }
+            Program {
+                name: server.name,
+                path: nats_path.clone(),
+                args,
+                env: credentials.server_env(),
+                ready: Ready::Http { addr: format!("{host}:{}", server.monitor_port), path: "/healthz" },
+                restart,
+                current_dir: None,
+            }
+        })
+        .collect();
     let redis = Program {
         name: "redis",
         path: on_path("redis-server")?,
@@ -291,7 +429,7 @@ pub fn programs(
     orchestrator_env.push(("MM_ORCHESTRATOR__NODE".to_owned(), node.to_owned()));
     if config.orchestrator.public_url.is_none() {
         // Game URLs on the gateway this stack runs, wherever it listens.
-        let mut gateway = config.gateway.listen;
+        let mut gateway = gateway_listen(config);
         if gateway.ip().is_unspecified() {
             gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
@@ -306,13 +444,40 @@ pub fn programs(
         let ready = Ready::Podman { socket: podman.socket.clone() };
         tiers.push(vec![Program::from_command("podman", &command, ready, restart)]);
     }
-    tiers.push(vec![nats, redis]);
+    let mut first = nats;
+    first.push(redis);
+    tiers.push(first);
     tiers.push(vec![
         service("matchmaker", config.matchmaker.admin_listen.to_string(), Vec::new())?,
         service("orchestrator", config.orchestrator.admin_listen.to_string(), orchestrator_env)?,
     ]);
-    tiers.push(vec![service("gateway", config.gateway.listen.to_string(), Vec::new())?]);
+    let gateway = gateway_listen(config);
+    let ready = if gateway.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), gateway.port())
+    } else {
+        gateway
+    };
+    let mut gateway_env = vec![("MM_GATEWAY__LISTEN".to_owned(), gateway.to_string())];
+    gateway_env.extend(config.dev.gateway_env.iter().cloned());
+    tiers.push(vec![service("gateway", ready.to_string(), gateway_env)?]);
     Ok(tiers)
+}
+
+/// Removes the JetStream store of NATS's global account (`$G`) that versions before the
+/// NATS accounts left in `store`: the config has no such account any more, so nats-server
+/// reports those streams unrecoverable and never becomes healthy. What they held (the
+/// `servers` and `nodes` live views, the harness fleet) is rebuilt from what runs.
+fn drop_pre_account_store(store: &Path) -> anyhow::Result<Option<String>> {
+    let global = store.join("jetstream").join("$G");
+    if !global.is_dir() {
+        return Ok(None);
+    }
+    std::fs::remove_dir_all(&global).with_context(|| format!("removing {}", global.display()))?;
+    Ok(Some(format!(
+        "removed {}: JetStream data of an earlier version (before the NATS accounts), which \
+         nats-server could not load; the buckets are rebuilt from what runs",
+        global.display()
+    )))
 }
 
 impl Stack {
@@ -326,17 +491,24 @@ impl Stack {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<Stack>> {
         check_ports_free(config)?;
-        for dir in ["nats", "redis"] {
-            let path = config.dev.data_dir.join(dir);
+        let stores: Vec<PathBuf> = nats_servers(config)?.into_iter().map(|server| server.store).collect();
+        for path in [config.dev.data_dir.join("nats"), config.dev.data_dir.join("redis")]
+            .into_iter()
+            .chain(stores.iter().cloned())
+        {
             std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        }
+        for store in &stores {
+            if let Some(note) = drop_pre_account_store(store)? {
+                crate::output::Output::new().say(&note);
+            }
         }
         let node = mm_shared::config::node_id(&config.orchestrator.node).map_err(anyhow::Error::msg)?;
         let credentials = NatsCredentials::generate()?;
-        let host = format!("127.0.0.1:{}", config.dev.nats_port);
         for (file, user) in
             [(crate::credentials::OPERATOR, "operator"), (crate::credentials::HARNESS, "harness")]
         {
-            let url = crate::credentials::url(user, &credentials.password(user), &host);
+            let url = nats_url_for(config, user, &credentials.password(user));
             crate::credentials::write(&config.dev.data_dir, file, &url)
                 .with_context(|| format!("writing {}", config.dev.data_dir.join(file).display()))?;
         }
@@ -455,6 +627,49 @@ mod tests {
         assert_eq!(env[1].1, first.passwords[1].1);
         assert!(first.server_env().iter().any(|(key, _)| key == "MM_NATS_ORCHESTRATOR_PASSWORD"));
         assert!(!format!("{first:?}").contains(&first.passwords[0].1), "Debug never shows a password");
+    }
+
+    #[test]
+    fn a_store_from_before_the_accounts_is_removed_and_a_current_one_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let current = dir.path().join("jetstream").join("BACKEND").join("streams").join("KV_servers");
+        std::fs::create_dir_all(&current).expect("current");
+        assert_eq!(drop_pre_account_store(dir.path()).expect("nothing to do"), None);
+        let old = dir.path().join("jetstream").join("$G").join("streams").join("KV_nodes");
+        std::fs::create_dir_all(&old).expect("old");
+        let note = drop_pre_account_store(dir.path()).expect("removed").expect("a note");
+        assert!(note.contains("$G") && note.contains("earlier version"), "{note}");
+        assert!(!dir.path().join("jetstream").join("$G").exists());
+        assert!(current.is_dir(), "the accounts' stores stay");
+    }
+
+    #[test]
+    fn a_cluster_gets_ports_stores_and_every_url() {
+        let mut config = Config::default();
+        assert_eq!(nats_url(&config), "nats://127.0.0.1:4222");
+        assert_eq!(nats_servers(&config).expect("one")[0].route_port, None);
+        config.dev.nats_cluster = 3;
+        let servers = nats_servers(&config).expect("three");
+        let names: Vec<&str> = servers.iter().map(|server| server.name).collect();
+        assert_eq!(names, ["nats", "nats-2", "nats-3"]);
+        assert_eq!(servers[2].port, 4224);
+        assert_eq!(servers[2].monitor_port, 8224);
+        assert_eq!(servers[2].route_port, Some(6224));
+        assert_eq!(servers[1].store, config.dev.data_dir.join("nats-2"));
+        assert_eq!(nats_url(&config), "nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224");
+        assert_eq!(
+            nats_url_for(&config, "harness", "pw").split(',').nth(1),
+            Some("nats://harness:pw@127.0.0.1:4223")
+        );
+        config.dev.nats_cluster = 6;
+        assert!(nats_servers(&config).is_err());
+
+        config.dev.nats_cluster = 1;
+        assert_eq!(open_ports(&config), None, "loopback needs no firewall");
+        config.dev.bind = "10.0.0.5".parse().expect("address");
+        assert_eq!(gateway_listen(&config).to_string(), "10.0.0.5:8080");
+        assert_eq!(nats_url(&config), "nats://10.0.0.5:4222");
+        assert!(open_ports(&config).is_some_and(|text| text.contains("4222") && text.contains("8080")));
     }
 
     #[test]

@@ -42,8 +42,15 @@ fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
 
 impl Dev {
     fn start() -> Self {
-        let env = ports_env();
-        let mmctl = ServiceProcess::start("mmctl", &["dev"], &borrowed(&env)).expect("mmctl starts");
+        Self::start_with(&["dev"], Vec::new())
+    }
+
+    /// `mmctl <args>` with `extra` environment on top of the free ports.
+    fn start_with(args: &[&str], extra: Vec<(String, String)>) -> Self {
+        let mut env = ports_env();
+        env.retain(|(key, _)| !extra.iter().any(|(over, _)| over == key));
+        env.extend(extra);
+        let mmctl = ServiceProcess::start("mmctl", args, &borrowed(&env)).expect("mmctl starts");
         let mut dev = Dev {
             gateway: lookup(&env, "MM_GATEWAY__LISTEN").to_owned(),
             matchmaker: lookup(&env, "MM_MATCHMAKER__ADMIN_LISTEN").to_owned(),
@@ -52,7 +59,7 @@ impl Dev {
             env,
         };
         let log = dev.mmctl.dir().join("mmctl.log");
-        let up = dev.mmctl.process().wait_ready(Duration::from_secs(60), || {
+        let up = dev.mmctl.process().wait_ready(Duration::from_secs(100), || {
             std::fs::read_to_string(&log).is_ok_and(|log| log.contains("the backend is up"))
         });
         up.unwrap_or_else(|err| panic!("the stack did not come up: {err}"));
@@ -118,6 +125,54 @@ fn dev_runs_the_stack_and_ctrl_c_leaves_nothing() {
     assert!(all_gone(&pids), "left behind: {:?}", dev.children());
     let (ok, table) = dev.status();
     assert!(!ok, "mmctl status notices the stack is gone:\n{table}");
+}
+
+#[test]
+fn dev_cluster_runs_three_nats_servers_with_replicated_buckets_and_rides_out_losing_one() {
+    // Three servers on consecutive ports from a free base (the port check refuses taken ones).
+    let base = |key: &str| (key.to_owned(), free_port().saturating_sub(3).to_string());
+    let mut extra =
+        vec![base("MM_DEV__NATS_PORT"), base("MM_DEV__NATS_MONITOR_PORT"), base("MM_DEV__NATS_ROUTE_PORT")];
+    // A new cluster elects its JetStream meta leader once all three servers have met, which
+    // takes more than the default 30 s when the whole test suite loads both cores.
+    extra.push(("MM_DEV__READY_TIMEOUT".to_owned(), "90s".to_owned()));
+    let mut dev = Dev::start_with(&["dev", "--cluster"], extra);
+    let servers: Vec<u32> =
+        dev.children().into_iter().filter(|(_, name)| name == "nats-server").map(|(pid, _)| pid).collect();
+    assert_eq!(servers.len(), 3, "three nats-servers: {:?}", dev.children());
+    let harness_env = std::fs::read_to_string(dev.mmctl.dir().join(".mm/harness.env")).expect("harness.env");
+    assert_eq!(harness_env.matches("nats://harness:").count(), 3, "every server in harness.env");
+    let monitor = format!("127.0.0.1:{}", lookup(&dev.env, "MM_DEV__NATS_MONITOR_PORT"));
+    let replicas = |bucket: &str| -> Option<u64> {
+        let answer =
+            http_get(&monitor, "/jsz?accounts=true&streams=true&config=true", Duration::from_secs(2)).ok()?;
+        let jsz: serde_json::Value = serde_json::from_str(&answer.body).ok()?;
+        jsz["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|account| account["stream_detail"].as_array())
+            .flatten()
+            .find_map(|stream| {
+                (stream["name"] == format!("KV_{bucket}"))
+                    .then(|| stream["config"]["num_replicas"].as_u64())
+                    .flatten()
+            })
+    };
+    for bucket in ["servers", "nodes", "secrets"] {
+        let three =
+            wait_until(Duration::from_secs(20), Duration::from_millis(100), || replicas(bucket) == Some(3));
+        assert!(three, "KV {bucket} on 3 replicas: {:?}", replicas(bucket));
+    }
+
+    // One server dies: the services stay up (and mmctl starts it again).
+    send_signal(servers[1], libc::SIGKILL).expect("kill -9");
+    let fine = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        let restarted = dev.children().iter().filter(|(_, name)| name == "nats-server").count() == 3;
+        restarted && [&dev.gateway, &dev.matchmaker, &dev.orchestrator].iter().all(|addr| healthy(addr))
+    });
+    assert!(fine, "the stack rides out a nats-server's death; log:\n{}", dev.mmctl.log());
+    let status = dev.mmctl.interrupt(Duration::from_secs(30)).expect("stops");
+    assert!(status.success());
 }
 
 #[test]

@@ -345,6 +345,54 @@ impl PodmanUser {
         Ok(listed.lines().map(str::to_owned).filter(|name| !name.is_empty()).collect())
     }
 
+    /// Deletes the project user's *ghost* containers: ones the OCI runtime (runc) still
+    /// holds but Podman's database does not know, older than `grace`. A Podman service
+    /// killed between creating a container and recording it leaves one (its `runc init`
+    /// and `conmon` wait forever, and nothing in Podman can list or remove it). Only for
+    /// the project user (as root), whose containers are all the project's; `grace` spares
+    /// a container another live service is creating right now. Returns how many went.
+    pub fn remove_ghost_containers(&self, grace: Duration) -> Result<usize, String> {
+        if !self.switch {
+            return Ok(0);
+        }
+        let root = self.runtime_dir.join("runc");
+        if !root.is_dir() {
+            return Ok(0);
+        }
+        let runc = |args: &[&str]| {
+            let mut command = self.command("runc", false);
+            command.arg("--root").arg(&root).args(args);
+            run_bounded(&mut command, COMMAND_TIMEOUT)
+        };
+        let listed = runc(&["list", "--quiet"]);
+        if !listed.success() {
+            return Err(format!("runc list: {}", listed.why()));
+        }
+        let held: Vec<String> = listed.stdout.split_whitespace().map(str::to_owned).collect();
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let known = self.podman(&["ps", "--all", "--no-trunc", "--format", "{{.ID}}"])?;
+        let known: std::collections::HashSet<&str> = known.split_whitespace().collect();
+        let mut removed = 0;
+        for id in ghosts(&held, &known) {
+            // The state directory's age is the container's (runc writes it at create).
+            let age = std::fs::metadata(root.join(id))
+                .and_then(|meta| meta.modified())
+                .ok()
+                .and_then(|at| at.elapsed().ok());
+            if age.is_none_or(|age| age < grace) {
+                continue;
+            }
+            let deleted = runc(&["delete", "--force", id]);
+            if !deleted.success() {
+                return Err(format!("runc delete --force {id}: {}", deleted.why()));
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// Ends rootless Podman's pause process (it holds the user namespace open between
     /// Podman commands) once nothing else of the project user runs: it is the last thing
     /// a stopped stack would leave. Only for the project user (as root); an ordinary
@@ -435,6 +483,16 @@ fn usable_by(mode: u32, owner: u32, group: u32, account: &Account) -> bool {
     bits & 0o6 == 0o6
 }
 
+/// The container ids runc `held` that Podman does not know (`known`: full ids).
+fn ghosts<'a>(held: &'a [String], known: &std::collections::HashSet<&str>) -> Vec<&'a str> {
+    held.iter().map(String::as_str).filter(|id| valid_container_id(id) && !known.contains(id)).collect()
+}
+
+/// A container id as Podman makes them: 64 hex digits (nothing else is passed to runc).
+fn valid_container_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
 /// The pids of live processes whose real uid is `uid`, from `/proc`.
 pub fn processes_of(uid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -473,6 +531,15 @@ mod tests {
 
     fn account() -> Account {
         Account { name: "mmpodman".into(), uid: 1001, gid: 1001, home: "/home/mmpodman".into() }
+    }
+
+    #[test]
+    fn ghosts_are_the_runtimes_containers_podman_does_not_know() {
+        let known_id = "a".repeat(64);
+        let ghost_id = format!("{}0", "b".repeat(63));
+        let held = vec![known_id.clone(), ghost_id.clone(), "--help".to_owned(), "c".repeat(12)];
+        let known: std::collections::HashSet<&str> = [known_id.as_str()].into();
+        assert_eq!(ghosts(&held, &known), [ghost_id.as_str()], "only well-formed ids Podman lacks");
     }
 
     #[test]

@@ -131,6 +131,51 @@ pub struct NatsConfig {
     /// Password for `user`. Never printed by `--print-config`.
     #[serde(skip_serializing)]
     pub password: Option<String>,
+    /// Replicas of the JetStream KV buckets this service creates (`servers`, `nodes`,
+    /// `secrets`, `harness`): `auto` (3 when the server it reached is in a cluster of at
+    /// least three, 1 otherwise) or a number. A bucket that exists keeps its own.
+    pub kv_replicas: Replicas,
+}
+
+/// How many copies of a JetStream KV bucket a cluster keeps (`[nats] kv_replicas`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replicas {
+    /// 3 in a cluster of three or more servers, 1 otherwise (decided at connection time
+    /// from the servers the cluster advertises).
+    #[default]
+    Auto,
+    /// Exactly this many (1 to 5; at most the cluster's size).
+    Fixed(u8),
+}
+
+impl Serialize for Replicas {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Replicas::Auto => serializer.serialize_str("auto"),
+            Replicas::Fixed(n) => serializer.serialize_u8(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Replicas {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        let number = match Raw::deserialize(deserializer)? {
+            Raw::Text(text) if text.trim().eq_ignore_ascii_case("auto") => return Ok(Replicas::Auto),
+            Raw::Text(text) => text.trim().parse::<i64>().map_err(|_| {
+                serde::de::Error::custom(format!("`{text}`: expected `auto` or a number from 1 to 5"))
+            })?,
+            Raw::Number(number) => number,
+        };
+        u8::try_from(number).ok().filter(|n| (1..=5).contains(n)).map(Replicas::Fixed).ok_or_else(|| {
+            serde::de::Error::custom(format!("{number}: expected `auto` or a number from 1 to 5"))
+        })
+    }
 }
 
 impl Default for NatsConfig {
@@ -141,6 +186,7 @@ impl Default for NatsConfig {
             connect_timeout: Duration::from_secs(2),
             user: None,
             password: None,
+            kv_replicas: Replicas::Auto,
         }
     }
 }

@@ -53,6 +53,9 @@ pub const BUDGET_HEADER: &str = "Mm-Budget-Ms";
 /// past that it answers 503 at once rather than queue without bound.
 const MAX_WAITING: usize = 8192;
 
+/// How often a client pings its server (see [`options`]).
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Why [`connect`] gave up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -74,10 +77,12 @@ pub async fn connect(
     describe_metrics();
     // The same pacing for every service: 100 ms doubling to 2 s, with jitter.
     let backoff = crate::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let servers = server_addrs(&config.url)
+        .map_err(|reason| ConnectError::Fatal { url: config.url.clone(), reason })?;
     let mut attempt = 1u32;
     loop {
         let pause = backoff.delay(attempt);
-        match options(config, client_name).connect(config.url.as_str()).await {
+        match options(config, client_name).connect(servers.clone()).await {
             Ok(client) => {
                 tracing::info!(url = %config.url, "connected to NATS");
                 return Ok(client);
@@ -107,12 +112,61 @@ pub async fn connect(
     }
 }
 
+/// The servers of a comma-separated URL list (`nats://a:4222,nats://b:4222`): async-nats
+/// takes several seed addresses as a list, not as one comma-separated string. It tries
+/// them in random order, reconnects to any of them (and to the servers the cluster
+/// advertises), so losing one server of a cluster only moves the connection.
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    let servers: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .map(|server| {
+            server
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|err| format!("`{}` is not a NATS URL: {err}", crate::config::redact_url(server)))
+        })
+        .collect::<Result<_, _>>()?;
+    if servers.is_empty() {
+        return Err("no server URL given".to_owned());
+    }
+    Ok(servers)
+}
+
+/// The replicas a KV bucket created now should have: `auto` asks the server this client
+/// reached whether it is in a cluster, and how many servers the cluster advertises to
+/// clients (`connect_urls`, one per server); three or more make 3, anything else 1.
+pub fn kv_replicas(client: &Client, setting: crate::config::Replicas) -> usize {
+    match setting {
+        crate::config::Replicas::Fixed(n) => usize::from(n),
+        crate::config::Replicas::Auto => {
+            let info = client.server_info();
+            let servers = cluster_size(info.cluster.as_deref(), &info.connect_urls);
+            if servers >= 3 { 3 } else { 1 }
+        }
+    }
+}
+
+/// Servers in the cluster as a client sees it: 1 outside a cluster; otherwise the
+/// distinct client URLs advertised (each server advertises its own too).
+fn cluster_size(cluster: Option<&str>, connect_urls: &[String]) -> usize {
+    if cluster.is_none_or(str::is_empty) {
+        return 1;
+    }
+    let distinct: std::collections::HashSet<&str> = connect_urls.iter().map(String::as_str).collect();
+    distinct.len().max(1)
+}
+
 fn options(config: &NatsConfig, client_name: &str) -> ConnectOptions {
     let mut options = ConnectOptions::new()
         .name(client_name)
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout))
         .max_reconnects(None)
+        // A connection whose peer went silent (a host cut off: no FIN, no RST) is given up
+        // after two unanswered pings, ~15 s, instead of async-nats's ~3 min: the client
+        // then reconnects to another server, or as soon as its link is back.
+        .ping_interval(PING_INTERVAL)
         .event_callback(|event| async move { record_event(&event) });
     if let Some(user) = &config.user {
         options = options.user_and_password(user.clone(), config.password.clone().unwrap_or_default());
@@ -287,6 +341,19 @@ where
     metrics::histogram!("mm_nats_client_request_duration_seconds", "subject" => subject.to_owned())
         .record(started.elapsed().as_secs_f64());
     result
+}
+
+/// Creates the client series of `subjects` at 0 (a successful result, no latency yet), for
+/// a process that knows at start-up which subjects it will call: its dashboards then show
+/// zeros, not "No data", until the first request.
+pub fn register_client_metrics(subjects: &[&str]) {
+    describe_metrics();
+    for subject in subjects {
+        let subject = (*subject).to_owned();
+        metrics::counter!("mm_nats_client_requests_total", "subject" => subject.clone(), "result" => "ok")
+            .increment(0);
+        let _ = metrics::histogram!("mm_nats_client_request_duration_seconds", "subject" => subject);
+    }
 }
 
 async fn request_inner<Req, Resp>(
@@ -487,6 +554,10 @@ pub async fn serve_endpoint_with_budget<Req, Resp, H, Fut>(
     describe_metrics();
     metrics::counter!("mm_nats_service_budget_expired_total", "endpoint" => name).increment(0);
     metrics::counter!("mm_nats_service_ignored_total", "endpoint" => name).increment(0);
+    // The endpoint's series exist at 0 before its first request (no "No data" panels).
+    metrics::counter!("mm_nats_service_requests_total", "endpoint" => name, "code" => "200").increment(0);
+    let _ = metrics::histogram!("mm_nats_service_request_duration_seconds", "endpoint" => name);
+    metrics::gauge!("mm_nats_service_requests_in_flight", "endpoint" => name).set(0.0);
     let concurrency = concurrency.max(1);
     let handler = Arc::new(handler);
     let permits = Arc::new(Semaphore::new(concurrency));
@@ -626,6 +697,30 @@ async fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeds_are_split_and_a_cluster_of_three_gets_three_replicas() {
+        let servers = server_addrs("nats://10.0.0.1:4222, nats://10.0.0.2:4223,").expect("two URLs");
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[1].port(), 4223);
+        assert!(server_addrs("").is_err());
+        let err = server_addrs("nats://u:secret@[bad").expect_err("not a URL");
+        assert!(!err.contains("secret"), "{err}");
+        let three: Vec<String> = ["a:1", "b:1", "c:1", "a:1"].map(String::from).to_vec();
+        assert_eq!(cluster_size(None, &three), 1, "not clustered");
+        assert_eq!(cluster_size(Some("mm"), &three), 3);
+        assert_eq!(cluster_size(Some("mm"), &[]), 1);
+    }
+
+    #[test]
+    fn replicas_read_auto_or_a_small_number() {
+        use crate::config::Replicas;
+        let read = |text: &str| serde_json::from_str::<Replicas>(text);
+        assert_eq!(read("\"auto\"").expect("auto"), Replicas::Auto);
+        assert_eq!(read("3").expect("3"), Replicas::Fixed(3));
+        assert_eq!(read("\"1\"").expect("from an env var"), Replicas::Fixed(1));
+        assert!(read("0").is_err() && read("6").is_err() && read("\"many\"").is_err());
+    }
 
     #[derive(Debug, serde::Deserialize, PartialEq)]
     struct Join {

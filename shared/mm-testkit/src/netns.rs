@@ -10,6 +10,9 @@
 //! ```
 //!
 //! - [`Lan::command`] runs a program inside a host (`ip netns exec`);
+//! - [`Lan::run_in`] runs a closure on a thread of its own inside a host: every socket
+//!   it opens (an async runtime's included) is that host's, so a test can watch the hosts
+//!   from one of them with ordinary clients;
 //! - [`Lan::cut`] and [`Lan::restore`] take a host's link down and up at the switch: the
 //!   host keeps running but reaches nobody and nobody reaches it;
 //! - dropping the [`Lan`] kills whatever still runs in its namespaces (only the test's own
@@ -161,6 +164,24 @@ impl Lan {
         command
     }
 
+    /// Runs `work` on a new thread that has joined `host`'s network namespace (the rest of
+    /// the process stays where it is) and returns its result; a panic in `work` is
+    /// passed on. Programs it starts run in `host` too, unless told otherwise.
+    pub fn run_in<T: Send>(&self, host: &str, work: impl FnOnce() -> T + Send) -> Result<T> {
+        let path = format!("/var/run/netns/{}", self.host(host).netns);
+        let namespace = std::fs::File::open(&path)?;
+        std::thread::scope(|scope| {
+            let thread = scope.spawn(move || {
+                join_namespace(&namespace)?;
+                Ok(work())
+            });
+            match thread.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+
     /// Takes `host`'s link down at the switch: it reaches nobody, nobody reaches it.
     pub fn cut(&self, host: &str) -> Result<()> {
         ip_in(&self.switch, &["link", "set", &self.host(host).switch_port, "down"])
@@ -170,6 +191,17 @@ impl Lan {
     pub fn restore(&self, host: &str) -> Result<()> {
         ip_in(&self.switch, &["link", "set", &self.host(host).switch_port, "up"])
     }
+}
+
+/// Moves the calling thread (only it: network namespaces are per thread) into the
+/// network namespace `namespace` refers to.
+#[allow(unsafe_code)]
+fn join_namespace(namespace: &std::fs::File) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns(2) with a valid, open descriptor and CLONE_NEWNET changes only this
+    // thread's network namespace; no memory is shared with the call.
+    let joined = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+    if joined == 0 { Ok(()) } else { Err(Error::Io(std::io::Error::last_os_error())) }
 }
 
 impl Drop for Lan {
