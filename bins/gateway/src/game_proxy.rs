@@ -158,11 +158,27 @@ impl Drop for Slot {
 
 type Upstream = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ConnectParams {
+    /// The player's session token (browsers cannot set headers on a WebSocket; an
+    /// `Authorization: Bearer` header works too).
     token: Option<String>,
 }
 
+#[utoipa::path(get, path = "/game/{game_id}/connect", tag = "game",
+    params(("game_id" = String, Path, description = "The matched ticket's `server.gameId`"), ConnectParams),
+    description = "WebSocket (upgrade) to the match's game server, for players of that match: text and binary frames are echoed; it closes when the game ends.",
+    responses(
+        (status = 101, description = "Switching protocols: the game WebSocket"),
+        (status = 400, description = "Not a WebSocket handshake", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 403, description = "The player is not in this match", body = crate::error::ErrorBody),
+        (status = 404, description = "No live game server for this game", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many game sockets for this player", body = crate::error::ErrorBody),
+        (status = 502, description = "The game server could not be dialled", body = crate::error::ErrorBody),
+        (status = 503, description = "The gateway proxies all the game sockets it may", body = crate::error::ErrorBody),
+    ))]
 /// The handler behind `/game/{gameId}/connect`.
 ///
 /// The upgrade is taken as a `Result` so that a request that is no WebSocket handshake

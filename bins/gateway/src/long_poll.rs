@@ -111,6 +111,9 @@ fn count_recheck(result: &'static str) {
     metrics::counter!("mm_gateway_long_poll_rechecks_total", "result" => result).increment(1);
 }
 
+/// How a long-poll ends (the `outcome` label).
+pub const OUTCOMES: [&str; 4] = ["changed", "timeout", "shutdown", "closed"];
+
 fn record(started: Instant, outcome: &'static str) {
     metrics::histogram!("mm_gateway_long_poll_wait_seconds", "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());

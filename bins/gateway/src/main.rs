@@ -14,6 +14,7 @@ mod extract;
 mod game_proxy;
 mod long_poll;
 mod metrics;
+mod openapi;
 mod rate_limit;
 mod state;
 

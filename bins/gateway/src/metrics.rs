@@ -67,6 +67,28 @@ pub fn describe() {
         metrics::counter!("mm_gateway_long_poll_rechecks_total", "result" => result).increment(0);
     }
     metrics::gauge!("mm_gateway_login_rate_clients").set(0.0);
+    for (method, route, status) in crate::api::ROUTES {
+        metrics::counter!(
+            "mm_gateway_http_requests_total",
+            "route" => route,
+            "method" => method,
+            "status" => status.to_string()
+        )
+        .increment(0);
+        let _ = metrics::histogram!("mm_gateway_http_request_duration_seconds", "route" => route, "method" => method);
+    }
+    metrics::gauge!("mm_gateway_http_requests_in_flight").set(0.0);
+    metrics::gauge!("mm_gateway_long_polls_waiting").set(0.0);
+    for outcome in crate::long_poll::OUTCOMES {
+        let _ = metrics::histogram!("mm_gateway_long_poll_wait_seconds", "outcome" => outcome);
+    }
+    metrics::counter!("mm_gateway_game_connects_total", "result" => "ok").increment(0);
+    let _ = metrics::histogram!("mm_gateway_game_connect_duration_seconds");
+    metrics::gauge!("mm_gateway_game_connections").set(0.0);
+    for direction in ["to_server", "to_client"] {
+        metrics::counter!("mm_gateway_game_frames_total", "direction" => direction).increment(0);
+    }
+    mm_shared::nats::register_client_metrics(&crate::api::SUBJECTS);
 }
 
 /// Why the gateway's own limits turned something away (`mm_gateway_refusals_total{reason}`).

@@ -62,6 +62,8 @@ pub struct HarnessSection {
     pub gateway: String,
     /// Where the JSON report goes (none: not written).
     pub report: Option<PathBuf>,
+    /// Where the HTML report with charts goes (none: not written).
+    pub report_html: Option<PathBuf>,
     /// This instance's id in the fleet (default: `<host>-<pid>-<random>`). Letters,
     /// digits, `-` and `_` only.
     pub instance: Option<String>,
@@ -101,6 +103,9 @@ pub struct HarnessSection {
     pub in_game: InGameSection,
     pub fleet: FleetSection,
     pub population: PopulationSection,
+    /// A plan of stages (`[[harness.stages]]`: duration, players, optional rates): the
+    /// target ramps from stage to stage and the run lasts their total (`stages.rs`).
+    pub stages: Vec<crate::stages::Stage>,
 }
 
 impl Default for HarnessSection {
@@ -115,6 +120,7 @@ impl Default for HarnessSection {
             duration: Duration::from_secs(60),
             gateway: "http://127.0.0.1:8080".to_owned(),
             report: None,
+            report_html: None,
             instance: None,
             standalone: false,
             password: "harness".to_owned(),
@@ -135,6 +141,7 @@ impl Default for HarnessSection {
             in_game: InGameSection::default(),
             fleet: FleetSection::default(),
             population: PopulationSection::default(),
+            stages: Vec::new(),
         }
     }
 }
@@ -684,10 +691,17 @@ impl HarnessSection {
             }
         };
         at_most("duration", self.duration, MAX_DURATION);
+        at_most("stages (their total duration)", crate::stages::total(&self.stages), MAX_DURATION);
         at_most("drain", self.drain, MAX_DRAIN);
         at_most("matchmaking.poll_wait", self.matchmaking.poll_wait, MAX_POLL_WAIT);
         if self.tick > Duration::from_secs(10) {
             problems.push("  config key `harness.tick`: at most 10s (rates need frequent ticks)".to_owned());
+        }
+        for (index, stage) in self.stages.iter().enumerate() {
+            if stage.duration.is_zero() {
+                problems
+                    .push(format!("  config key `harness.stages[{index}].duration`: must be more than 0"));
+            }
         }
         if self.think.min > self.think.max {
             problems.push(format!(
@@ -726,6 +740,19 @@ impl HarnessSection {
         }
         problems.extend(self.population.problems());
         if problems.is_empty() { Ok(()) } else { Err(ValidationError { problems }) }
+    }
+
+    /// How long the run lasts: the stages' total when there is a plan, else `duration`.
+    pub fn run_duration(&self) -> Duration {
+        if self.stages.is_empty() { self.duration } else { crate::stages::total(&self.stages) }
+    }
+
+    /// The instance's own target and rates at the start (the plan's start, if any).
+    pub fn start_point(&self) -> (u64, [Rate; crate::scenario::SCENARIOS]) {
+        match crate::stages::point(&self.stages, self.rates, Duration::ZERO) {
+            Some(point) => (point.target, point.rates),
+            None => (self.players, self.rates.to_array()),
+        }
     }
 
     /// Follow-ups of `scenario`, as (next, chance) pairs.

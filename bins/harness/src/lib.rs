@@ -13,8 +13,11 @@
 //! | [`http`] | the one shared HTTP client |
 //! | [`stats`] | counters and HDR histograms; the stats message; Prometheus |
 //! | [`fleet`] | KV membership, heartbeat, `harness.control`, target division |
+//! | [`stages`] | load shapes: the stage plan (ramp, hold, spike) the target follows |
 //! | [`run`] | a run's loops (spawner, compositor clock, stats), drain and stop |
 //! | [`report`] | the JSON report, the human table, thresholds |
+//! | [`timeline`] | the run over time (bounded samples) and the distributions, for the charts |
+//! | [`report_html`] | the self-contained HTML report with charts |
 //! | [`progress`] | the live line on a terminal |
 //!
 //! The binary (`main.rs`) is a thin layer over [`run::Run`]; tests and benchmarks use the
@@ -32,7 +35,10 @@ pub mod population;
 pub mod progress;
 pub mod quality;
 pub mod report;
+pub mod report_html;
 pub mod run;
 pub mod scenario;
 pub mod scenarios;
+pub mod stages;
 pub mod stats;
+pub mod timeline;

@@ -1,6 +1,7 @@
 //! The harness binary: simulated players against the gateway.
 //!
-//! `harness --players N --duration 60s --gateway URL --nats URL --report FILE.json`
+//! `harness --players N --duration 60s --gateway URL --nats URL --report FILE.json
+//! --report-html FILE.html`
 //!
 //! Flags map onto config keys (`harness.players`, ...) so that a file, the environment and
 //! the command line all work the same way. The run itself is [`harness::run::Run`].
@@ -42,6 +43,10 @@ struct Args {
     /// Write the run report here as JSON (overrides `harness.report`).
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
+    /// Write the run report here as a self-contained HTML page with charts (overrides
+    /// `harness.report_html`).
+    #[arg(long, value_name = "FILE.html")]
+    report_html: Option<PathBuf>,
     /// Exit 1 when more than this fraction of finished scenarios failed, like `0.01`
     /// (overrides `harness.max_error_rate`).
     #[arg(long, value_name = "FRACTION")]
@@ -80,6 +85,9 @@ fn main() -> ExitCode {
     if let Some(report) = &args.report {
         overrides.set("harness.report", report);
     }
+    if let Some(report) = &args.report_html {
+        overrides.set("harness.report_html", report);
+    }
     if let Some(rate) = args.max_error_rate {
         overrides.set("harness.max_error_rate", rate);
     }
@@ -108,7 +116,8 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     let identity = Identity::from_config(&config.harness);
     let options = Options { nats: nats.clone(), preseeded: false, progress: config.harness.progress };
     let started = Run::start(config.harness.clone(), identity, options).await?;
-    started.run_for(config.harness.duration, &service.shutdown).await;
+    // With `[[harness.stages]]`, as long as the plan lasts.
+    started.run_for(config.harness.run_duration(), &service.shutdown).await;
     let report = started.finish().await;
     if let Some(nats) = nats {
         let _ = tokio::time::timeout(Duration::from_secs(2), nats.drain()).await;
@@ -123,6 +132,11 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     if let Some(path) = &config.harness.report {
         report.write(path).with_context(|| format!("writing the report to {}", path.display()))?;
         tracing::info!(path = %path.display(), "report written");
+    }
+    if let Some(path) = &config.harness.report_html {
+        harness::report_html::write(&report, path)
+            .with_context(|| format!("writing the HTML report to {}", path.display()))?;
+        tracing::info!(path = %path.display(), "HTML report written");
     }
     if let Some(path) = &config.harness.report_table {
         std::fs::write(path, report.table())

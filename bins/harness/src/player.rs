@@ -53,6 +53,8 @@ pub struct Context {
     /// Skip the login request and start with a made-up token (benchmarks of idle
     /// memory, where no gateway is involved).
     pub preseeded: bool,
+    /// This instance's own target and rates (`players`/`rates`, or the stage plan's now).
+    pub own: crate::stages::Own,
     next_number: AtomicU64,
     tasks: AtomicU64,
     tasks_done: Notify,
@@ -64,7 +66,9 @@ impl Context {
         // Player ids must stay within the backend's 64 characters.
         let prefix: String = instance.chars().take(40).collect();
         let population = Population::new(&config.population);
+        let (target, rates) = config.start_point();
         Self {
+            own: crate::stages::Own::new(target, rates),
             pool: Pool::new(0),
             gateway,
             stats: Stats::new(),

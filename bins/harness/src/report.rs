@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::quality::QualityReport;
 use crate::scenario::{ERROR_KINDS, Failure, SCENARIOS, Scenario};
+use crate::timeline::{Distributions, Timeline};
 
 /// p50/p90/p99/max in milliseconds (microsecond precision).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -128,6 +129,15 @@ pub struct Report {
     /// ratings order players by true skill (`rating_convergence`).
     #[serde(flatten)]
     pub quality: QualityReport,
+    /// Time to match and time to play as log-spaced buckets (the HTML report's charts).
+    #[serde(default)]
+    pub distributions: Distributions,
+    /// The run over time, one sample per stats interval (bounded; the HTML report's charts).
+    #[serde(default)]
+    pub timeline: Timeline,
+    /// The stage plan the run followed (`[[harness.stages]]`), if any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<crate::stages::StageReport>,
 }
 
 /// What the report is made of besides the stats.
@@ -197,7 +207,22 @@ impl Report {
             fleet_target: stats.fleet_target,
             thresholds: Vec::new(),
             quality: QualityReport::default(),
+            distributions: Distributions::from_stats(stats),
+            timeline: Timeline::default(),
+            stages: Vec::new(),
         }
+    }
+
+    /// Adds the stage plan.
+    pub fn with_stages(mut self, stages: Vec<crate::stages::StageReport>) -> Self {
+        self.stages = stages;
+        self
+    }
+
+    /// Adds the run over time.
+    pub fn with_timeline(mut self, timeline: Timeline) -> Self {
+        self.timeline = timeline;
+        self
     }
 
     /// Adds the quality sections.
@@ -295,6 +320,20 @@ impl Report {
             "players: peak {}, target {}, started {}",
             self.players.peak, self.players.target, self.players.spawned
         );
+        for (index, stage) in self.stages.iter().enumerate() {
+            let rates: Vec<String> =
+                stage.rates.iter().map(|(scenario, rate)| format!("{scenario} {rate:.4}/s")).collect();
+            let _ = writeln!(
+                out,
+                "stage {}: from {:.0} s for {:.0} s, {} → {} players{}",
+                index + 1,
+                stage.start_seconds,
+                stage.duration_seconds,
+                stage.from_players,
+                stage.players,
+                if rates.is_empty() { String::new() } else { format!(" (rates: {})", rates.join(", ")) }
+            );
+        }
         let _ = writeln!(out);
         let _ = writeln!(
             out,

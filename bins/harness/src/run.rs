@@ -33,6 +33,7 @@ use crate::progress::ProgressLine;
 use crate::report::{Report, RunFacts};
 use crate::scenario::{SCENARIOS, Scenario};
 use crate::stats::PlayerState;
+use crate::timeline::Recorder;
 
 /// How long the end of a run waits for player tasks to end after aborting them.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
@@ -97,6 +98,8 @@ pub struct Run {
     publisher: Option<StatsPublisher>,
     latest: Arc<Mutex<HarnessStats>>,
     progress: Arc<Mutex<ProgressLine>>,
+    /// The run over time, for the report's charts.
+    timeline: Arc<Mutex<Recorder>>,
 }
 
 /// Why a run could not start.
@@ -122,12 +125,18 @@ impl Run {
         let gateway = Gateway::new(url, &config.http);
         crate::fleet::describe_metrics();
         let context = Arc::new(Context::new(config, gateway, &identity.instance, options.preseeded));
-        let standalone = Settings::standalone(context.config.players, context.config.rates);
+        // `players` and `rates`, or the start of the stage plan.
+        let standalone = Settings {
+            target: context.own.target(),
+            rates: context.own.rates(),
+            ..Settings::standalone(context.config.players, context.config.rates)
+        };
         let (settings_tx, settings) = watch::channel(standalone);
         let stop_dispatch = CancellationToken::new();
         let stop_rest = CancellationToken::new();
         let started_at = mm_shared::protocol::now_ms();
 
+        let in_fleet = options.nats.is_some();
         let (fleet, publisher) = match options.nats {
             Some(nats) => {
                 let member =
@@ -163,9 +172,19 @@ impl Run {
             publisher: publisher.clone(),
             latest: Arc::default(),
             progress: Arc::new(Mutex::new(ProgressLine::new(options.progress))),
+            timeline: Arc::new(Mutex::new(Recorder::new(context.config.fleet.stats_interval))),
         };
         run.loops.push(tokio::spawn(apply_targets(context.clone(), settings.clone(), stop_dispatch.clone())));
         run.loops.push(tokio::spawn(spawn_players(context.clone(), stop_dispatch.clone())));
+        if !context.config.stages.is_empty() {
+            let settings_tx = (!in_fleet).then(|| run.settings_tx.clone());
+            run.loops.push(tokio::spawn(follow_stages(
+                context.clone(),
+                run.started,
+                settings_tx,
+                stop_dispatch.clone(),
+            )));
+        }
         run.loops.push(tokio::spawn(compose(context.clone(), settings.clone(), stop_dispatch)));
         run.loops.push(tokio::spawn(report_stats(StatsLoop {
             context,
@@ -176,6 +195,7 @@ impl Run {
             publisher,
             latest: run.latest.clone(),
             progress: run.progress.clone(),
+            timeline: run.timeline.clone(),
             stop: stop_rest,
         })));
         Ok(run)
@@ -262,9 +282,16 @@ impl Run {
             fleet_instances: settings.instances,
         };
         let errors: Vec<_> = Scenario::ALL.into_iter().map(|s| (s, context.stats.errors_of(s))).collect();
+        let timeline = {
+            let mut recorder = self.timeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            recorder.record(duration.as_secs_f64(), settings.target, &snapshot, true);
+            recorder.timeline().clone()
+        };
         let mut report = Report::build(&snapshot, &facts)
             .with_scenario_errors(&errors)
-            .with_quality(context.quality.report());
+            .with_quality(context.quality.report())
+            .with_timeline(timeline)
+            .with_stages(crate::stages::report(&context.config.stages));
         report.judge(context.config.max_error_rate, context.config.max_time_to_match_p99);
         report
     }
@@ -285,6 +312,51 @@ fn snapshot(
         target: settings.target,
         fleet_target: settings.fleet_target,
         ..context.stats.snapshot(actual)
+    }
+}
+
+/// Moves this instance's own target and rates along the stage plan, every
+/// [`crate::stages::STEP`]. A standalone run applies them itself (`settings`); in a fleet
+/// the fleet loop does, so that a fleet target and control rates stay on top.
+async fn follow_stages(
+    context: Arc<Context>,
+    started: Instant,
+    settings: Option<watch::Sender<Settings>>,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(crate::stages::STEP);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stage = None;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let config = &context.config;
+        let Some(point) = crate::stages::point(&config.stages, config.rates, started.elapsed()) else {
+            return;
+        };
+        if stage != Some(point.stage) {
+            stage = Some(point.stage);
+            let planned = &config.stages[point.stage];
+            tracing::info!(
+                stage = point.stage + 1,
+                of = config.stages.len(),
+                players = planned.players,
+                duration = %mm_shared::duration::format(planned.duration),
+                "stage starting"
+            );
+        }
+        if context.own.set(point.target, point.rates)
+            && let Some(settings) = &settings
+        {
+            settings.send_if_modified(|current| {
+                let changed = current.target != point.target || current.rates != point.rates;
+                current.target = point.target;
+                current.rates = point.rates;
+                changed
+            });
+        }
     }
 }
 
@@ -387,6 +459,7 @@ struct StatsLoop {
     publisher: Option<StatsPublisher>,
     latest: Arc<Mutex<HarnessStats>>,
     progress: Arc<Mutex<ProgressLine>>,
+    timeline: Arc<Mutex<Recorder>>,
     stop: CancellationToken,
 }
 
@@ -413,10 +486,16 @@ async fn report_stats(state: StatsLoop) {
         previous = (now, dispatched, attempts);
         context.stats.export(&snapshot, settings.target);
         context.quality.tick();
+        state.timeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).record(
+            state.started.elapsed().as_secs_f64(),
+            settings.target,
+            &snapshot,
+            false,
+        );
         state.progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).draw(
             &snapshot,
             state.started.elapsed(),
-            context.config.duration,
+            context.config.run_duration(),
             per_second,
         );
         if let Some(publisher) = &state.publisher {

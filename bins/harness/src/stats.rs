@@ -96,6 +96,9 @@ pub struct Stats {
 
 struct Handles {
     scenario_duration: [metrics::Histogram; SCENARIOS],
+    /// Every (scenario, kind) failure counter, there at 0 from the start: a dashboard
+    /// panel of failures shows zeros rather than "No data" until the first one.
+    failures: [[metrics::Counter; ERROR_KINDS]; SCENARIOS],
     time_to_match: metrics::Histogram,
     time_to_play: metrics::Histogram,
     tick_lag: metrics::Histogram,
@@ -146,6 +149,17 @@ impl Stats {
             prometheus: Handles {
                 scenario_duration: Scenario::ALL.map(|scenario| {
                     metrics::histogram!("mm_harness_scenario_duration_seconds", "scenario" => scenario.name())
+                }),
+                failures: Scenario::ALL.map(|scenario| {
+                    ErrorKind::ALL.map(|kind| {
+                        let counter = metrics::counter!(
+                            "mm_harness_scenario_failures_total",
+                            "scenario" => scenario.name(),
+                            "kind" => kind.name()
+                        );
+                        counter.absolute(0);
+                        counter
+                    })
                 }),
                 time_to_match: metrics::histogram!("mm_harness_time_to_match_seconds"),
                 time_to_play: metrics::histogram!("mm_harness_time_to_play_seconds"),
@@ -357,9 +371,9 @@ impl Stats {
                 .absolute(load(&c.starved));
             metrics::counter!("mm_harness_scenario_dispatched_total", "scenario" => name)
                 .absolute(load(&c.dispatched));
-            for (kind, count) in self.errors_of(scenario) {
-                metrics::counter!("mm_harness_scenario_failures_total", "scenario" => name, "kind" => kind.name())
-                    .absolute(count);
+            for kind in ErrorKind::ALL {
+                let count = load(&self.errors[scenario.index()][kind.index()]);
+                self.prometheus.failures[scenario.index()][kind.index()].absolute(count);
             }
             if let Some(stats) = snapshot.scenarios.get(name) {
                 metrics::gauge!("mm_harness_scenario_rate_per_idle_player", "scenario" => name)

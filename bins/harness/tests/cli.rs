@@ -87,3 +87,79 @@ fn a_duration_beyond_the_clock_is_refused_not_a_panic() {
     assert!(stderr.contains("`harness.duration`"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `[[harness.stages]]`: the target ramps, holds and spikes as planned, the run lasts the
+/// plan, and the report (JSON and table) shows the stages.
+#[test]
+fn a_staged_run_follows_its_plan() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("staged.toml");
+    std::fs::write(
+        &config,
+        r#"
+[harness]
+spawn_interval = "1ms"
+[harness.login]
+retry_min = "100ms"
+retry_max = "200ms"
+[[harness.stages]]
+duration = "2s"
+players = 8
+[[harness.stages]]
+duration = "1s"
+players = 8
+[[harness.stages]]
+duration = "1s"
+players = 20
+rates = { fetch_store = 2.5 }
+"#,
+    )
+    .expect("config written");
+    let report = dir.path().join("report.json");
+    let gateway = format!("http://127.0.0.1:{}", free_port());
+    let started = std::time::Instant::now();
+    let output = harness(
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--standalone",
+            "--gateway",
+            &gateway,
+            "--report",
+            report.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "the run lasted the plan, not 60 s");
+    assert!(
+        stdout.contains("stage 3: from 3 s for 1 s, 8 → 20 players (rates: fetch_store 2.5000/s)"),
+        "{stdout}"
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report written")).expect("JSON");
+    let duration = report["duration_seconds"].as_f64().expect("duration");
+    assert!((3.9..6.0).contains(&duration), "the plan's 4 s: {duration}");
+    assert_eq!(report["stages"].as_array().map(Vec::len), Some(3), "{}", report["stages"]);
+    let target = report["players"]["target"].as_u64().unwrap_or(0);
+    assert!((17..=20).contains(&target), "near the end of the spike to 20: {target}");
+    assert!(report["players"]["peak"].as_u64().unwrap_or(0) >= 18, "{}", report["players"]);
+    // The target over time: ramping in the first stage, held in the second.
+    let samples = report["timeline"]["samples"].as_array().expect("samples");
+    let target_at = |t: f64| {
+        samples
+            .iter()
+            .min_by(|a, b| {
+                let distance = |s: &serde_json::Value| (s["t"].as_f64().unwrap_or(0.0) - t).abs();
+                distance(a).total_cmp(&distance(b))
+            })
+            .and_then(|sample| sample["target"].as_u64())
+            .expect("a sample")
+    };
+    let ramping = target_at(1.0);
+    assert!((2..=6).contains(&ramping), "half way up the ramp to 8: {ramping}");
+    assert_eq!(target_at(2.5), 8, "the hold");
+}

@@ -264,3 +264,45 @@ no_auth_user: plain
     assert!(blind.process().exited().is_none(), "the harness died:\n{}", blind.log());
     assert!(blind.log().contains("cannot watch the harness bucket"), "{}", blind.log());
 }
+
+/// A fleet member with `[[harness.stages]]` follows its plan as its own target; a fleet
+/// target set over `harness.control` takes precedence, and without it the plan resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_member_follows_its_plan_under_the_fleet_target() {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("stages.toml");
+    std::fs::write(
+        &config,
+        "[[harness.stages]]\nduration = \"3s\"\nplayers = 10\n\
+         [[harness.stages]]\nduration = \"2s\"\nplayers = 10\n\
+         [[harness.stages]]\nduration = \"1m\"\nplayers = 10\n",
+    )
+    .expect("config written");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let gateway = format!("http://127.0.0.1:{}", free_port());
+    let env = [
+        ("MM_NATS__URL", nats.url()),
+        ("MM_HARNESS__ADMIN_LISTEN", admin.clone()),
+        ("MM_HARNESS__SPAWN_INTERVAL", "1ms".to_owned()),
+        ("MM_HARNESS__FLEET__HEARTBEAT", "200ms".to_owned()),
+        ("MM_HARNESS__FLEET__STATS_INTERVAL", "200ms".to_owned()),
+        ("MM_HARNESS__PROGRESS", "never".to_owned()),
+        ("MM_HARNESS__LOGIN__RETRY_MIN", "100ms".to_owned()),
+        ("MM_HARNESS__LOGIN__RETRY_MAX", "300ms".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let config = config.to_str().expect("utf-8").to_owned();
+    let args = ["--config", config.as_str(), "--instance", "h-staged", "--gateway", &gateway];
+    let mut process = ServiceProcess::start("harness", &args, &env).expect("harness starts");
+    process.wait_healthy(&admin).expect("harness healthy");
+    let mut fleet = Observer::connect(&nats).await;
+    let target = |stats: &BTreeMap<String, HarnessStats>| stats.get("h-staged").map_or(0, |s| s.target);
+    fleet.until("the ramp is under way", |_, stats| (1..10).contains(&target(stats))).await;
+    fleet.until("the ramp reached 10", |_, stats| target(stats) == 10).await;
+    fleet.control(json!({"fleetTarget": 3})).await;
+    fleet.until("the fleet target takes precedence", |_, stats| target(stats) == 3).await;
+    fleet.control(json!({"reset": true})).await;
+    fleet.until("without it, the plan's target again", |_, stats| target(stats) == 10).await;
+    drop(process);
+}

@@ -11,6 +11,8 @@ use std::process::Command;
 
 use mm_testkit::{NatsServer, RedisServer, ServiceProcess, free_port, project_bin};
 
+mod browser;
+
 struct Stack {
     _nats: NatsServer,
     _redis: RedisServer,
@@ -102,6 +104,7 @@ fn every_scenario_runs_against_the_real_stack() {
     let config = dir.path().join("harness.toml");
     std::fs::write(&config, CONFIG).expect("config written");
     let report = dir.path().join("report.json");
+    let page = dir.path().join("report.html");
     let admin = format!("127.0.0.1:{}", free_port());
     let mut command = Command::new(project_bin("harness").expect("harness built"));
     for (key, _) in std::env::vars_os() {
@@ -115,6 +118,7 @@ fn every_scenario_runs_against_the_real_stack() {
         .args(["--players", "20", "--duration", "12s"])
         .args(["--gateway", &stack.gateway, "--nats", &stack.nats_url])
         .args(["--report", report.to_str().expect("utf-8")])
+        .args(["--report-html", page.to_str().expect("utf-8")])
         .output()
         .expect("harness runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -143,6 +147,27 @@ fn every_scenario_runs_against_the_real_stack() {
         "first echoes arrived:\n{context}"
     );
     assert!(stdout.contains("time to play"), "the table is printed:\n{stdout}");
+
+    // The HTML report of the same run, opened in headless Chromium: the charts are drawn
+    // with the run's data and the page logs nothing to the console.
+    let rendered = browser::render(&page);
+    assert!(rendered.console.is_empty(), "console messages: {:#?}", rendered.console);
+    for chart in [
+        "players",
+        "rates",
+        "latency-login",
+        "latency-matchmaking",
+        "latency-in_game",
+        "time-to-match",
+        "time-to-play",
+        "errors",
+        "quality-true-skill",
+        "quality-matches",
+    ] {
+        rendered.assert_drawn(chart);
+    }
+    let samples = report["timeline"]["samples"].as_array().map_or(0, Vec::len);
+    assert!(samples >= 10, "a sample a second over 12 s: {samples}");
     // The run's table, for `--no-capture`.
     eprintln!("{stdout}");
 }

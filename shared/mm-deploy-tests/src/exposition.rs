@@ -26,6 +26,35 @@ pub fn sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// One sample's series: its name and labels.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Series {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Every series a page has a sample of (label values unescaped only as far as the
+/// project's values need: they hold no quotes).
+pub fn series(text: &str) -> Vec<Series> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| {
+            let name_end = line.find(['{', ' '])?;
+            let name = line[..name_end].to_owned();
+            let mut labels = BTreeMap::new();
+            if line[name_end..].starts_with('{') {
+                let inside = &line[name_end + 1..name_end + line[name_end..].find('}')?];
+                for pair in inside.split("\",") {
+                    let (key, value) = pair.split_once('=')?;
+                    let value = value.trim_start_matches('"').trim_end_matches('"');
+                    labels.insert(key.trim_start_matches(',').trim().to_owned(), value.to_owned());
+                }
+            }
+            Some(Series { name, labels })
+        })
+        .collect()
+}
+
 /// `GET http://{addr}/metrics`, or a panic that says which service did not answer.
 pub fn scrape(what: &str, addr: &str) -> String {
     let answer = mm_shared::probe::http_get(addr, "/metrics", Duration::from_secs(5))
@@ -49,5 +78,9 @@ mod tests {
         assert_eq!(sum(PAGE, "mm_a_total"), 5.0);
         assert_eq!(sum(PAGE, "mm_h_seconds_count"), 4.0);
         assert_eq!(sum(PAGE, "mm_missing"), 0.0);
+        let found = series(PAGE);
+        assert_eq!(found.len(), 4);
+        assert_eq!(found[1].labels.get("x").map(String::as_str), Some("2"));
+        assert!(found[3].labels.is_empty());
     }
 }

@@ -72,6 +72,64 @@ pub fn for_prometheus(expr: &str, rate_interval: &str) -> String {
     out
 }
 
+/// One of the project's series an expression selects: its name and the label matchers
+/// written after it that must hold exactly (`label="value"`; regular expressions and
+/// negations are left out: they do not name a value that must exist).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Selector {
+    pub name: String,
+    pub equal: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)?;
+        if !self.equal.is_empty() {
+            let labels: Vec<String> = self.equal.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            write!(f, "{{{}}}", labels.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Every selector of the project's metrics (`mm_*`) in `expr`, with its equality matchers.
+pub fn selectors(expr: &str) -> BTreeSet<Selector> {
+    identifiers(expr)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("mm_"))
+        .map(|(name, start)| {
+            let after = expr[start + name.len()..].trim_start();
+            let equal = after
+                .strip_prefix('{')
+                .and_then(|inside| inside.find('}').map(|end| &inside[..end]))
+                .map(equality_matchers)
+                .unwrap_or_default();
+            Selector { name, equal }
+        })
+        .collect()
+}
+
+/// `a="x", b=~"y", c!="z"` → `[("a", "x")]`.
+fn equality_matchers(inside: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = inside;
+    while let Some(op) = rest.find('=') {
+        let label = rest[..op].trim().trim_start_matches(',').trim().trim_end_matches('!').to_owned();
+        let negated = rest[..op].trim_end().ends_with('!');
+        let after = &rest[op + 1..];
+        let regex = after.starts_with('~');
+        let after = after.trim_start_matches('~').trim_start();
+        let Some(quote) = after.chars().next().filter(|c| matches!(c, '"' | '\'' | '`')) else { break };
+        let Some(end) = after[1..].find(quote) else { break };
+        let value = &after[1..1 + end];
+        if !negated && !regex && !value.contains('$') {
+            out.push((label, value.to_owned()));
+        }
+        rest = &after[1 + end + 1..];
+    }
+    out
+}
+
 /// Identifiers (`[a-zA-Z_:][a-zA-Z0-9_:]*`) outside string literals, with their offsets.
 fn identifiers(expr: &str) -> Vec<(String, usize)> {
     let bytes = expr.as_bytes();
@@ -135,6 +193,13 @@ mod tests {
         assert_eq!(raw_counter_reads("sum(mm_x_total)"), ["mm_x_total"]);
         assert_eq!(raw_counter_reads("mm_h_sum / mm_h_count"), ["mm_h_sum", "mm_h_count"]);
         assert!(raw_counter_reads("sum(mm_players)").is_empty(), "gauges are read as they are");
+    }
+
+    #[test]
+    fn selectors_keep_the_values_that_must_exist() {
+        let expr = r#"sum(rate(mm_a_total{scenario="login", kind!="x", route=~"/a.*", instance=~"$instance"}[5m])) / mm_b"#;
+        let found: Vec<String> = selectors(expr).iter().map(ToString::to_string).collect();
+        assert_eq!(found, [r#"mm_a_total{scenario="login"}"#, "mm_b"]);
     }
 
     #[test]

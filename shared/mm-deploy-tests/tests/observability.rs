@@ -304,3 +304,108 @@ fn operator_sees_everything(url: &str) {
         servers.watch_with_history(">").await.expect("`nats kv watch servers` works");
     });
 }
+
+/// "No data" on a dashboard: a series a panel or an alert names that a service creates
+/// only when its first event happens (a failure counter before the first failure). Every
+/// service starts, nothing is asked of it, and every series any dashboard or alert names
+/// (with the label values the query spells out) is on its `/metrics` already; so is the
+/// harness's failure counter for every scenario and kind.
+#[test]
+fn every_series_dashboards_and_alerts_name_exists_from_start_up() {
+    let nats = nats_users::start_server();
+    let redis = RedisServer::start().expect("redis-server");
+    let (gateway, matchmaker, orchestrator, harness) = (local(), local(), local(), local());
+    let base = |user: &str| -> Vec<(&'static str, String)> {
+        let mut env = vec![("MM_NATS__URL", nats.url()), ("MM_REDIS__URL", redis.url())];
+        env.extend(nats_users::client_env(user));
+        env
+    };
+    let mut env = base("matchmaker");
+    env.push(("MM_MATCHMAKER__ADMIN_LISTEN", matchmaker.clone()));
+    let _matchmaker = start("matchmaker", &[], &env, &matchmaker);
+    let mut env = base("orchestrator");
+    env.extend([
+        ("MM_ORCHESTRATOR__ADMIN_LISTEN", orchestrator.clone()),
+        ("MM_ORCHESTRATOR__DRIVER", "process".to_owned()),
+        ("MM_ORCHESTRATOR__NODE", "idle".to_owned()),
+        ("MM_ORCHESTRATOR__PUBLIC_URL", format!("ws://{gateway}")),
+    ]);
+    let _orchestrator = start("orchestrator", &[], &env, &orchestrator);
+    let mut env = base("gateway");
+    env.push(("MM_GATEWAY__LISTEN", gateway.clone()));
+    let _gateway = start("gateway", &[], &env, &gateway);
+    // A harness that keeps no player: it starts, and nothing happens.
+    let mut env = base("harness");
+    env.push(("MM_HARNESS__ADMIN_LISTEN", harness.clone()));
+    env.push(("MM_HARNESS__PROGRESS", "never".to_owned()));
+    let gateway_url = format!("http://{gateway}");
+    let _harness =
+        start("harness", &["--players", "0", "--duration", "60s", "--gateway", &gateway_url], &env, &harness);
+    let services = [
+        ("gateway", gateway.as_str()),
+        ("matchmaker", matchmaker.as_str()),
+        ("orchestrator", orchestrator.as_str()),
+        ("harness", harness.as_str()),
+    ];
+
+    let mut named = BTreeMap::new();
+    for board in dashboards::load_all() {
+        for query in board.queries() {
+            for selector in promql::selectors(&query.expr) {
+                named.entry(selector).or_insert_with(|| query.place.clone());
+            }
+        }
+    }
+    let alerts = std::fs::read_to_string(repo().join("grafana/alerts.yml")).expect("alerts.yml");
+    for selector in promql::selectors(&alerts) {
+        named.entry(selector).or_insert_with(|| "grafana/alerts.yml".to_owned());
+    }
+    assert!(named.len() > 20, "the dashboards name the project's metrics: {named:?}");
+
+    // The harness exports on its first stats tick (every second): give start-up a moment,
+    // never any traffic.
+    let mut missing = Vec::new();
+    let mut exported = Vec::new();
+    let settled = wait_until(Duration::from_secs(5), Duration::from_millis(250), || {
+        exported = services.iter().flat_map(|(what, addr)| exposition::series(&scrape(what, addr))).collect();
+        missing = named
+            .iter()
+            .filter(|(selector, _)| {
+                !exported.iter().any(|series| {
+                    series.name == selector.name
+                        && selector.equal.iter().all(|(label, value)| series.labels.get(label) == Some(value))
+                })
+            })
+            .map(|(selector, place)| format!("{selector} ({place})"))
+            .collect();
+        missing.is_empty()
+    });
+    assert!(
+        settled,
+        "named by a dashboard or alert but absent right after start-up:\n{}",
+        missing.join("\n")
+    );
+
+    // The counter of the issue, in full: every scenario with every kind, at 0.
+    let scenarios: BTreeSet<&str> = exported
+        .iter()
+        .filter(|series| series.name == "mm_harness_scenario_attempts_total")
+        .filter_map(|series| series.labels.get("scenario").map(String::as_str))
+        .collect();
+    assert!(scenarios.len() >= 6, "{scenarios:?}");
+    let failures: Vec<_> =
+        exported.iter().filter(|series| series.name == "mm_harness_scenario_failures_total").collect();
+    let kinds: BTreeSet<&str> =
+        failures.iter().filter_map(|series| series.labels.get("kind").map(String::as_str)).collect();
+    for kind in ["connect", "timeout", "http_5xx", "match_timeout", "echo_mismatch", "http_429"] {
+        assert!(kinds.contains(kind), "kind {kind}: {kinds:?}");
+    }
+    for scenario in &scenarios {
+        let of: BTreeSet<&str> = failures
+            .iter()
+            .filter(|series| series.labels.get("scenario").map(String::as_str) == Some(scenario))
+            .filter_map(|series| series.labels.get("kind").map(String::as_str))
+            .collect();
+        assert_eq!(of, kinds, "mm_harness_scenario_failures_total of {scenario}: every kind");
+    }
+}

@@ -379,15 +379,20 @@ pub mod limits {
 
 /// `session.login` request (and the body of `POST /login`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginRequest {
     /// The player id: any name the player picks; it is registered on first login.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_.@-]{1,64}$"))]
     pub id: String,
+    /// 1 to 256 bytes of UTF-8 (the schema's 64 characters always fit).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub password: String,
 }
 
 /// `session.login` reply (and `POST /login`'s answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginReply {
     pub token: String,
     pub player_id: String,
@@ -412,6 +417,7 @@ pub struct SessionInfo {
 /// Where a ticket is in its life. Only `searching` can change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TicketStatus {
     Searching,
     Matched,
@@ -441,6 +447,7 @@ impl TicketStatus {
 /// The game server a matched ticket's player connects to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServerAssignment {
     /// WebSocket URL: the gateway's `/game/{gameId}/connect`.
     pub url: String,
@@ -468,12 +475,17 @@ pub struct JoinRequest {
 /// joins the seed's `default` queue alone. Unknown fields are refused (a typo is a 400).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JoinBody {
+    /// A configured queue (`GET /matchmaking/queues`); none: `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub queue: Option<String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub latencies: std::collections::BTreeMap<String, f64>,
+    /// Queue the caller's whole party (the caller must lead it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub party_id: Option<String>,
 }
 
@@ -500,6 +512,7 @@ impl JoinBody {
 /// One configured queue, as `GET /matchmaking/queues` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueInfo {
     pub name: String,
     /// `fifo`, `skill` or `latency`.
@@ -516,6 +529,7 @@ pub struct QueueInfo {
 /// tickets' views; the matchmaker's `/metrics` has the same numbers by queue).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MatchQuality {
     /// Highest minus lowest ticket rating in the match (a party counts as its mean).
     pub rating_spread: f64,
@@ -531,6 +545,7 @@ pub struct MatchQuality {
 /// `matchmaking.join` reply (and `POST /matchmaking/join`'s answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JoinReply {
     pub ticket_id: String,
     pub status: TicketStatus,
@@ -548,6 +563,7 @@ pub struct TicketRequest {
 /// `GET /matchmaking/status`, and the payload of `events.ticket.<id>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TicketView {
     pub ticket_id: String,
     pub status: TicketStatus,
@@ -581,6 +597,7 @@ fn default_queue_name() -> String {
 
 /// `matchmaking.cancel` reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CancelReply {
     pub status: TicketStatus,
 }
@@ -789,13 +806,16 @@ pub struct PartyJoinRequest {
 /// `POST /party/join` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PartyJoinBody {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub party_id: String,
 }
 
 /// `party.create` reply (`POST /party`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PartyCreated {
     pub party_id: String,
 }
@@ -803,6 +823,7 @@ pub struct PartyCreated {
 /// A party as its members see it (`GET /party`, `party.join`'s answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PartyView {
     pub party_id: String,
     pub leader: String,
@@ -818,6 +839,7 @@ pub struct PartyView {
 
 /// One item of the store's catalogue (`store.offers` replies with a list of these).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Offer {
     pub id: String,
     pub name: String,
@@ -837,6 +859,7 @@ pub struct PurchaseRequest {
 
 /// `store.purchase` reply (and `POST /store/purchase`'s answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PurchaseReply {
     #[serde(rename = "purchaseId")]
     pub purchase_id: String,
@@ -1107,6 +1130,10 @@ pub struct NodeEntry {
     /// one in milliseconds, with no new capacity needed.
     #[serde(default)]
     pub warm: u64,
+    /// The region this node declares (`orchestrator.region`); empty: none. A match placed
+    /// by latency goes to a node of its region when one is registered.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
 }
 
 /// What the orchestrator hands a game server, and what a game server's clients present.
@@ -1146,6 +1173,16 @@ pub mod game_server {
     /// Largest WebSocket message (and frame) a game server accepts, and so the largest the
     /// gateway's proxy lets through in either direction: one number for both.
     pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+    /// How a game server reports its game's result: its last line on stdout is this
+    /// prefix and a [`super::GameEnded`] as JSON (`MM_GAME_RESULT {"gameId":...}`). The node
+    /// that ran it reads the line from the server's output once it exited after its game's
+    /// end, checks it against what it knows of the match, and publishes the result on
+    /// `events.game.ended` (game servers have no NATS credentials).
+    pub const RESULT_PREFIX: &str = "MM_GAME_RESULT ";
+    /// The longest result line a node reads (two sides of ten ids fit many times over);
+    /// a longer one is ignored.
+    pub const MAX_RESULT_LINE_BYTES: usize = 8 * 1024;
 
     /// Podman labels on every game-server container (`podman ps --filter label=mm.game-id`).
     pub mod labels {
