@@ -11,25 +11,6 @@ use common::{Client, Node, alive, assert_echo, connect_player, eventually};
 use mm_shared::protocol::{AllocateReply, ServerEntry, ServerState, StartKind};
 use mm_testkit::NatsServer;
 
-/// The warm entries of `node` in KV `servers`.
-async fn warm_entries(client: &Client, node: &str) -> Vec<ServerEntry> {
-    client
-        .entries()
-        .await
-        .into_iter()
-        .filter(|entry| entry.node == node && entry.state == ServerState::Warm)
-        .collect()
-}
-
-/// Waits until `node` has `count` warm servers; their entries.
-async fn wait_warm(client: &Client, node: &str, count: usize) -> Vec<ServerEntry> {
-    eventually(Duration::from_secs(15), &format!("{count} warm servers on {node}"), || async {
-        let warm = warm_entries(client, node).await;
-        (warm.len() == count).then_some(warm)
-    })
-    .await
-}
-
 /// A player of the match connects with the match's secret, and the echo works.
 async fn plays(client: &Client, reply: &AllocateReply, match_id: &str) -> ServerEntry {
     let entry = client.entry(&reply.game_id).await.expect("the match's entry");
@@ -47,7 +28,7 @@ async fn concurrent_allocators_never_share_a_warm_server() {
     let env = [("MM_ORCHESTRATOR__GAME__DURATION", "60s"), ("MM_ORCHESTRATOR__POOL__MIN", "6")];
     let pool = Node::start(&nats, "pool-a", &env);
     let client = Arc::new(Client::connect(&nats).await);
-    let warm = wait_warm(&client, "pool-a", 6).await;
+    let warm = client.wait_warm("pool-a", 6, Duration::from_secs(15)).await;
     assert!(warm.iter().all(|entry| entry.match_id.is_empty() && entry.player_ids.is_empty()));
     assert!(warm.iter().all(|entry| entry.secret.is_empty()), "no secret before a match");
     // A second node, with no pool, serves `orchestrator.allocate` too: two allocators
@@ -102,7 +83,7 @@ async fn concurrent_allocators_never_share_a_warm_server() {
     let warm_claims = pool.metric("mm_orchestrator_claims_total{kind=\"warm\",node=\"pool-a\"}");
     assert_eq!(warm_claims, warm_replies.len() as f64);
     // The claimed servers' warm entries are gone; the pool refills behind them.
-    wait_warm(&client, "pool-a", 6).await;
+    client.wait_warm("pool-a", 6, Duration::from_secs(15)).await;
     for slot in &slots {
         assert!(client.entry(slot).await.is_none(), "the warm entry {slot} is gone once claimed");
     }
@@ -114,7 +95,7 @@ async fn a_warm_server_that_dies_is_replaced_and_never_handed_out() {
     let env = [("MM_ORCHESTRATOR__GAME__DURATION", "60s"), ("MM_ORCHESTRATOR__POOL__MIN", "2")];
     let node = Node::start(&nats, "pool-d", &env);
     let client = Client::connect(&nats).await;
-    let warm = wait_warm(&client, "pool-d", 2).await;
+    let warm = client.wait_warm("pool-d", 2, Duration::from_secs(15)).await;
     let dead: HashSet<String> = warm.iter().map(|entry| entry.handle.clone()).collect();
 
     // Both die at once, and an allocation comes at once: it gets a live server.
@@ -127,7 +108,7 @@ async fn a_warm_server_that_dies_is_replaced_and_never_handed_out() {
     assert!(alive(&entry.handle));
 
     // The pool is whole again, with new servers; the dead ones' entries are gone.
-    let refilled = wait_warm(&client, "pool-d", 2).await;
+    let refilled = client.wait_warm("pool-d", 2, Duration::from_secs(15)).await;
     for entry in &refilled {
         assert!(!dead.contains(&entry.handle), "a dead server back in the pool");
         assert!(alive(&entry.handle));
@@ -172,7 +153,7 @@ async fn an_empty_pool_falls_back_to_a_cold_start_and_no_pool_is_the_default() {
     ];
     let node = Node::start(&nats, "pool-e", &env);
     let client = Arc::new(Client::connect(&nats).await);
-    wait_warm(&client, "pool-e", 1).await;
+    client.wait_warm("pool-e", 1, Duration::from_secs(15)).await;
 
     // Three at once: one claims the warm server; the refill takes half a second, so the
     // other two are started cold.
@@ -193,7 +174,7 @@ async fn an_empty_pool_falls_back_to_a_cold_start_and_no_pool_is_the_default() {
     assert_eq!(kinds, [StartKind::Cold, StartKind::Cold, StartKind::Warm], "after {:?}", started.elapsed());
     assert_eq!(node.metric("mm_orchestrator_claims_total{kind=\"warm\",node=\"pool-e\"}"), 1.0);
     assert_eq!(node.metric("mm_orchestrator_claims_total{kind=\"cold\",node=\"pool-e\"}"), 2.0);
-    wait_warm(&client, "pool-e", 1).await;
+    client.wait_warm("pool-e", 1, Duration::from_secs(15)).await;
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -202,7 +183,7 @@ async fn an_empty_pool_falls_back_to_a_cold_start_and_no_pool_is_the_default() {
     let reply = client.allocate("plain", 2).await.expect("allocated");
     assert_eq!((reply.start, reply.node.as_str()), (StartKind::Cold, "no-pool"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(warm_entries(&client, "no-pool").await.is_empty(), "no pool unless configured");
+    assert!(client.warm_entries("no-pool").await.is_empty(), "no pool unless configured");
     // The pool's series exist from the start, at 0.
     let metrics = plain.metrics();
     for name in
@@ -230,10 +211,10 @@ async fn an_unclaimed_warm_server_is_recycled() {
     let env = [("MM_ORCHESTRATOR__POOL__MIN", "1"), ("MM_ORCHESTRATOR__POOL__RECYCLE_AFTER", "1s")];
     let node = Node::start(&nats, "pool-r", &env);
     let client = Client::connect(&nats).await;
-    let first = wait_warm(&client, "pool-r", 1).await.remove(0);
+    let first = client.wait_warm("pool-r", 1, Duration::from_secs(15)).await.remove(0);
     let seen = Instant::now();
     let second = eventually(Duration::from_secs(10), "a new warm server in its place", || async {
-        warm_entries(&client, "pool-r").await.into_iter().find(|entry| entry.game_id != first.game_id)
+        client.warm_entries("pool-r").await.into_iter().find(|entry| entry.game_id != first.game_id)
     })
     .await;
     assert!(seen.elapsed() >= Duration::from_millis(500), "not before its time: {:?}", seen.elapsed());
@@ -250,7 +231,7 @@ async fn sigterm_stops_the_warm_servers_too() {
     let env = [("MM_ORCHESTRATOR__GAME__DURATION", "60s"), ("MM_ORCHESTRATOR__POOL__MIN", "3")];
     let mut node = Node::start(&nats, "pool-s", &env);
     let client = Client::connect(&nats).await;
-    let warm = wait_warm(&client, "pool-s", 3).await;
+    let warm = client.wait_warm("pool-s", 3, Duration::from_secs(15)).await;
     let claimed = client.allocate("before-stop", 2).await.expect("allocated");
     assert_eq!(claimed.start, StartKind::Warm);
     let claimed = client.entry(&claimed.game_id).await.expect("entry");

@@ -8,26 +8,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Client, ContainerGuard, Node, assert_echo, connect_player, containers_of, eventually};
+use common::{Client, ContainerGuard, Node, assert_echo, connect_player, containers_of};
 use mm_shared::protocol::{ServerEntry, ServerState, StartKind};
 use mm_testkit::{NatsServer, PodmanService};
-
-async fn warm_entries(client: &Client, node: &str) -> Vec<ServerEntry> {
-    client
-        .entries()
-        .await
-        .into_iter()
-        .filter(|entry| entry.node == node && entry.state == ServerState::Warm)
-        .collect()
-}
-
-async fn wait_warm(client: &Client, node: &str, count: usize) -> Vec<ServerEntry> {
-    eventually(Duration::from_secs(60), &format!("{count} warm servers on {node}"), || async {
-        let warm = warm_entries(client, node).await;
-        (warm.len() == count).then_some(warm)
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_kill_9_a_restarted_node_adopts_its_warm_containers() {
@@ -44,7 +27,7 @@ async fn after_kill_9_a_restarted_node_adopts_its_warm_containers() {
     ];
     let node = Node::start(&nats, "pool-k", &env);
     let client = Client::connect(&nats).await;
-    let first = wait_warm(&client, "pool-k", 2).await;
+    let first = client.wait_warm("pool-k", 2, Duration::from_secs(60)).await;
 
     // One is claimed: a player joins.
     let reply = client.allocate("claimed", 2).await.expect("allocated");
@@ -53,7 +36,7 @@ async fn after_kill_9_a_restarted_node_adopts_its_warm_containers() {
     assert!(first.iter().any(|warm| warm.handle == claimed.handle), "one of the warm containers");
     let mut player = connect_player(&reply.address, "claimed-p0", &claimed.secret).await.expect("admitted");
     assert_echo(&mut player).await;
-    let warm = wait_warm(&client, "pool-k", 2).await;
+    let warm = client.wait_warm("pool-k", 2, Duration::from_secs(60)).await;
     assert_eq!(containers_of(None, "pool-k").len(), 3);
 
     mm_shared::process::send_signal(node.process.pid(), libc::SIGKILL).expect("kill -9");
@@ -64,7 +47,7 @@ async fn after_kill_9_a_restarted_node_adopts_its_warm_containers() {
     client.servers.delete(&claimed.game_id).await.expect("delete");
 
     let node = Node::start(&nats, "pool-k", &env);
-    let adopted = wait_warm(&client, "pool-k", 2).await;
+    let adopted = client.wait_warm("pool-k", 2, Duration::from_secs(60)).await;
     let handles =
         |entries: &[ServerEntry]| entries.iter().map(|entry| entry.handle.clone()).collect::<HashSet<_>>();
     assert_eq!(handles(&adopted), handles(&warm), "the same warm containers, back in the pool");

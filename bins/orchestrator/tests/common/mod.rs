@@ -203,6 +203,24 @@ impl Client {
         entries
     }
 
+    /// The warm entries of `node` in KV `servers`.
+    pub async fn warm_entries(&self, node: &str) -> Vec<ServerEntry> {
+        self.entries()
+            .await
+            .into_iter()
+            .filter(|entry| entry.node == node && entry.state == ServerState::Warm)
+            .collect()
+    }
+
+    /// Waits (up to `within`) until `node` has `count` warm servers; their entries.
+    pub async fn wait_warm(&self, node: &str, count: usize, within: Duration) -> Vec<ServerEntry> {
+        eventually(within, &format!("{count} warm servers on {node}"), || async {
+            let warm = self.warm_entries(node).await;
+            (warm.len() == count).then_some(warm)
+        })
+        .await
+    }
+
     pub async fn node(&self, id: &str) -> Option<NodeEntry> {
         let bytes = self.nodes.get(id).await.expect("KV get")?;
         Some(serde_json::from_slice(&bytes).expect("a NodeEntry"))
