@@ -82,19 +82,8 @@ async fn an_expired_budget_is_dropped_unworked() {
 /// A game-server "binary" whose start is slow and one at a time (a lock around a sleep),
 /// like a busy container engine.
 fn slow_game_server(dir: &std::path::Path) -> String {
-    let script = dir.join("slow-game-server");
     let lock = dir.join("starts.lock");
-    let binary = mm_testkit::bin_dir().join("game-server");
-    let text = format!(
-        "#!/bin/sh\n/usr/bin/flock {} /bin/sleep 0.3\nexec {} \"$@\"\n",
-        lock.display(),
-        binary.display()
-    );
-    std::fs::write(&script, text).expect("script");
-    let mut permissions = std::fs::metadata(&script).expect("meta").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(&script, permissions).expect("chmod");
-    script.display().to_string()
+    common::wrapped_game_server(dir, &format!("/usr/bin/flock {} /bin/sleep 0.3", lock.display()))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -127,25 +127,14 @@ async fn a_warm_server_that_dies_is_replaced_and_never_handed_out() {
     }
 }
 
-/// A game-server "binary" that takes `delay` to start (so the pool refills slowly).
-fn slow_game_server(dir: &std::path::Path, delay: &str) -> String {
-    let script = dir.join("slow-game-server");
-    let binary = mm_testkit::bin_dir().join("game-server");
-    let text = format!("#!/bin/sh\n/bin/sleep {delay}\nexec {} \"$@\"\n", binary.display());
-    std::fs::write(&script, text).expect("script");
-    let mut permissions = std::fs::metadata(&script).expect("meta").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(&script, permissions).expect("chmod");
-    script.display().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_empty_pool_falls_back_to_a_cold_start_and_no_pool_is_the_default() {
     let nats = NatsServer::start().expect("nats-server");
     let dir =
         std::env::temp_dir().join(format!("mm-warm-{}-{}", std::process::id(), mm_testkit::free_port()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let binary = slow_game_server(&dir, "0.5");
+    // A start of 0.5 s, so the pool refills slowly.
+    let binary = common::wrapped_game_server(&dir, "/bin/sleep 0.5");
     let env = [
         ("MM_ORCHESTRATOR__GAME__DURATION", "60s"),
         ("MM_ORCHESTRATOR__POOL__MIN", "1"),

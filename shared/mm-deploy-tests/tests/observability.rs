@@ -54,31 +54,56 @@ fn start(name: &str, args: &[&str], env: &[(&str, String)], health: &str) -> Ser
     process
 }
 
+/// The backend's three services, each as its own NATS user, on free local ports.
+struct Backend {
+    gateway: String,
+    matchmaker: String,
+    orchestrator: String,
+    processes: [ServiceProcess; 3],
+}
+
+/// `user`'s environment: the servers' URLs and its NATS credentials.
+fn user_env(nats_url: &str, redis_url: &str, user: &str) -> Vec<(&'static str, String)> {
+    let mut env = vec![("MM_NATS__URL", nats_url.to_owned()), ("MM_REDIS__URL", redis_url.to_owned())];
+    env.extend(nats_users::client_env(user));
+    env
+}
+
+/// Starts the matchmaker, an orchestrator node `node` (process driver, `extra` on top)
+/// and the gateway, each healthy before the next.
+fn start_backend(nats_url: &str, redis_url: &str, node: &str, extra: &[(&'static str, &str)]) -> Backend {
+    let (gateway, matchmaker, orchestrator) = (local(), local(), local());
+    let mut env = user_env(nats_url, redis_url, "matchmaker");
+    env.push(("MM_MATCHMAKER__ADMIN_LISTEN", matchmaker.clone()));
+    let matchmaker_process = start("matchmaker", &[], &env, &matchmaker);
+    let mut env = user_env(nats_url, redis_url, "orchestrator");
+    env.extend([
+        ("MM_ORCHESTRATOR__ADMIN_LISTEN", orchestrator.clone()),
+        ("MM_ORCHESTRATOR__DRIVER", "process".to_owned()),
+        ("MM_ORCHESTRATOR__NODE", node.to_owned()),
+        ("MM_ORCHESTRATOR__PUBLIC_URL", format!("ws://{gateway}")),
+    ]);
+    env.extend(extra.iter().map(|(key, value)| (*key, (*value).to_owned())));
+    let orchestrator_process = start("orchestrator", &[], &env, &orchestrator);
+    let mut env = user_env(nats_url, redis_url, "gateway");
+    env.push(("MM_GATEWAY__LISTEN", gateway.clone()));
+    let gateway_process = start("gateway", &[], &env, &gateway);
+    Backend {
+        gateway,
+        matchmaker,
+        orchestrator,
+        processes: [matchmaker_process, orchestrator_process, gateway_process],
+    }
+}
+
 #[test]
 fn the_stack_under_permissions_exports_what_dashboards_and_alerts_read() {
     let mut nats = nats_users::start_server();
     let redis = RedisServer::start().expect("redis-server");
-    let (gateway, matchmaker, orchestrator) = (local(), local(), local());
-    let base = |user: &str| -> Vec<(&'static str, String)> {
-        let mut env = vec![("MM_NATS__URL", nats.url()), ("MM_REDIS__URL", redis.url())];
-        env.extend(nats_users::client_env(user));
-        env
-    };
-    let mut env = base("matchmaker");
-    env.push(("MM_MATCHMAKER__ADMIN_LISTEN", matchmaker.clone()));
-    let matchmaker_process = start("matchmaker", &[], &env, &matchmaker);
-    let mut env = base("orchestrator");
-    env.extend([
-        ("MM_ORCHESTRATOR__ADMIN_LISTEN", orchestrator.clone()),
-        ("MM_ORCHESTRATOR__DRIVER", "process".to_owned()),
-        ("MM_ORCHESTRATOR__NODE", "observed".to_owned()),
-        ("MM_ORCHESTRATOR__PUBLIC_URL", format!("ws://{gateway}")),
-        ("MM_ORCHESTRATOR__GAME__DURATION", "3s".to_owned()),
-    ]);
-    let orchestrator_process = start("orchestrator", &[], &env, &orchestrator);
-    let mut env = base("gateway");
-    env.push(("MM_GATEWAY__LISTEN", gateway.clone()));
-    let gateway_process = start("gateway", &[], &env, &gateway);
+    let base = |user: &str| user_env(&nats.url(), &redis.url(), user);
+    let backend =
+        start_backend(&nats.url(), &redis.url(), "observed", &[("MM_ORCHESTRATOR__GAME__DURATION", "3s")]);
+    let Backend { gateway, matchmaker, orchestrator, .. } = &backend;
 
     // Ports of the harnesses, so Prometheus scrapes them from their first second.
     let (harness, failing) = (local(), local());
@@ -234,10 +259,11 @@ fn the_stack_under_permissions_exports_what_dashboards_and_alerts_read() {
 
     let nats_log = nats.process().log();
     assert!(!nats_log.contains("Violation"), "nats-server refused something a service needs:\n{nats_log}");
+    let [matchmaker_process, orchestrator_process, gateway_process] = &backend.processes;
     for (name, process) in [
-        ("matchmaker", &matchmaker_process),
-        ("orchestrator", &orchestrator_process),
-        ("gateway", &gateway_process),
+        ("matchmaker", matchmaker_process),
+        ("orchestrator", orchestrator_process),
+        ("gateway", gateway_process),
         ("harness", &harness_process),
     ] {
         assert!(!process.log().contains("Permissions Violation"), "{name} was refused:\n{}", process.log());
@@ -314,28 +340,11 @@ fn operator_sees_everything(url: &str) {
 fn every_series_dashboards_and_alerts_name_exists_from_start_up() {
     let nats = nats_users::start_server();
     let redis = RedisServer::start().expect("redis-server");
-    let (gateway, matchmaker, orchestrator, harness) = (local(), local(), local(), local());
-    let base = |user: &str| -> Vec<(&'static str, String)> {
-        let mut env = vec![("MM_NATS__URL", nats.url()), ("MM_REDIS__URL", redis.url())];
-        env.extend(nats_users::client_env(user));
-        env
-    };
-    let mut env = base("matchmaker");
-    env.push(("MM_MATCHMAKER__ADMIN_LISTEN", matchmaker.clone()));
-    let _matchmaker = start("matchmaker", &[], &env, &matchmaker);
-    let mut env = base("orchestrator");
-    env.extend([
-        ("MM_ORCHESTRATOR__ADMIN_LISTEN", orchestrator.clone()),
-        ("MM_ORCHESTRATOR__DRIVER", "process".to_owned()),
-        ("MM_ORCHESTRATOR__NODE", "idle".to_owned()),
-        ("MM_ORCHESTRATOR__PUBLIC_URL", format!("ws://{gateway}")),
-    ]);
-    let _orchestrator = start("orchestrator", &[], &env, &orchestrator);
-    let mut env = base("gateway");
-    env.push(("MM_GATEWAY__LISTEN", gateway.clone()));
-    let _gateway = start("gateway", &[], &env, &gateway);
+    let backend = start_backend(&nats.url(), &redis.url(), "idle", &[]);
+    let Backend { gateway, matchmaker, orchestrator, .. } = &backend;
+    let harness = local();
     // A harness that keeps no player: it starts, and nothing happens.
-    let mut env = base("harness");
+    let mut env = user_env(&nats.url(), &redis.url(), "harness");
     env.push(("MM_HARNESS__ADMIN_LISTEN", harness.clone()));
     env.push(("MM_HARNESS__PROGRESS", "never".to_owned()));
     let gateway_url = format!("http://{gateway}");

@@ -433,3 +433,16 @@ pub async fn journey(client: &Client, socket: Option<&Path>, node: &str, match_i
 pub fn alive(pid: &str) -> bool {
     pid.parse().is_ok_and(mm_shared::process::is_alive)
 }
+
+/// A game-server "binary" in `dir`: a shell script that runs `before` (a slow start, say)
+/// and then the real game server with its arguments. Its path.
+pub fn wrapped_game_server(dir: &Path, before: &str) -> String {
+    let script = dir.join("wrapped-game-server");
+    let binary = mm_testkit::bin_dir().join("game-server");
+    let text = format!("#!/bin/sh\n{before}\nexec {} \"$@\"\n", binary.display());
+    std::fs::write(&script, text).expect("script");
+    let mut permissions = std::fs::metadata(&script).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&script, permissions).expect("chmod");
+    script.display().to_string()
+}
