@@ -1,7 +1,7 @@
 //! Gateway join+status requests per second, beside a bare axum handler answering the same
 //! two routes with fixed JSON, driven by the same load loop from the same process. The
-//! ratio says what the real path costs (token check over NATS, the matchmaking service,
-//! Redis) against HTTP alone.
+//! ratio says what the real path costs (the token check, which the gateway makes itself,
+//! one NATS request to the matchmaking service, Redis) against HTTP alone.
 //!
 //! The gateway is the release binary; the matchmaker runs in-process on its own runtime,
 //! with a trivial allocator so that tickets keep being matched. `cargo bench -p gateway`
@@ -39,10 +39,15 @@ fn main() {
     let nats = NatsServer::start().expect("nats-server (run `just setup`)");
     let redis = RedisServer::start().expect("redis-server (run `just setup`)");
     let stop = CancellationToken::new();
+    let stop_matchmaker = CancellationToken::new();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
     let backend = std::thread::spawn({
-        let (nats_url, redis_url, stop) = (nats.url(), redis.url(), stop.clone());
-        move || run_matchmaker(&nats_url, &redis_url, stop)
+        let (nats_url, redis_url, stop) = (nats.url(), redis.url(), stop_matchmaker.clone());
+        move || run_matchmaker(&nats_url, &redis_url, stop, started_tx)
     });
+    // The gateway starts once the matchmaker's services (and token buckets) are there, as
+    // a deployment's would after its first start.
+    started_rx.recv_timeout(Duration::from_secs(30)).expect("the matchmaker started");
     let listen = format!("127.0.0.1:{}", free_port());
     let mut gateway = ServiceProcess::start(
         "gateway",
@@ -60,13 +65,19 @@ fn main() {
 
     let load =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let (through_gateway, bare_axum) = load.block_on(async {
+    let (through_gateway, bare_axum, stand_in) = load.block_on(async {
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
         wait_for(&client, &bare).await;
         let tokens = login_all(&client, &listen).await;
         let through_gateway = drive(&client, &listen, &tokens, pairs).await;
         let bare_axum = drive(&client, &bare, &tokens, pairs).await;
-        (through_gateway, bare_axum)
+        // The gateway's own share: the same requests answered by a stand-in that replies
+        // at once with fixed JSON, instead of the matchmaker and Redis.
+        stop_matchmaker.cancel();
+        let responder = fixed_responder(&nats.url()).await;
+        let stand_in = drive(&client, &listen, &tokens, pairs).await;
+        responder.abort();
+        (through_gateway, bare_axum, stand_in)
     });
     stop.cancel();
     gateway.terminate(Duration::from_secs(10));
@@ -88,6 +99,41 @@ fn main() {
         through_gateway.elapsed
     );
     println!("  ratio gateway / bare:        {:>9.3}", through_gateway.rate() / bare_axum.rate());
+    println!(
+        "  gateway → NATS → fixed reply: {:>9.0} requests/s  ({} pairs in {:?}; no matchmaker, no Redis)",
+        stand_in.rate(),
+        stand_in.pairs,
+        stand_in.elapsed
+    );
+    println!("  ratio gateway alone / bare:  {:>9.3}", stand_in.rate() / bare_axum.rate());
+}
+
+/// Answers `matchmaking.join` and `matchmaking.status` at once with a fixed ticket, once
+/// the matchmaker's own subscriptions are gone.
+async fn fixed_responder(nats_url: &str) -> tokio::task::JoinHandle<()> {
+    use futures_util::StreamExt as _;
+    let client = async_nats::connect(nats_url).await.expect("nats");
+    // The matchmaker's services unsubscribe as it stops: wait until no one answers.
+    for _ in 0..200 {
+        let asked = client.request(mm_shared::protocol::subjects::MATCHMAKING_STATUS, "{}".into()).await;
+        if matches!(&asked, Err(err) if err.kind() == async_nats::RequestErrorKind::NoResponders) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut requests = futures_util::stream::select(
+        client.subscribe(mm_shared::protocol::subjects::MATCHMAKING_JOIN).await.expect("subscribe"),
+        client.subscribe(mm_shared::protocol::subjects::MATCHMAKING_STATUS).await.expect("subscribe"),
+    );
+    support::synced(&client).await;
+    tokio::spawn(async move {
+        let answer = Bytes::from_static(br#"{"ticketId":"t-1","status":"searching"}"#);
+        while let Some(message) = requests.next().await {
+            if let Some(reply) = message.reply {
+                let _ = client.publish(reply, answer.clone()).await;
+            }
+        }
+    })
 }
 
 struct Run {
@@ -103,7 +149,12 @@ impl Run {
 }
 
 /// The matchmaker's services and matcher plus a trivial allocator, on their own runtime.
-fn run_matchmaker(nats_url: &str, redis_url: &str, stop: CancellationToken) {
+fn run_matchmaker(
+    nats_url: &str,
+    redis_url: &str,
+    stop: CancellationToken,
+    started: std::sync::mpsc::Sender<()>,
+) {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -115,6 +166,7 @@ fn run_matchmaker(nats_url: &str, redis_url: &str, stop: CancellationToken) {
         let redis = mm_shared::redis::connect(&redis_config, &stop).await.expect("redis");
         let running = matchmaker::start(&nats, redis, &config, stop.clone()).await.expect("matchmaker");
         let allocator = support::allocator(nats_url).await;
+        let _ = started.send(());
         stop.cancelled().await;
         allocator.abort();
         running.finish().await;
@@ -180,18 +232,19 @@ async fn drive(client: &HttpClient, addr: &str, tokens: &[String], pairs: u64) -
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1))
                     .is_ok()
             {
-                let Some((200, joined)) =
-                    request(&client, Method::POST, addr, "/matchmaking/join", Some(token), Vec::new()).await
-                else {
-                    panic!("join failed at {addr}");
-                };
+                let joined =
+                    match request(&client, Method::POST, addr, "/matchmaking/join", Some(token), Vec::new())
+                        .await
+                    {
+                        Some((200, joined)) => joined,
+                        other => panic!("join failed at {addr}: {other:?}"),
+                    };
                 let ticket = joined["ticketId"].as_str().expect("ticketId");
                 let path = format!("/matchmaking/status?ticketId={ticket}");
-                let Some((200, _)) =
-                    request(&client, Method::GET, addr, &path, Some(token), Vec::new()).await
-                else {
-                    panic!("status failed at {addr}");
-                };
+                match request(&client, Method::GET, addr, &path, Some(token), Vec::new()).await {
+                    Some((200, _)) => {}
+                    other => panic!("status failed at {addr}: {other:?}"),
+                }
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -12,8 +12,8 @@
 //! | `GET /store/offers` | `store.offers` |
 //! | `POST /store/purchase` | `store.purchase` |
 //!
-//! Player routes take `Authorization: Bearer <token>` (checked by `session.verify`)
-//! before anything else, so an anonymous request learns nothing about ids. `POST /login`
+//! Player routes take `Authorization: Bearer <token>` (a signed token, checked here:
+//! [`crate::tokens`]) before anything else, so an anonymous request learns nothing about ids. `POST /login`
 //! is rate-limited per client address first (`rate_limit`).
 
 use std::sync::Arc;
@@ -60,10 +60,9 @@ pub const ROUTES: [(&str, &str, u16); 14] = [
 ];
 
 /// The NATS subjects the routes call (their client series exist from start-up).
-pub const SUBJECTS: [&str; 13] = [
+pub const SUBJECTS: [&str; 12] = [
     subjects::SESSION_LOGIN,
     subjects::SESSION_LOGOUT,
-    subjects::SESSION_VERIFY,
     subjects::MATCHMAKING_JOIN,
     subjects::MATCHMAKING_QUEUES,
     subjects::MATCHMAKING_STATUS,
@@ -146,6 +145,8 @@ async fn login(
     ))]
 async fn logout(State(state): State<AppState>, player: Player) -> Result<StatusCode, ApiError> {
     let () = state.call(subjects::SESSION_LOGOUT, &TokenRequest { token: player.token }).await?;
+    // Refused here from now on; other gateways learn it from KV `revoked_tokens`.
+    state.tokens().revoked_here(&player.verified);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -2,7 +2,7 @@
 //! server, through the gateway.
 //!
 //! Players never reach game servers directly. The gateway:
-//! 1. finds the player behind the token (`session.verify`; the token may come in the query,
+//! 1. finds the player behind the token (checked here, `crate::tokens`; it may come in the query,
 //!    as browsers cannot set headers on a WebSocket, or as `Authorization: Bearer`);
 //! 2. reads the server's entry from KV bucket `servers` (its `address`, `playerIds`,
 //!    `state`) and refuses players of other matches (403), then its secret from the

@@ -17,6 +17,7 @@ mod metrics;
 mod openapi;
 mod rate_limit;
 mod state;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -150,6 +151,12 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
         config.gateway.game_limits(),
         service.shutdown.clone(),
     );
+    // Ready once tokens can be checked here: keys loaded, revocations in step.
+    let tokens = state.tokens().clone();
+    service.health.add_check("tokens", move || {
+        let status = tokens.health();
+        async move { status }
+    });
     let login_limiter = Arc::new(LoginLimiter::new(config.gateway.login_rate));
     rate_limit::spawn_upkeep(login_limiter.clone(), service.shutdown.clone());
     let router = api::router(state.clone(), config.gateway.max_body_bytes, login_limiter)

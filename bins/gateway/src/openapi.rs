@@ -48,7 +48,11 @@ impl Modify for BearerToken {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The token `POST /login` returned"))
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "The token `POST /login` returned: a JWT signed with Ed25519 (EdDSA), \
+                         whose public keys are in NATS KV bucket `session_keys`",
+                    ))
                     .build(),
             ),
         );

@@ -15,6 +15,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::error::ApiError;
 use crate::game_proxy::{GameLimits, Sockets};
+use crate::tokens::Tokens;
 
 /// Shared by all handlers; cheap to clone.
 #[derive(Clone)]
@@ -40,6 +41,8 @@ struct Inner {
     secrets: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
     /// Game sockets open through this gateway, against `gateway.game_*`.
     game_sockets: Sockets,
+    /// Signing keys and revocations, for checking tokens here.
+    tokens: Tokens,
 }
 
 impl AppState {
@@ -59,6 +62,7 @@ impl AppState {
                 servers: tokio::sync::OnceCell::new(),
                 secrets: tokio::sync::OnceCell::new(),
                 game_sockets: Sockets::new(game),
+                tokens: Tokens::default(),
             }),
         }
     }
@@ -67,8 +71,14 @@ impl AppState {
         &self.inner.game_sockets
     }
 
-    /// Hands over the NATS connection once it is up.
+    pub fn tokens(&self) -> &Tokens {
+        &self.inner.tokens
+    }
+
+    /// Hands over the NATS connection once it is up, and starts following the token keys
+    /// and revocations on it.
     pub fn connected(&self, nats: Client) {
+        self.inner.tokens.follow(nats.clone(), self.inner.shutdown.clone());
         let _ = self.inner.nats.set(nats);
     }
 

@@ -63,6 +63,9 @@ impl Config {
         if self.session.max_accounts == 0 {
             return Err("config key `session.max_accounts` must be at least 1".to_owned());
         }
+        if self.session.key_lifetime < Duration::from_secs(1) {
+            return Err("config key `session.key_lifetime` must be at least 1s".to_owned());
+        }
         if self.session.tokens_per_player == 0 {
             return Err("config key `session.tokens_per_player` must be at least 1".to_owned());
         }
@@ -386,9 +389,14 @@ impl MatcherConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
-    /// A token unused this long stops working (each use starts the period again).
+    /// A token works this long from its login (gateways check it themselves, so use does
+    /// not lengthen it; a client logs in again).
     #[serde(with = "mm_shared::duration")]
     pub ttl: Duration,
+    /// A signing key signs new tokens this long, then a new one does; a key is kept
+    /// (published in KV `session_keys`) until the last token it signed has expired.
+    #[serde(with = "mm_shared::duration")]
+    pub key_lifetime: Duration,
     /// An account nobody logs into for this long is deleted (each login starts the
     /// period again); its id may then be registered afresh.
     #[serde(with = "mm_shared::duration")]
@@ -404,6 +412,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(3600),
+            key_lifetime: Duration::from_secs(24 * 3600),
             account_ttl: Duration::from_secs(30 * 24 * 3600),
             max_accounts: DEFAULT_MAX_ACCOUNTS,
             // One client, and a second logging in before the first one's session ends.

@@ -36,6 +36,7 @@ pub mod retry;
 pub mod session;
 pub mod store;
 pub mod tickets;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,7 @@ pub struct Running {
     services: Vec<MicroService>,
     matcher: Option<JoinHandle<()>>,
     results: JoinHandle<()>,
+    token_upkeep: JoinHandle<()>,
     releaser: Releaser,
     release_grace: Duration,
 }
@@ -69,6 +71,9 @@ impl Running {
     pub async fn finish(self) {
         for service in self.services {
             service.finish().await;
+        }
+        if let Err(err) = self.token_upkeep.await {
+            tracing::warn!("the token upkeep task ended abnormally: {err}");
         }
         if let Err(err) = self.results.await {
             tracing::warn!("the game results task ended abnormally: {err}");
@@ -112,7 +117,13 @@ pub async fn start(
         ratings.clone(),
     );
     let parties = party::Parties::new(redis.clone(), config.parties.clone(), matchmaking.clone());
-    let sessions = session::Sessions::new(redis.clone(), &config.session).with_parties(parties.clone());
+    let replicas = mm_shared::nats::kv_replicas(nats, config.nats.kv_replicas);
+    let tokens =
+        tokens::Tokens::start(nats, redis.clone(), config.session.key_lifetime, config.session.ttl, replicas)
+            .await?;
+    let token_upkeep = tokens.spawn_upkeep(shutdown.clone());
+    let sessions =
+        session::Sessions::new(redis.clone(), &config.session, tokens).with_parties(parties.clone());
     services.push(session::serve(nats, sessions, ratings.clone(), concurrency, shutdown.clone()).await?);
     services.push(matchmaking::serve(nats, matchmaking, concurrency, shutdown.clone()).await?);
     services.push(party::serve(nats, parties, concurrency, shutdown.clone()).await?);
@@ -139,7 +150,14 @@ pub async fn start(
     if matcher.is_none() {
         tracing::info!("matcher disabled (matcher.enabled = false): serving requests only");
     }
-    Ok(Running { services, matcher, results, releaser, release_grace: config.matcher.release_timeout })
+    Ok(Running {
+        services,
+        matcher,
+        results,
+        token_upkeep,
+        releaser,
+        release_grace: config.matcher.release_timeout,
+    })
 }
 
 /// Turns a queue an older matchmaker left (a list) into the sorted set this one uses,

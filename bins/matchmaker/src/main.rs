@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use matchmaker::config::Config;
@@ -26,9 +27,17 @@ async fn run(service: Arc<Service<Config>>) -> anyhow::Result<()> {
     let config = &service.config;
     config.validate().map_err(anyhow::Error::msg)?;
     service.serve_admin(config.matchmaker.admin_listen, "matchmaker.admin_listen").await?;
+    // Healthy only once its services answer (the signing keys and buckets come first).
+    let serving = Arc::new(AtomicBool::new(false));
+    let serving_check = serving.clone();
+    service.health.add_check("serving", move || {
+        let serving = serving_check.load(Ordering::Relaxed);
+        async move { if serving { Ok("serving".to_owned()) } else { Err("starting".to_owned()) } }
+    });
     let nats = service.connect_nats(&config.nats).await?;
     let redis = service.connect_redis(&config.redis).await?;
     let running = matchmaker::start(&nats, redis, config, service.shutdown.clone()).await?;
+    serving.store(true, Ordering::Relaxed);
     service.shutdown.cancelled().await;
     running.finish().await;
     nats.drain().await?;

@@ -2,11 +2,12 @@
 //!
 //! - `session.login` registers a player id on its first login (the password it gives is
 //!   the player's from then on) and afterwards checks the password; either way it issues a
-//!   token.
-//! - `session.verify` says whose a token is (the gateway asks on every player request);
-//!   each use restarts the token's lifetime (`session.ttl`), and ends a token whose
-//!   account is gone.
-//! - `session.logout` ends a token.
+//!   token: a JWT signed with the service's Ed25519 key, valid for `session.ttl`
+//!   ([`crate::tokens`]). Gateways check tokens themselves with the public key.
+//! - `session.verify` says whose a token is (signature, expiry, and that its session was
+//!   not ended): for tools and other services; gateways no longer ask it.
+//! - `session.logout` ends a token: its session goes, and its revocation is written to KV
+//!   `revoked_tokens` (which gateways follow) before the answer.
 //!
 //! Passwords are stored as a random salt and SHA-256(salt ‖ password). A fast hash is
 //! enough for a simulation whose players are synthetic; a real system would use a slow,
@@ -19,10 +20,10 @@
 //! - at most `session.max_accounts` accounts are live; past that a first login is refused
 //!   with a 503 that says so, while existing players still log in;
 //! - a player holds at most `session.tokens_per_player` tokens (2; the account lists
-//!   them): a login past it ends the oldest, so logging in again and again cannot fill
-//!   Redis with live tokens;
-//! - a token never outlives its account (see [`VERIFY`]), so an id that expired and was
-//!   registered again cannot be used with a token of the old account;
+//!   their ids): a login past it ends (and revokes) the oldest, so logging in again and
+//!   again cannot fill Redis with live tokens;
+//! - a token never outlives its account: it lives `session.ttl` from its login, and the
+//!   account `session.account_ttl` (longer, checked at start) from its last login;
 //! - each registration also forgets a bounded batch of expired accounts from the index,
 //!   with the store's balance and purchase history they left behind, and a new account
 //!   never inherits what an earlier account of the same id left.
@@ -44,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SessionConfig;
 use crate::micro::{MicroService, unavailable};
+use crate::tokens::{REVOCATION_OUTBOX, Tokens, outbox_line};
 
 /// Expired accounts one registration forgets from the index at most (each was already
 /// gone from Redis as a key; this bounds the script's work).
@@ -61,27 +63,39 @@ end
 "#;
 
 /// What the login scripts share. KEYS: account, accounts index, the new token's session
-/// key. ARGV: 1 player id, 2 account JSON (the new one, or the one whose password was
-/// checked), 3 account ttl ms, 4 session ttl ms, 5 tokens per player, 6 the new token,
-/// then the parts around the variable of the session key (7, 8), the store balance
-/// (9, 10) and purchases (11, 12), so that a script can build those keys for any token or
-/// id. The account keeps the list of its live tokens, oldest first.
+/// key, the revocation outbox. ARGV: 1 player id, 2 account JSON (the new one, or the one
+/// whose password was checked), 3 account ttl ms, 4 session ttl ms, 5 tokens per player,
+/// 6 the new token's id, then the parts around the variable of the session key (7, 8),
+/// the store balance (9, 10) and purchases (11, 12), so that a script can build those
+/// keys for any token id or player id. The account keeps the ids of its live tokens,
+/// oldest first; one ended here is revoked through the outbox
+/// ([`crate::tokens::REVOCATION_OUTBOX`]) in the same step.
 const PRELUDE: &str = r#"
 local function key_of(part, of) return ARGV[part] .. of .. ARGV[part + 1] end
 -- Drops what the store kept for `of`.
 local function forget_store(of)
   redis.call('DEL', key_of(9, of), key_of(11, of))
 end
--- Writes `account` with the new token (ending its oldest past the limit) and issues it.
+-- Writes `account` with the new token (ending its oldest past the limit) and issues it;
+-- returns how many tokens it ended.
 local function store_with_token(account, ttl)
+  local ended = 0
   local tokens = account.tokens or {}
   tokens[#tokens + 1] = ARGV[6]
   while #tokens > tonumber(ARGV[5]) do
-    redis.call('DEL', key_of(7, table.remove(tokens, 1)))
+    local oldest = table.remove(tokens, 1)
+    local session = key_of(7, oldest)
+    local left = redis.call('PTTL', session)
+    if left > 0 then
+      redis.call('DEL', session)
+      redis.call('RPUSH', KEYS[4], oldest .. ' ' .. ARGV[1] .. ' ' .. string.format('%d', now_ms() + left))
+      ended = ended + 1
+    end
   end
   account.tokens = tokens
   redis.call('SET', KEYS[1], cjson.encode(account), 'PX', ttl)
   redis.call('SET', KEYS[3], ARGV[1], 'PX', tonumber(ARGV[4]))
+  return ended
 end
 "#;
 
@@ -107,41 +121,25 @@ return { 'registered', '' }
 "#;
 
 /// Logs into the account whose password was checked, if it is still that account (same
-/// salt and hash). Returns 1 (refreshed, token issued) or 0 (gone, or another now).
+/// salt and hash). Returns 0 (gone, or another now), or 1 + the number of tokens the
+/// login ended (refreshed, token issued).
 const LOGIN: &str = r#"
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local account, checked = cjson.decode(raw), cjson.decode(ARGV[2])
 if account.salt ~= checked.salt or account.hash ~= checked.hash then return 0 end
 local ttl = tonumber(ARGV[3])
-store_with_token(account, ttl)
+local ended = store_with_token(account, ttl)
 redis.call('ZADD', KEYS[2], now_ms() + ttl, ARGV[1])
-return 1
+return 1 + ended
 "#;
 
-/// Checks a token. KEYS: the session key, the accounts index. ARGV: session ttl ms,
-/// account ttl ms, the parts around the id of the account key (3, 4). Returns the player
-/// id, or nil.
-///
-/// A token never outlives its account: an account in use with less than a token's
-/// lifetime left is given its full lifetime again (a write about once per `account_ttl`
-/// for an active player), and a token whose account is gone ends. So an id that expired
-/// and was registered again cannot be used with a token of the old account.
-const VERIFY: &str = r#"
+/// Ends a session and queues its revocation, in one step. KEYS: the session key, the
+/// revocation outbox. ARGV: the outbox line. Returns the player id it had, or nil.
+const LOGOUT: &str = r#"
 local id = redis.call('GET', KEYS[1])
-if not id then return false end
-local account = ARGV[3] .. id .. ARGV[4]
-local left = redis.call('PTTL', account)
-if left == -2 then
-  redis.call('DEL', KEYS[1])
-  return false
-end
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
-if left < tonumber(ARGV[1]) then
-  local ttl = tonumber(ARGV[2])
-  redis.call('PEXPIRE', account, ttl)
-  redis.call('ZADD', KEYS[2], now_ms() + ttl, id)
-end
+redis.call('DEL', KEYS[1])
+redis.call('RPUSH', KEYS[2], ARGV[1])
 return id
 "#;
 
@@ -165,9 +163,10 @@ pub struct Sessions {
     redis: ConnectionManager,
     rng: Arc<SystemRandom>,
     config: SessionConfig,
+    tokens: Tokens,
     register: Arc<redis::Script>,
     login: Arc<redis::Script>,
-    verify: Arc<redis::Script>,
+    logout: Arc<redis::Script>,
 }
 
 /// How a first login's registration went.
@@ -180,15 +179,16 @@ enum Registration {
 }
 
 impl Sessions {
-    pub fn new(redis: ConnectionManager, config: &SessionConfig) -> Self {
+    pub fn new(redis: ConnectionManager, config: &SessionConfig, tokens: Tokens) -> Self {
         Self {
             parties: None,
             redis,
             rng: Arc::new(SystemRandom::new()),
             config: config.clone(),
+            tokens,
             register: Arc::new(redis::Script::new(&format!("{NOW_MS}{PRELUDE}{REGISTER}"))),
             login: Arc::new(redis::Script::new(&format!("{NOW_MS}{PRELUDE}{LOGIN}"))),
-            verify: Arc::new(redis::Script::new(&format!("{NOW_MS}{VERIFY}"))),
+            logout: Arc::new(redis::Script::new(LOGOUT)),
         }
     }
 
@@ -203,14 +203,14 @@ impl Sessions {
         limits::check_id("player id", &request.id).map_err(ServiceError::bad_request)?;
         limits::check_password(&request.password).map_err(ServiceError::bad_request)?;
         let key = keys::player(&request.id);
-        let token = hex(&self.random::<32>()?);
+        let (token, claims) = self.tokens.issue(&request.id)?;
         let mut redis = self.redis.clone();
         for _ in 0..LOGIN_ATTEMPTS {
             let stored: Option<String> =
                 redis::cmd("GET").arg(&key).query_async(&mut redis).await.map_err(unavailable)?;
             let stored = match stored {
                 Some(stored) => stored,
-                None => match self.register(&request, &token).await? {
+                None => match self.register(&request, &claims.jti).await? {
                     Registration::Registered => {
                         metrics::counter!("mm_session_logins_total", "result" => "registered").increment(1);
                         return Ok(LoginReply { token, player_id: request.id });
@@ -228,10 +228,14 @@ impl Sessions {
             };
             self.check_password(&request, &stored)?;
             let mut login = self.login.prepare_invoke();
-            self.keys_and_args(&mut login, &request.id, &stored, &token);
+            self.keys_and_args(&mut login, &request.id, &stored, &claims.jti);
             let issued: i64 = login.invoke_async(&mut redis).await.map_err(unavailable)?;
-            if issued == 1 {
+            if issued >= 1 {
                 metrics::counter!("mm_session_logins_total", "result" => "ok").increment(1);
+                if issued > 1 {
+                    // A token this login ended is revoked in a moment (or by the next flush).
+                    self.tokens.flush_soon();
+                }
                 return Ok(LoginReply { token, player_id: request.id });
             }
             // The account expired or was registered anew since it was read: look again.
@@ -240,7 +244,7 @@ impl Sessions {
     }
 
     /// A first login: the new account, its index entry and its first token, in one script.
-    async fn register(&self, request: &LoginRequest, token: &str) -> Result<Registration, ServiceError> {
+    async fn register(&self, request: &LoginRequest, token_id: &str) -> Result<Registration, ServiceError> {
         let salt = self.random::<16>()?;
         let account = Account {
             salt: hex(&salt),
@@ -250,7 +254,7 @@ impl Sessions {
         let json = serde_json::to_string(&account)
             .map_err(|err| ServiceError::internal(format!("cannot encode the account: {err}")))?;
         let mut register = self.register.prepare_invoke();
-        self.keys_and_args(&mut register, &request.id, &json, token);
+        self.keys_and_args(&mut register, &request.id, &json, token_id);
         register.arg(self.config.max_accounts).arg(PURGE_BATCH);
         let (outcome, value): (String, String) =
             register.invoke_async(&mut self.redis.clone()).await.map_err(unavailable)?;
@@ -263,17 +267,24 @@ impl Sessions {
     }
 
     /// The keys and arguments both scripts take (see [`PRELUDE`]).
-    fn keys_and_args(&self, script: &mut redis::ScriptInvocation<'_>, id: &str, account: &str, token: &str) {
+    fn keys_and_args(
+        &self,
+        script: &mut redis::ScriptInvocation<'_>,
+        id: &str,
+        account: &str,
+        token_id: &str,
+    ) {
         script
             .key(keys::player(id))
             .key(keys::ACCOUNTS)
-            .key(keys::session(token))
+            .key(keys::session(token_id))
+            .key(REVOCATION_OUTBOX)
             .arg(id)
             .arg(account)
             .arg(millis(self.config.account_ttl))
             .arg(millis(self.config.ttl))
             .arg(self.config.tokens_per_player)
-            .arg(token);
+            .arg(token_id);
         for key in [keys::session, keys::player_balance, keys::player_purchases] {
             let (before, after) = around(key);
             script.arg(before).arg(after);
@@ -296,38 +307,47 @@ impl Sessions {
         Ok(())
     }
 
-    /// Whose token this is; restarts its lifetime (and, when the account has less than
-    /// a token's lifetime left, the account's: see [`VERIFY`]).
+    /// Whose token this is: signed by one of the keys, not expired, its session not
+    /// ended (logged out, or replaced by a login past the limit).
     pub async fn verify(&self, request: TokenRequest) -> Result<SessionInfo, ServiceError> {
-        if !limits::is_token(&request.token) {
-            metrics::counter!("mm_session_verifications_total", "result" => "unknown").increment(1);
-            return Err(invalid_token());
-        }
-        let (account_before, account_after) = around(keys::player);
+        let claims = match self.tokens.check(&request.token).await {
+            Ok(claims) => claims,
+            Err(err) => {
+                metrics::counter!("mm_session_verifications_total", "result" => "unknown").increment(1);
+                return Err(err);
+            }
+        };
+        let player: Option<String> = redis::cmd("GET")
+            .arg(keys::session(&claims.jti))
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        let live = player.as_deref() == Some(claims.sub.as_str());
+        let result = if live { "ok" } else { "unknown" };
+        metrics::counter!("mm_session_verifications_total", "result" => result).increment(1);
+        live.then_some(SessionInfo { player_id: claims.sub }).ok_or_else(invalid_token)
+    }
+
+    /// Ends the token (a token already ended is fine) and revokes it: the answer comes
+    /// once gateways can see the revocation (KV `revoked_tokens`); if KV cannot be written,
+    /// a 503 says so and the outbox writes it within seconds. Takes its player out of their
+    /// party too: a party's searching ticket is cancelled when a member logs out.
+    pub async fn logout(&self, request: TokenRequest) -> Result<(), ServiceError> {
+        let claims = self.tokens.check(&request.token).await?;
+        let line = outbox_line(&claims.jti, &claims.sub, claims.expires_at_ms());
         let player: Option<String> = self
-            .verify
-            .key(keys::session(&request.token))
-            .key(keys::ACCOUNTS)
-            .arg(millis(self.config.ttl))
-            .arg(millis(self.config.account_ttl))
-            .arg(account_before)
-            .arg(account_after)
+            .logout
+            .key(keys::session(&claims.jti))
+            .key(REVOCATION_OUTBOX)
+            .arg(&line)
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
-        let result = if player.is_some() { "ok" } else { "unknown" };
-        metrics::counter!("mm_session_verifications_total", "result" => result).increment(1);
-        player.map(|player_id| SessionInfo { player_id }).ok_or_else(invalid_token)
-    }
-
-    /// Ends the token (a token already gone is fine), and takes its player out of their
-    /// party: a party's searching ticket is cancelled when a member logs out.
-    pub async fn logout(&self, request: TokenRequest) -> Result<(), ServiceError> {
-        if !limits::is_token(&request.token) {
-            return Err(invalid_token());
-        }
-        let player: Option<String> = redis::cmd("GETDEL")
-            .arg(keys::session(&request.token))
+        self.tokens.revoke_now(&claims).await?;
+        let _: i64 = redis::cmd("LREM")
+            .arg(REVOCATION_OUTBOX)
+            .arg(1)
+            .arg(&line)
             .query_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
@@ -442,7 +462,6 @@ mod tests {
         assert_eq!(unhex("0001abff"), Some(bytes.to_vec()));
         assert_eq!(unhex("0g"), None);
         assert_eq!(unhex("abc"), None);
-        assert!(limits::is_token(&hex(&[7u8; 32])));
     }
 
     #[test]

@@ -325,7 +325,9 @@ async fn sessions_register_check_refresh_and_end() {
     let first: LoginReply =
         call(&client, subjects::SESSION_LOGIN, &login("s3cret")).await.expect("registers");
     assert_eq!(first.player_id, "ana");
-    assert_eq!(first.token.len(), 64);
+    let claims = mm_shared::token::unverified_claims(&first.token).expect("a JWT");
+    assert_eq!(claims.sub, "ana");
+    assert!(claims.exp <= claims.iat + 2, "valid session.ttl (1s, rounded up to the second): {claims:?}");
     let second: LoginReply = call(&client, subjects::SESSION_LOGIN, &login("s3cret")).await.expect("logs in");
     assert_ne!(first.token, second.token);
     assert_eq!(
@@ -350,28 +352,58 @@ async fn sessions_register_check_refresh_and_end() {
     );
 
     let () = call(&client, subjects::SESSION_LOGOUT, &verify(&first.token)).await.expect("logout");
+    // Gateways can see the revocation by the time the logout answers.
+    let revoked = async_nats::jetstream::new(client.clone())
+        .get_key_value(mm_shared::protocol::buckets::REVOKED_TOKENS)
+        .await
+        .expect("the bucket exists");
+    let entry = revoked.get(&claims.jti).await.expect("KV get").expect("the revocation is there");
+    let revocation: mm_shared::protocol::Revocation = serde_json::from_slice(&entry).expect("JSON");
+    assert_eq!(revocation.player_id, "ana");
+    assert_eq!(revocation.expires_at, claims.exp * 1000);
     assert_eq!(
         service_code(call::<_, SessionInfo>(&client, subjects::SESSION_VERIFY, &verify(&first.token)).await),
         401
     );
 
-    // Each use restarts the token's lifetime; unused for longer than session.ttl, it ends.
+    // A token lives session.ttl from its login, however it is used; so does its session.
     let connection = common::redis(&redis.url()).await;
-    let key = mm_shared::protocol::keys::session(&second.token);
+    let jti = mm_shared::token::unverified_claims(&second.token).expect("a JWT").jti;
+    let key = mm_shared::protocol::keys::session(&jti);
     let pttl = |key: String| {
         let mut connection = connection.clone();
         async move { redis::cmd("PTTL").arg(key).query_async::<i64>(&mut connection).await.expect("PTTL") }
     };
     let before = pttl(key.clone()).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!((1..=1000).contains(&before), "the session ends with the token: {before} ms");
     let _: SessionInfo =
         call(&client, subjects::SESSION_VERIFY, &verify(&second.token)).await.expect("valid");
-    let after = pttl(key.clone()).await;
-    assert!(after > before && after <= 1000, "refreshed: {before} → {after}");
-    let gone = common::eventually(Duration::from_secs(5), || async { pttl(key.clone()).await == -2 }).await;
-    assert!(gone, "the session key expires");
+    assert!(pttl(key.clone()).await <= before, "a use does not lengthen it");
+    let ended = common::eventually(Duration::from_secs(5), || async {
+        let answer = call::<_, SessionInfo>(&client, subjects::SESSION_VERIFY, &verify(&second.token)).await;
+        matches!(answer, Err(RequestError::Service { code: 401, .. }))
+    })
+    .await;
+    assert!(ended, "the token ends");
+    assert_eq!(pttl(key).await, -2, "and its session with it");
+
+    // A token signed with another key, or with its claims changed, is refused.
+    let (header, rest) = second.token.split_once('.').expect("three parts");
+    let (_, signature) = rest.split_once('.').expect("three parts");
+    let forged = mm_shared::token::Claims { sub: "eve".into(), ..claims };
+    let forged = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).expect("json"))
+    };
     assert_eq!(
-        service_code(call::<_, SessionInfo>(&client, subjects::SESSION_VERIFY, &verify(&second.token)).await),
+        service_code(
+            call::<_, SessionInfo>(
+                &client,
+                subjects::SESSION_VERIFY,
+                &verify(&format!("{header}.{forged}.{signature}"))
+            )
+            .await
+        ),
         401
     );
 }
@@ -437,17 +469,23 @@ async fn accounts_expire_unless_they_log_in_and_the_table_is_capped() {
     let second = login("ana", "pw").await.expect("ana logs in").token;
     let third = login("ana", "pw").await.expect("ana logs in").token;
     assert_eq!(service_error(verify(&first).await).0, 401, "the oldest token ended");
+    let revoked = async_nats::jetstream::new(client.clone())
+        .get_key_value(mm_shared::protocol::buckets::REVOKED_TOKENS)
+        .await
+        .expect("the bucket exists");
+    let first_jti = mm_shared::token::unverified_claims(&first).expect("a JWT").jti;
+    assert!(revoked.get(&first_jti).await.expect("KV get").is_some(), "and was revoked for the gateways");
     verify(&second).await.expect("still valid");
     verify(&third).await.expect("still valid");
 
-    // An account in use is kept: when it has less than a token's lifetime left, a use
-    // gives it its full lifetime again. The others, unused, run out.
+    // An account whose player keeps logging in is kept (each login gives it its full
+    // lifetime again); the others run out.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    verify(&third).await.expect("in use");
+    login("ana", "pw").await.expect("ana logs in");
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    verify(&third).await.expect("in use");
+    let third = login("ana", "pw").await.expect("ana logs in").token;
     let refreshed = redis_int("PTTL", keys::player("ana")).await;
-    assert!(refreshed > 3000, "refreshed by its use: {refreshed} ms");
+    assert!(refreshed > 3000, "refreshed by the login: {refreshed} ms");
     let gone = common::eventually(Duration::from_secs(6), || async {
         redis_int("EXISTS", keys::player("bo")).await == 0
             && redis_int("EXISTS", keys::player("cy")).await == 0
@@ -471,10 +509,12 @@ async fn accounts_expire_unless_they_log_in_and_the_table_is_capped() {
     let price = offers.iter().find(|offer| offer.id == "spray-gg").expect("offer").price;
     assert_eq!(bought.balance, 2000 - price, "the new bo did not inherit the old one's balance");
 
-    // A token never outlives its account.
-    assert_eq!(redis_int("DEL", keys::player("ana")).await, 1);
-    assert_eq!(service_error(verify(&third).await).0, 401, "the account is gone, so is its token");
-    assert_eq!(redis_int("EXISTS", keys::session(&third)).await, 0);
+    // A token never outlives its account: the login that issued it gave the account
+    // session.account_ttl, longer than the token's session.ttl.
+    let jti = mm_shared::token::unverified_claims(&third).expect("a JWT").jti;
+    let token_left = redis_int("PTTL", keys::session(&jti)).await;
+    let account_left = redis_int("PTTL", keys::player("ana")).await;
+    assert!(0 < token_left && token_left < account_left, "token {token_left} ms, account {account_left} ms");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,7 +579,8 @@ async fn a_full_account_table_fits_its_memory_budget() {
     }
     let per_key = account_keys as f64 / (ACCOUNTS / 50) as f64;
     let per_index_entry = usage(keys::ACCOUNTS.to_owned()).await as f64 / ACCOUNTS as f64;
-    let per_token = usage(keys::session(&tokens[0])).await as f64;
+    let jti = mm_shared::token::unverified_claims(&tokens[0]).expect("a JWT").jti;
+    let per_token = usage(keys::session(&jti)).await as f64;
     let per_account = per_key + per_index_entry;
     let with_tokens = per_account + tokens_each as f64 * per_token;
     let grown = (used_memory(&connection).await - before) / ACCOUNTS as f64;

@@ -90,8 +90,8 @@ async fn each_service_is_refused_outside_its_subjects() {
     let entry = gateway_servers.get("g1").await.expect("gateway reads `servers`");
     assert_eq!(entry.as_deref(), Some(&br#"{"gameId":"g1"}"#[..]));
     // ... but writes neither bucket, and does not even read `nodes`.
-    assert_refused_publish(&mut gateway, &operator, "$KV.servers.g1", "session.verify").await;
-    assert_refused_publish(&mut gateway, &operator, "$KV.nodes.n1", "session.verify").await;
+    assert_refused_publish(&mut gateway, &operator, "$KV.servers.g1", "session.login").await;
+    assert_refused_publish(&mut gateway, &operator, "$KV.nodes.n1", "session.login").await;
     let nodes_for_gateway = refused_js(&gateway).get_key_value(buckets::NODES).await;
     assert!(nodes_for_gateway.is_err(), "the gateway cannot open `nodes`");
     gateway.violation("$JS.API.STREAM.INFO.KV_nodes").await;
@@ -147,6 +147,88 @@ async fn each_service_is_refused_outside_its_subjects() {
         let unexpected: Vec<&String> = errors.iter().filter(|e| !e.contains("$KV.servers.g1")).collect();
         assert!(unexpected.is_empty(), "{user} was refused something it needs: {unexpected:?}");
     }
+}
+
+/// The buckets that let gateways check tokens alone: only matchmakers write the signing
+/// keys and the revocations; gateways read and watch both; nobody else may change them
+/// (a forged key would mint tokens, a dropped revocation revive a logged-out one).
+#[tokio::test(flavor = "multi_thread")]
+async fn only_matchmakers_write_token_keys_and_revocations() {
+    let server = nats_users::start_server();
+    let url = server.url();
+    let mut operator = connect(&url, Some("operator")).await;
+    let second_operator = connect(&url, Some("operator")).await;
+    let mut matchmaker = connect(&url, Some("matchmaker")).await;
+    let mut gateway = connect(&url, Some("gateway")).await;
+    let mut orchestrator = connect(&url, Some("orchestrator")).await;
+    let mut harness = connect(&url, Some("harness")).await;
+    let mut viewer = connect(&url, None).await;
+
+    let matchmaker_js = jetstream::new(matchmaker.client.clone());
+    let config = |bucket: &str| kv::Config { bucket: bucket.into(), history: 1, ..Default::default() };
+    let keys =
+        matchmaker_js.create_key_value(config(buckets::SESSION_KEYS)).await.expect("creates session_keys");
+    let revoked = matchmaker_js
+        .create_key_value(config(buckets::REVOKED_TOKENS))
+        .await
+        .expect("creates revoked_tokens");
+    keys.put("00112233aabbccdd", "{}".into()).await.expect("the matchmaker writes a key");
+    revoked.put("jti1", "{}".into()).await.expect("the matchmaker writes a revocation");
+
+    // The gateway reads and watches both.
+    let gateway_js = jetstream::new(gateway.client.clone());
+    for (bucket, key) in [(buckets::SESSION_KEYS, "00112233aabbccdd"), (buckets::REVOKED_TOKENS, "jti1")] {
+        let store = gateway_js
+            .get_key_value(bucket)
+            .await
+            .unwrap_or_else(|err| panic!("gateway opens {bucket}: {err}"));
+        assert!(store.get(key).await.expect("gateway reads").is_some(), "{bucket}");
+        let mut watch = store.watch_with_history(">").await.expect("gateway watches");
+        let seen = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("an entry")
+            .expect("entry");
+        assert_eq!(seen.expect("no watch error").key, key);
+    }
+    // Nobody else writes either bucket, the gateway included.
+    for (who, marker) in [(&mut gateway, "session.login"), (&mut orchestrator, "events.game.ended")] {
+        for denied in ["$KV.session_keys.00112233aabbccdd", "$KV.revoked_tokens.jti1"] {
+            assert_refused_publish(who, &second_operator, denied, marker).await;
+        }
+    }
+    assert_refused_publish(&mut operator, &second_operator, "$KV.session_keys.x", subjects::HARNESS_CONTROL)
+        .await;
+    assert_refused_publish(
+        &mut operator,
+        &second_operator,
+        "$KV.revoked_tokens.x",
+        subjects::HARNESS_CONTROL,
+    )
+    .await;
+    assert_refused_publish(&mut harness, &second_operator, "$KV.revoked_tokens.x", "harness.stats.h1").await;
+    for stream in ["KV_revoked_tokens", "KV_session_keys"] {
+        assert!(
+            refused_js(&operator).delete_stream(stream).await.is_err(),
+            "the operator cannot delete {stream}"
+        );
+        operator.violation(&format!("$JS.API.STREAM.DELETE.{stream}")).await;
+        let purge = refused_js(&operator)
+            .request::<_, _, serde_json::Value>(format!("STREAM.PURGE.{stream}"), &serde_json::json!({}))
+            .await;
+        assert!(purge.is_err(), "nor purge it: {purge:?}");
+        operator.violation(&format!("$JS.API.STREAM.PURGE.{stream}")).await;
+    }
+    // The viewer may read the public keys, not the revocations.
+    let viewer_keys = jetstream::new(viewer.client.clone())
+        .get_key_value(buckets::SESSION_KEYS)
+        .await
+        .expect("the viewer opens session_keys");
+    assert!(viewer_keys.get("00112233aabbccdd").await.expect("reads").is_some());
+    assert!(refused_js(&viewer).get_key_value(buckets::REVOKED_TOKENS).await.is_err());
+    viewer.violation("$JS.API.STREAM.INFO.KV_revoked_tokens").await;
+
+    let errors = matchmaker.errors_so_far();
+    assert!(errors.is_empty(), "the matchmaker was refused something it needs: {errors:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -25,6 +25,7 @@ pub mod retry;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod token;
 
 /// The version every binary reports in `/healthz`, logs and `mm_build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -128,6 +128,15 @@ pub mod buckets {
     /// ([`super::HarnessControl`]), so a late joiner learns it. Instance ids never
     /// contain a dot, so it cannot clash with one.
     pub const HARNESS_CONTROL_KEY: &str = "fleet.control";
+    /// The session service's public signing keys (key = key id, value
+    /// [`super::SessionKeyEntry`]): what gateways check tokens with. Only matchmakers
+    /// write it; anyone may read it (public keys are public).
+    pub const SESSION_KEYS: &str = "session_keys";
+    /// Tokens ended before their expiry (logout, or a login past
+    /// `session.tokens_per_player`): key = token id, value [`super::Revocation`]. Only
+    /// matchmakers write it and only gateways read it; an entry is kept as long as a
+    /// token lives (`session.ttl`), after which the token has expired anyway.
+    pub const REVOKED_TOKENS: &str = "revoked_tokens";
 }
 
 /// Redis keys (the seed project's names).
@@ -230,10 +239,15 @@ pub mod keys {
         format!("purchase:{player_id}:{idempotency_key}")
     }
 
-    /// A session token → the player id it belongs to (expires with the session).
-    pub fn session(token: &str) -> String {
-        format!("session:{token}")
+    /// A session (by its token's id, `jti`) → the player id it belongs to (expires with
+    /// the token). A token whose session is gone was logged out or replaced.
+    pub fn session(token_id: &str) -> String {
+        format!("session:{token_id}")
     }
+
+    /// The session service's signing keys: a hash of key id → the Ed25519 key pair
+    /// (PKCS#8, base64) and when it was made. Only matchmakers read it.
+    pub const SIGNING_KEYS: &str = "session:signing-keys";
     /// A match's JSON.
     pub fn match_record(match_id: &str) -> String {
         format!("match:{match_id}")
@@ -255,8 +269,6 @@ pub mod limits {
     pub const MAX_PASSWORD_LEN: usize = 256;
     /// Longest client idempotency key.
     pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
-    /// A session token: 32 random bytes as lowercase hex.
-    pub const TOKEN_LEN: usize = 64;
 
     /// Checks an id: 1 to [`MAX_ID_LEN`] characters of `A-Z a-z 0-9 _ - .` and `@`.
     ///
@@ -328,11 +340,6 @@ pub mod limits {
         Ok(())
     }
 
-    /// Is this the shape of a session token (64 lowercase hex digits)?
-    pub fn is_token(value: &str) -> bool {
-        value.len() == TOKEN_LEN && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    }
-
     fn check_chars(
         what: &str,
         value: &str,
@@ -370,9 +377,6 @@ pub mod limits {
             assert!(check_idempotency_key("order 42").is_err());
             assert!(check_password("").is_err());
             assert!(check_password(&"p".repeat(MAX_PASSWORD_LEN + 1)).is_err());
-            assert!(is_token(&"ab".repeat(32)));
-            assert!(!is_token(&"AB".repeat(32)));
-            assert!(!is_token("ab"));
         }
     }
 }
@@ -402,6 +406,25 @@ pub struct LoginReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRequest {
     pub token: String,
+}
+
+/// A public signing key in KV bucket [`buckets::SESSION_KEYS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionKeyEntry {
+    /// The Ed25519 public key, base64url (32 bytes).
+    pub public_key: String,
+    /// When the key was made (Unix ms); it signs new tokens for `session.key_lifetime`.
+    pub created_at: u64,
+}
+
+/// A revoked token in KV bucket [`buckets::REVOKED_TOKENS`] (the key is its id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocation {
+    pub player_id: String,
+    /// When the token would have expired (Unix ms): the revocation matters until then.
+    pub expires_at: u64,
 }
 
 /// `session.verify` reply: whose token it is.
