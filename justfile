@@ -90,8 +90,12 @@ test *args: setup images
 
 # The services they start are the static release binaries (MM_BIN_DIR).
 # The benchmarks: every crate's `[[bench]]` target prints its figures and ratios.
-bench *args: setup image
+bench *args: _bench-setup image
     MM_BIN_DIR={{ static_dir }} cargo bench --workspace {{ args }}
+
+# `just setup` plus the tools the benches compare with (wrk, Locust).
+_bench-setup:
+    @bash .ci/setup --bench
 
 # Format check and clippy with warnings as errors.
 lint:

@@ -12,16 +12,28 @@
 //!    thousand players through the real backend on this 2-core machine would measure
 //!    the backend instead.
 //!
-//! 2. **CPU per 1,000 scenario executions, beside Locust.** Against one real stack
-//!    (nats-server, redis-server, matchmaker, gateway), the harness binary and then Locust
-//!    (FastHttpUser) run the same login/fetch_store/store_purchase mix at the same request
-//!    rate. Each tool's CPU time (from `/proc/<pid>/stat`) over a steady window is divided
-//!    by the requests the gateway counted in that window. Needs release binaries
-//!    (`cargo build --release --workspace --bins`, which `just bench` does) and `locust`.
+//! 2. **CPU per request, beside Locust and wrk.** Against one real stack (nats-server,
+//!    redis-server, matchmaker, gateway), the harness binary and then Locust (FastHttpUser)
+//!    run the same login/fetch_store/store_purchase mix at the same request rate (one
+//!    scenario execution is one request in this mix). Each tool's CPU time (from
+//!    `/proc/<pid>/stat`) over a steady window is divided by the requests the gateway
+//!    counted in that window; the goal is the harness ≥ 10x cheaper than Locust. The floor
+//!    is `wrk` (one thread, a few keep-alive connections) on `GET /store/offers`, the
+//!    route the mix hits most: plain wrk cannot hold a fixed rate, so it runs at its own
+//!    saturating rate, and its CPU per request is what a minimal C client pays per
+//!    request on this machine (the kernel's loopback TCP work included), batched as
+//!    tightly as it gets. The gateway's login rate limit is lifted for the stack: one
+//!    address logs in for every simulated player. Needs release binaries (`cargo build
+//!    --release --workspace --bins`, which `just bench` does), `locust` on the `PATH`
+//!    (`pip install locust`) and `wrk` (`apt-get install wrk`); without them those lines
+//!    say skipped.
 //!
-//! Environment: `MM_BENCH_POPULATIONS=10000,100000` (the sweep), `MM_BENCH_SECONDS=15`
-//! (load time per population), `MM_BENCH_SKIP_LOCUST=1`, `MM_BENCH_RATES=400,1500` (requests/s
-//! of the CPU comparisons), `MM_BENCH_WINDOW=20` (its measured seconds).
+//! Environment: `MM_BENCH_POPULATIONS=10000,100000` (the sweep; empty skips it),
+//! `MM_BENCH_SECONDS=15` (load time per population), `MM_BENCH_SKIP_LOCUST=1` (skips
+//! the whole CPU comparison), `MM_BENCH_RATES=400,1500` (requests/s of the CPU
+//! comparisons), `MM_BENCH_WINDOW=20` (its measured seconds), `MM_BENCH_BASELINE_HARNESS`
+//! (another harness binary, measured the same way on the same stack: before/after figures
+//! from one run).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -343,13 +355,18 @@ fn measure(
 ) -> Option<(f64, u64)> {
     std::thread::sleep(warmup);
     if child.try_wait().ok().flatten().is_some() {
-        println!("{name} exited early");
+        println!("  {name} exited early");
         return None;
     }
     let (cpu0, requests0) = (cpu_seconds(child.id())?, gateway_requests(gateway));
     std::thread::sleep(window);
     let (cpu1, requests1) = (cpu_seconds(child.id())?, gateway_requests(gateway));
     Some((cpu1 - cpu0, requests1.saturating_sub(requests0)))
+}
+
+/// Microseconds of CPU per request.
+fn micros_per_request((cpu, requests): (f64, u64)) -> f64 {
+    cpu / requests.max(1) as f64 * 1e6
 }
 
 const LOCUSTFILE: &str = r#"
@@ -385,14 +402,25 @@ class Player(FastHttpUser):
                 answer.success()
 "#;
 
+/// Whether `program --version` runs and names itself (`wrk --version` exits 1).
+fn installed(program: &str) -> bool {
+    Command::new(program).arg("--version").output().is_ok_and(|output| {
+        let text = [output.stdout, output.stderr].concat();
+        String::from_utf8_lossy(&text).to_lowercase().contains(program)
+    })
+}
+
 fn cpu_versus_locust() {
     println!(
-        "CPU per 1,000 scenario executions: harness versus Locust (FastHttpUser), same gateway, same mix"
+        "CPU per request: harness versus Locust (FastHttpUser), same gateway, same mix; wrk as the floor"
     );
-    let locust = Command::new("locust").arg("--version").output();
-    if !locust.is_ok_and(|output| output.status.success()) {
-        println!("  skipped: `locust` is not installed (pip install locust)");
-        return;
+    let locust = installed("locust");
+    if !locust {
+        println!("  locust: skipped: `locust` is not installed (pip install locust)");
+    }
+    let wrk = installed("wrk");
+    if !wrk {
+        println!("  wrk floor: skipped: wrk is not installed (apt-get install wrk)");
     }
     let stack = match BenchStack::start() {
         Ok(stack) => stack,
@@ -401,6 +429,7 @@ fn cpu_versus_locust() {
             return;
         }
     };
+    let baseline = std::env::var_os("MM_BENCH_BASELINE_HARNESS").map(std::path::PathBuf::from);
     let rates: Vec<u64> = std::env::var("MM_BENCH_RATES")
         .unwrap_or_else(|_| "400,1500".to_owned())
         .split(',')
@@ -409,18 +438,65 @@ fn cpu_versus_locust() {
     let window =
         Duration::from_secs(std::env::var("MM_BENCH_WINDOW").ok().and_then(|s| s.parse().ok()).unwrap_or(20));
     println!(
-        "  {:>6} {:<8} {:>10} {:>12} {:>14}",
-        "req/s", "tool", "requests", "CPU seconds", "CPU s / 1000"
+        "  {window}s windows after 5s of warm-up; µs of CPU (user + system) per request the gateway counted",
+        window = window.as_secs()
+    );
+    // The floor first: it does not depend on the rate.
+    let floor = if wrk { wrk_floor(&stack, window) } else { None };
+    println!(
+        "  {:>6} {:<9} {:>10} {:>12} {:>16}",
+        "req/s", "tool", "requests", "CPU seconds", "µs CPU/request"
     );
     for rate in rates {
-        compare_at(&stack, rate, window);
+        compare_at(&stack, rate, window, locust, baseline.as_deref(), floor);
     }
     let _ = std::io::stdout().flush();
 }
 
-/// One comparison at `rate` requests per second offered by each tool in turn.
-fn compare_at(stack: &BenchStack, rate: u64, window: Duration) {
-    let warmup = Duration::from_secs(5);
+/// Connections wrk keeps open (one thread): enough to saturate, few enough to batch.
+const WRK_CONNECTIONS: u32 = 8;
+
+/// wrk on `GET /store/offers` at its own saturating rate: its CPU per request.
+fn wrk_floor(stack: &BenchStack, window: Duration) -> Option<f64> {
+    let warmup = Duration::from_secs(3);
+    let total = warmup + window + Duration::from_secs(5);
+    let mut wrk = Command::new("wrk")
+        .args(["-t1", &format!("-c{WRK_CONNECTIONS}"), &format!("-d{}s", total.as_secs())])
+        .arg(format!("http://{}/store/offers", stack.gateway))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let figures = measure("wrk", &mut wrk, &stack.gateway, warmup, window);
+    let _ = wrk.kill();
+    let _ = wrk.wait();
+    match figures {
+        Some((cpu, requests)) => {
+            println!(
+                "  wrk floor: GET /store/offers, 1 thread, {WRK_CONNECTIONS} connections, saturating: {} requests \
+                 ({:.0}/s), {cpu:.2} CPU s, {:.1} µs CPU/request",
+                requests,
+                requests as f64 / window.as_secs_f64(),
+                micros_per_request((cpu, requests))
+            );
+            Some(micros_per_request((cpu, requests)))
+        }
+        None => {
+            println!("  wrk floor: no figures");
+            None
+        }
+    }
+}
+
+/// The harness binary `bin` at `rate` players (one execution per idle second each).
+fn run_harness(
+    name: &str,
+    bin: &std::path::Path,
+    stack: &BenchStack,
+    rate: u64,
+    warmup: Duration,
+    window: Duration,
+) -> Option<(f64, u64)> {
     let dir = tempfile::tempdir().expect("temp dir");
     // Every player does one execution per idle second: 10% login, 50% fetch_store,
     // 40% store_purchase; no think time, so players are idle nearly all the time.
@@ -447,7 +523,7 @@ max = "0s"
     )
     .expect("config");
     let total = warmup + window + Duration::from_secs(5);
-    let mut harness = Command::new(stack.bin("harness"))
+    let mut harness = Command::new(bin)
         .args(["--config", config.to_str().expect("utf-8"), "--standalone"])
         .args(["--players", &rate.to_string(), "--duration", &format!("{}s", total.as_secs())])
         .args(["--gateway", &format!("http://{}", stack.gateway)])
@@ -456,44 +532,84 @@ max = "0s"
         .stderr(std::fs::File::create(dir.path().join("harness.log")).expect("log file"))
         .spawn()
         .expect("harness starts");
-    let harness_figures = measure("harness", &mut harness, &stack.gateway, warmup, window);
-    if harness_figures.is_none() {
+    let figures = measure(name, &mut harness, &stack.gateway, warmup, window);
+    if figures.is_none() {
         let log = std::fs::read_to_string(dir.path().join("harness.log")).unwrap_or_default();
-        println!("  the harness's log:\n{log}");
+        println!("  the {name}'s log:\n{log}");
     }
     let _ = harness.kill();
     let _ = harness.wait();
+    figures
+}
 
-    let locustfile = dir.path().join("locustfile.py");
-    std::fs::write(&locustfile, LOCUSTFILE).expect("locustfile");
-    let mut locust = Command::new("locust")
-        .args(["-f", locustfile.to_str().expect("utf-8"), "--headless", "--only-summary"])
-        .args(["-u", &rate.to_string(), "-r", &rate.to_string(), "-t", &format!("{}s", total.as_secs())])
-        .args(["--host", &format!("http://{}", stack.gateway)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("locust starts");
-    let locust_figures = measure("locust", &mut locust, &stack.gateway, warmup, window);
-    let _ = locust.kill();
-    let _ = locust.wait();
+/// One comparison at `rate` requests per second offered by each tool in turn.
+fn compare_at(
+    stack: &BenchStack,
+    rate: u64,
+    window: Duration,
+    locust: bool,
+    baseline: Option<&std::path::Path>,
+    floor: Option<f64>,
+) {
+    let warmup = Duration::from_secs(5);
+    let harness_figures = run_harness("harness", &stack.bin("harness"), stack, rate, warmup, window);
+    let baseline_figures = baseline.and_then(|bin| run_harness("baseline", bin, stack, rate, warmup, window));
 
-    let per_thousand = |(cpu, requests): (f64, u64)| cpu / requests.max(1) as f64 * 1000.0;
-    for (name, figures) in [("harness", harness_figures), ("locust", locust_figures)] {
+    let locust_figures = if locust {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let locustfile = dir.path().join("locustfile.py");
+        std::fs::write(&locustfile, LOCUSTFILE).expect("locustfile");
+        let total = warmup + window + Duration::from_secs(5);
+        let mut locust = Command::new("locust")
+            .args(["-f", locustfile.to_str().expect("utf-8"), "--headless", "--only-summary"])
+            .args(["-u", &rate.to_string(), "-r", &rate.to_string(), "-t", &format!("{}s", total.as_secs())])
+            .args(["--host", &format!("http://{}", stack.gateway)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("locust starts");
+        let figures = measure("locust", &mut locust, &stack.gateway, warmup, window);
+        let _ = locust.kill();
+        let _ = locust.wait();
+        figures
+    } else {
+        None
+    };
+
+    let mut lines = vec![("harness", harness_figures)];
+    if baseline.is_some() {
+        lines.push(("baseline", baseline_figures));
+    }
+    if locust {
+        lines.push(("locust", locust_figures));
+    }
+    for (name, figures) in lines {
         match figures {
             Some((cpu, requests)) => println!(
-                "  {rate:>6} {name:<8} {requests:>10} {cpu:>12.2} {:>14.4}",
-                per_thousand((cpu, requests))
+                "  {rate:>6} {name:<9} {requests:>10} {cpu:>12.2} {:>16.1}",
+                micros_per_request((cpu, requests))
             ),
-            None => println!("  {rate:>6} {name:<8} (no figures)"),
+            None => println!("  {rate:>6} {name:<9} (no figures)"),
         }
     }
-    if let (Some(h), Some(l)) = (harness_figures, locust_figures) {
+    let harness = harness_figures.map(micros_per_request);
+    if let (Some(h), Some(l)) = (harness, locust_figures.map(micros_per_request)) {
+        let ratio = l / h.max(1e-9);
         println!(
-            "  {rate:>6} ratio: the harness is {:.1}x cheaper per execution than Locust ({}s window)",
-            per_thousand(l) / per_thousand(h).max(1e-9),
-            window.as_secs()
+            "  {rate:>6} ratio locust/harness: {ratio:.1}x cheaper per request (goal ≥ 10x: {})",
+            if ratio >= 10.0 { "met" } else { "not met" }
         );
+    }
+    if let (Some(h), Some(b)) = (harness, baseline_figures.map(micros_per_request)) {
+        println!("  {rate:>6} ratio baseline/harness: {:.2}x", b / h.max(1e-9));
+    }
+    match (harness, floor) {
+        (Some(h), Some(w)) => println!(
+            "  {rate:>6} wrk floor: {w:.1} µs CPU/request (saturating GET /store/offers); ratio harness/wrk: {:.1}x",
+            h / w.max(1e-9)
+        ),
+        (_, None) => println!("  {rate:>6} wrk floor: skipped"),
+        (None, Some(_)) => {}
     }
 }
 
@@ -524,6 +640,9 @@ impl BenchStack {
             ("MM_MATCHMAKER__ADMIN_LISTEN", admin.as_str()),
             ("MM_GATEWAY__LISTEN", gateway.as_str()),
             ("MM_LOG__FILTER", "warn"),
+            // Every simulated player logs in from the same address.
+            ("MM_GATEWAY__LOGIN_RATE__PER_SECOND", "1000000"),
+            ("MM_GATEWAY__LOGIN_RATE__BURST", "1000000"),
         ];
         let mut matchmaker =
             mm_testkit::ServiceProcess::start("matchmaker", &[], &env).map_err(|err| err.to_string())?;

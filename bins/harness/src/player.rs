@@ -45,7 +45,7 @@ pub struct Context {
     /// Player ids are `<prefix>-p<number>`.
     pub player_prefix: Box<str>,
     /// Offer ids the store listed last (shared so that players need not remember them).
-    pub offers: RwLock<Vec<Box<str>>>,
+    pub offers: RwLock<crate::scenarios::store::Offers>,
     /// Cancelled when the run ends: busy players abort what they are doing.
     pub abort: CancellationToken,
     /// Per scenario: (next scenario, chance), from `[harness.follow_ups]`.
@@ -75,7 +75,7 @@ impl Context {
             quality: Quality::new(population.queue_names()),
             population,
             player_prefix: prefix.into(),
-            offers: RwLock::new(Vec::new()),
+            offers: RwLock::new(Default::default()),
             abort: CancellationToken::new(),
             follow_ups,
             preseeded,

@@ -1,7 +1,9 @@
 //! What the run measured: counters, HDR histograms and player counts.
 //!
-//! Players record into lock-free counters and a few mutex-guarded HDR histograms
-//! (microsecond resolution, 3 significant digits). Once a second [`Stats::snapshot`]
+//! Players record into lock-free counters and a few mutex-guarded histograms with HDR
+//! buckets (microsecond resolution, 3 significant digits), each kept as its recorded
+//! buckets so that a snapshot costs what was recorded since the last one. Once a second
+//! [`Stats::snapshot`]
 //! turns them into the `harness.stats.<instance>` message, which is also what the final
 //! report and the progress line are made from, and [`Stats::export`] mirrors the counters
 //! to Prometheus, so every number has one source.
@@ -81,10 +83,10 @@ struct ScenarioCounters {
 pub struct Stats {
     scenarios: [ScenarioCounters; SCENARIOS],
     errors: [[AtomicU64; ERROR_KINDS]; SCENARIOS],
-    latency: [Mutex<Histogram<u64>>; SCENARIOS],
-    time_to_match: Mutex<Histogram<u64>>,
-    time_to_play: Mutex<Histogram<u64>>,
-    tick_lag: Mutex<Histogram<u64>>,
+    latency: [Mutex<Recorded>; SCENARIOS],
+    time_to_match: Mutex<Recorded>,
+    time_to_play: Mutex<Recorded>,
+    tick_lag: Mutex<Recorded>,
     states: [AtomicU64; 3],
     peak: AtomicU64,
     spawned: AtomicU64,
@@ -104,25 +106,80 @@ struct Handles {
     tick_lag: metrics::Histogram,
 }
 
-fn histogram() -> Mutex<Histogram<u64>> {
+/// A histogram that keeps its own `iter_recorded` output up to date, so that the snapshot
+/// every `stats_interval` costs what was recorded since the last one, not a walk over
+/// every bucket up to the largest value (which was a quarter of the harness's CPU at a
+/// few hundred requests per second).
+struct Recorded {
+    /// Values recorded since the last [`Recorded::data`], as their bucket's highest
+    /// equivalent value (what `iter_recorded` calls `value_iterated_to`).
+    pending: Vec<u64>,
+    /// (highest equivalent value, count) per recorded bucket, ascending.
+    data: Vec<(u64, u64)>,
+}
+
+/// Values a histogram holds before they are merged even without a snapshot.
+const PENDING_MAX: usize = 4096;
+
+/// The bucket layout every histogram shares: 1 µs .. one hour, 3 significant digits.
+fn layout() -> &'static Histogram<u64> {
+    static LAYOUT: std::sync::OnceLock<Histogram<u64>> = std::sync::OnceLock::new();
     // Constant bounds that hdrhistogram accepts: no input reaches this.
-    Mutex::new(Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("valid histogram bounds"))
+    LAYOUT.get_or_init(|| Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("valid histogram bounds"))
+}
+
+impl Recorded {
+    fn record(&mut self, micros: u64) {
+        self.pending.push(layout().highest_equivalent(micros));
+        if self.pending.len() >= PENDING_MAX {
+            self.merge();
+        }
+    }
+
+    /// Folds the pending values into `data`: sort them, then one merge pass.
+    fn merge(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pending.sort_unstable();
+        let mut merged = Vec::with_capacity(self.data.len() + self.pending.len().min(64));
+        let mut old = self.data.iter().copied().peekable();
+        let mut new = self.pending.drain(..).peekable();
+        while let Some(&value) = new.peek() {
+            let mut count = 0;
+            while new.next_if_eq(&value).is_some() {
+                count += 1;
+            }
+            while let Some(earlier) = old.next_if(|&(earlier, _)| earlier < value) {
+                merged.push(earlier);
+            }
+            match old.next_if(|&(earlier, _)| earlier == value) {
+                Some((_, before)) => merged.push((value, before + count)),
+                None => merged.push((value, count)),
+            }
+        }
+        merged.extend(old);
+        self.data = merged;
+    }
+}
+
+fn histogram() -> Mutex<Recorded> {
+    Mutex::new(Recorded { pending: Vec::new(), data: Vec::new() })
 }
 
 fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).clamp(1, HISTOGRAM_MAX_US)
 }
 
-fn record(histogram: &Mutex<Histogram<u64>>, duration: Duration) {
+fn record(histogram: &Mutex<Recorded>, duration: Duration) {
     let mut histogram = histogram.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    histogram.saturating_record(micros(duration));
+    histogram.record(micros(duration));
 }
 
-fn to_data(histogram: &Mutex<Histogram<u64>>) -> HistogramData {
-    let histogram = histogram.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    HistogramData(
-        histogram.iter_recorded().map(|value| (value.value_iterated_to(), value.count_at_value())).collect(),
-    )
+fn to_data(histogram: &Mutex<Recorded>) -> HistogramData {
+    let mut histogram = histogram.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    histogram.merge();
+    HistogramData(histogram.data.clone())
 }
 
 impl Default for Stats {
@@ -489,5 +546,31 @@ mod tests {
         assert!((19_980..=20_020).contains(&p50), "{p50} µs: 3 significant digits");
         assert_eq!(snapshot.errors.get("http_5xx"), Some(&1));
         assert_eq!(snapshot.scenarios.len(), SCENARIOS, "every scenario is listed");
+    }
+
+    #[test]
+    fn histogram_data_is_what_hdrhistogram_iterates() {
+        let mut reference = Histogram::<u64>::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("bounds");
+        let recorded = histogram();
+        for round in 0..5 {
+            // More than PENDING_MAX per round, so merges happen both while recording and
+            // at the snapshot; values from 1 µs to the cap, many in the same buckets.
+            for _ in 0..(PENDING_MAX + 1000) {
+                let value = match fastrand::u8(..4) {
+                    0 => fastrand::u64(1..=2048),
+                    1 => fastrand::u64(1..=100_000),
+                    2 => fastrand::u64(1..=HISTOGRAM_MAX_US),
+                    _ => 20_000 + fastrand::u64(..50),
+                };
+                reference.saturating_record(value);
+                record(&recorded, Duration::from_micros(value));
+            }
+            let expected: Vec<(u64, u64)> = reference
+                .iter_recorded()
+                .map(|value| (value.value_iterated_to(), value.count_at_value()))
+                .collect();
+            assert_eq!(to_data(&recorded).0, expected, "round {round}");
+        }
+        assert_eq!(to_data(&histogram()).0, Vec::new(), "empty");
     }
 }

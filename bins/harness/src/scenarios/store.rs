@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use hyper::Method;
 use mm_shared::protocol::Offer;
 use serde::Serialize;
@@ -25,6 +27,15 @@ pub async fn fetch(session: &mut Session) -> Outcome {
     }
 }
 
+/// The offer ids every player picks from, and the answer they were read from.
+#[derive(Debug, Default)]
+pub struct Offers {
+    ids: Vec<Box<str>>,
+    /// The body of the `GET /store/offers` answer `ids` came from: the same bytes again
+    /// (the catalogue rarely changes) need no decoding.
+    body: Bytes,
+}
+
 /// `GET /store/offers`; refreshes the offer ids every player picks from.
 async fn fetch_offers(session: &Session) -> Result<usize, Failure> {
     let answer =
@@ -32,16 +43,24 @@ async fn fetch_offers(session: &Session) -> Result<usize, Failure> {
     if !answer.is_success() {
         return Err(answer.unexpected("offers"));
     }
+    {
+        let known = session.context.offers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !known.body.is_empty() && known.body == answer.body {
+            return Ok(known.ids.len());
+        }
+    }
     let offers: Vec<Offer> = answer.json("offers")?;
     let count = offers.len();
     let ids: Vec<Box<str>> = offers.into_iter().map(|offer| offer.id.into()).collect();
-    *session.context.offers.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = ids;
+    *session.context.offers.write().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+        Offers { ids, body: answer.body };
     Ok(count)
 }
 
 fn random_offer(session: &Session) -> Option<Box<str>> {
     let offers = session.context.offers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-    (!offers.is_empty()).then(|| offers[fastrand::usize(..offers.len())].clone())
+    let ids = &offers.ids;
+    (!ids.is_empty()).then(|| ids[fastrand::usize(..ids.len())].clone())
 }
 
 #[derive(Serialize)]
@@ -77,7 +96,8 @@ pub async fn purchase(session: &mut Session) -> Outcome {
         Ok(answer) => {
             if answer.status == 404 {
                 // The catalogue changed: forget it so the next purchase fetches it again.
-                session.context.offers.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+                *session.context.offers.write().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                    Offers::default();
             }
             Outcome::Failed(answer.unexpected("purchase"))
         }
