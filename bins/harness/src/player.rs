@@ -23,7 +23,7 @@ use crate::http::Gateway;
 use crate::pool::{Command, Pool};
 use crate::population::Population;
 use crate::quality::Quality;
-use crate::scenario::{Outcome, SCENARIOS, Scenario};
+use crate::scenario::{ErrorKind, Outcome, SCENARIOS, Scenario};
 use crate::scenarios;
 use crate::scenarios::party::PartyInvite;
 use crate::stats::{ExitReason, PlayerState, Stats};
@@ -155,6 +155,8 @@ enum ChainEnd {
     Idle,
     /// The player logged out.
     LoggedOut,
+    /// Its token ended, it could not log in again, and the target shrank meanwhile.
+    Retired,
     /// The run ended.
     Aborted,
 }
@@ -206,6 +208,7 @@ async fn life(session: &mut Session) -> ExitReason {
         match end {
             ChainEnd::Idle => {}
             ChainEnd::LoggedOut => return ExitReason::Logout,
+            ChainEnd::Retired => return ExitReason::Retired,
             ChainEnd::Aborted => return ExitReason::Shutdown,
         }
         if context.pool.claim_retirement() {
@@ -282,6 +285,18 @@ async fn run_chain(session: &mut Session, first: Scenario) -> ChainEnd {
         }
         if scenario == Scenario::Logout {
             return ChainEnd::LoggedOut;
+        }
+        // A token lives `session.ttl` from its login, and a login elsewhere may end it:
+        // refused, the player logs in again (counted as a login), as a client would.
+        if let Outcome::Failed(failure) = &outcome
+            && failure.kind == ErrorKind::Unauthorized
+            && scenario != Scenario::Login
+        {
+            match Box::pin(log_in(session)).await {
+                LoginEnd::LoggedIn => {}
+                LoginEnd::Retired => return ChainEnd::Retired,
+                LoginEnd::Aborted => return ChainEnd::Aborted,
+            }
         }
         let next = match outcome {
             Outcome::Succeeded => pick_follow_up(&context.follow_ups[scenario.index()]),

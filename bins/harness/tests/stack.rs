@@ -33,6 +33,11 @@ fn start(name: &str, env: &[(&str, String)], health: &str) -> ServiceProcess {
 
 impl Stack {
     fn start(game_duration: &str) -> Self {
+        Self::start_with(game_duration, &[])
+    }
+
+    /// With `matchmaker_env` on top of the matchmaker's settings.
+    fn start_with(game_duration: &str, matchmaker_env: &[(&'static str, String)]) -> Self {
         let nats = NatsServer::start().expect("nats-server");
         let redis = RedisServer::start().expect("redis-server");
         let gateway = format!("127.0.0.1:{}", free_port());
@@ -42,11 +47,9 @@ impl Stack {
         let with = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
             base.iter().cloned().chain(extra.iter().cloned()).collect()
         };
-        let matchmaker = start(
-            "matchmaker",
-            &with(&[("MM_MATCHMAKER__ADMIN_LISTEN", matchmaker_admin.clone())]),
-            &matchmaker_admin,
-        );
+        let mut matchmaker_settings = vec![("MM_MATCHMAKER__ADMIN_LISTEN", matchmaker_admin.clone())];
+        matchmaker_settings.extend_from_slice(matchmaker_env);
+        let matchmaker = start("matchmaker", &with(&matchmaker_settings), &matchmaker_admin);
         let orchestrator = start(
             "orchestrator",
             &with(&[
@@ -97,6 +100,54 @@ poll_wait = "2s"
 message_interval = "200ms"
 "#;
 
+/// The harness binary with no `MM_*` of the test's environment.
+fn harness() -> Command {
+    let mut command = Command::new(project_bin("harness").expect("harness built"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MM_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+#[test]
+fn players_whose_tokens_end_log_in_again() {
+    // Tokens of 1 s (2 s at most, rounded up to the second): in a run of 8 s every player
+    // outlives several.
+    let stack = Stack::start_with("3s", &[("MM_SESSION__TTL", "1s".to_owned())]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("harness.toml");
+    let only_the_store = "[harness]\nspawn_interval = \"1ms\"\ndrain = \"2s\"\nprogress = \"never\"\n\
+                          [harness.rates]\nfetch_store = 2.0\n[harness.follow_ups.fetch_store]\nstore_purchase = 1.0\n[harness.think]\nmin = \"10ms\"\nmax = \"50ms\"\n";
+    std::fs::write(&config, only_the_store).expect("config written");
+    let report = dir.path().join("report.json");
+    let output = harness()
+        .env("MM_HARNESS__ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .args(["--config", config.to_str().expect("utf-8")])
+        .args(["--players", "10", "--duration", "8s"])
+        .args(["--gateway", &stack.gateway, "--nats", &stack.nats_url])
+        .args(["--report", report.to_str().expect("utf-8")])
+        .output()
+        .expect("harness runs");
+    let context =
+        format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "harness failed:\n{context}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report written")).expect("JSON");
+    let scenario = |name: &str, key: &str| report["scenarios"][name][key].as_u64().unwrap_or(0);
+    let logins = scenario("login", "succeeded");
+    assert!(logins >= 30, "each of 10 players logged in again as its tokens ended: {logins}\n{context}");
+    // Each ended token costs the one purchase that found out; the rest are answered
+    // (bought, or refused for balance).
+    let answered = scenario("store_purchase", "succeeded") + scenario("store_purchase", "rejected");
+    let failed = scenario("store_purchase", "failed");
+    let refused = report["errors"]["http_401"].as_u64().unwrap_or(0);
+    assert_eq!(failed, refused, "only 401s failed:\n{context}");
+    assert!(refused > 0 && refused <= logins, "{refused} refusals, {logins} logins:\n{context}");
+    assert!(answered >= 3 * failed, "{answered} answered, {failed} failed:\n{context}");
+}
+
 #[test]
 fn every_scenario_runs_against_the_real_stack() {
     let stack = Stack::start("3s");
@@ -106,13 +157,7 @@ fn every_scenario_runs_against_the_real_stack() {
     let report = dir.path().join("report.json");
     let page = dir.path().join("report.html");
     let admin = format!("127.0.0.1:{}", free_port());
-    let mut command = Command::new(project_bin("harness").expect("harness built"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MM_") {
-            command.env_remove(key);
-        }
-    }
-    let output = command
+    let output = harness()
         .env("MM_HARNESS__ADMIN_LISTEN", &admin)
         .args(["--config", config.to_str().expect("utf-8")])
         .args(["--players", "20", "--duration", "12s"])
