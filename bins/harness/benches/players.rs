@@ -8,7 +8,7 @@
 //!    Players are *pre-seeded* (they start with a made-up token instead of calling
 //!    `/login`) and the scenarios run against a minimal in-process stand-in gateway on its
 //!    own thread. That isolates the harness: an idle player's memory is the same either
-//!    way (the token is a 64-byte string in both cases), while logging in a few hundred
+//!    way (the made-up token is as long as a real one, ~280 characters), while logging in a few hundred
 //!    thousand players through the real backend on this 2-core machine would measure
 //!    the backend instead.
 //!
@@ -245,7 +245,7 @@ impl StandIn {
                 let router = Router::new()
                     .route(
                         "/login",
-                        post(|| async { axum::Json(json!({"token": "0".repeat(64), "playerId": "p"})) }),
+                        post(|| async { axum::Json(json!({"token": "0".repeat(280), "playerId": "p"})) }),
                     )
                     .route("/logout", post(|| async { StatusCode::NO_CONTENT }))
                     .route(

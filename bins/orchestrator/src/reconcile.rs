@@ -493,7 +493,10 @@ impl Reconciler {
                 continue;
             }
             let written = match in_kv.get(game_id) {
-                Some(current) if current.value == *entry => continue,
+                // KV never holds the secret (it is not serialized): compare without it.
+                Some(current) if current.value == ServerEntry { secret: String::new(), ..entry.clone() } => {
+                    continue;
+                }
                 Some(current) => node.store.update_server(entry, current.revision).await.map(|_| ()),
                 None => node.store.create_server(entry).await,
             };
