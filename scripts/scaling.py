@@ -35,30 +35,30 @@ INPUTS = {
     "game_duration_s": (30, "orchestrator.game.duration default"),
     "match_size": (10, "players per match (the default queue)"),
     "gateway_requests_per_player_min": (
-        1.2,
-        "measured: mm_nats_client_requests_total of the gateway (a player request is one or two: "
-        "session.verify, then the call; long-polls included), " + RUN,
+        0.62,
+        "measured: mm_nats_client_requests_total of the gateway (one per player request since tokens are "
+        "checked at the gateway; long-polls included), " + RUN,
     ),
     "nats_msgs_per_player_min": (
-        8.5,
+        6.3,
         "measured: nats-server /varz in_msgs + out_msgs, " + RUN + " (includes the fixed background: "
         "heartbeats, stats, KV acks)",
     ),
     "redis_cmds_per_player_min": (
-        14.3,
+        12.8,
         "measured: Redis INFO commandstats calls, " + RUN + " (includes the matcher's idle polls, which "
         "do not grow with players)",
     ),
     "redis_us_per_player_min": (
-        204,
+        181,
         "measured: Redis INFO commandstats usec (time in the one Redis thread), " + RUN + "; a Lua "
         "script (EVALSHA) costs ~80 us, a GET ~2 us",
     ),
     "redis_busy_max": (0.5, "assumed: keep one Redis thread at most half busy (latency stays flat below that)"),
     # CPU per player-minute of the release binaries, same run.
-    "harness_cpu_ms_per_player_min": (0.88, "measured: mm_process_cpu_seconds_total of the harness, " + RUN),
+    "harness_cpu_ms_per_player_min": (0.90, "measured: mm_process_cpu_seconds_total of the harness, " + RUN),
     "gateway_cpu_ms_per_player_min": (0.94, "measured: mm_process_cpu_seconds_total of the gateway, " + RUN),
-    "matchmaker_cpu_ms_per_player_min": (0.40, "measured: mm_process_cpu_seconds_total of the matchmaker, " + RUN),
+    "matchmaker_cpu_ms_per_player_min": (0.35, "measured: mm_process_cpu_seconds_total of the matchmaker, " + RUN),
     # Capacities per instance.
     "players_per_harness": (
         20_000,
