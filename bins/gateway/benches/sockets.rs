@@ -51,21 +51,13 @@ fn main() {
 
     let nats = NatsServer::start().expect("nats-server (run `just setup`)");
     let redis = RedisServer::start().expect("redis-server (run `just setup`)");
-    let (nats_url, redis_url) = (nats.url(), redis.url());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let mut matchmaker = ServiceProcess::start(
-        "matchmaker",
-        &[],
-        &[
-            ("MM_NATS__URL", &nats_url),
-            ("MM_REDIS__URL", &redis_url),
-            ("MM_MATCHMAKER__ADMIN_LISTEN", &admin),
-            ("MM_MATCHER__ENABLED", "false"),
-            ("MM_LOG__FILTER", "warn"),
-        ],
-    )
-    .expect("the release matchmaker binary (`cargo build --release -p matchmaker`, or MM_BIN_DIR)");
-    matchmaker.wait_healthy(&admin).expect("matchmaker healthy");
+    let nats_url = nats.url();
+    // Sessions only: nothing is queued here.
+    let mut matchmaker = support::start_matchmaker(
+        &nats,
+        &redis,
+        &[("MM_MATCHER__ENABLED", "false"), ("MM_LOG__FILTER", "warn")],
+    );
 
     let players: Vec<String> = (0..sockets).map(|index| format!("p{index}")).collect();
     let games: Vec<Game> = players

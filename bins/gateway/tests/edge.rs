@@ -26,16 +26,8 @@ impl Backend {
     fn start(matchmaker_env: &[(&str, &str)]) -> Self {
         let nats = NatsServer::start().expect("nats-server");
         let redis = RedisServer::start().expect("redis-server");
-        let (nats_url, redis_url) = (nats.url(), redis.url());
-        let admin = format!("127.0.0.1:{}", free_port());
-        let mut env = vec![
-            ("MM_NATS__URL", nats_url.as_str()),
-            ("MM_REDIS__URL", redis_url.as_str()),
-            ("MM_MATCHMAKER__ADMIN_LISTEN", admin.as_str()),
-        ];
-        env.extend_from_slice(matchmaker_env);
-        let mut matchmaker = ServiceProcess::start("matchmaker", &[], &env).expect("matchmaker starts");
-        matchmaker.wait_healthy(&admin).expect("matchmaker healthy");
+        let nats_url = nats.url();
+        let matchmaker = support::start_matchmaker(&nats, &redis, matchmaker_env);
         let addr = format!("127.0.0.1:{}", free_port());
         let env = [("MM_NATS__URL", nats_url.as_str()), ("MM_GATEWAY__LISTEN", addr.as_str())];
         let mut gateway = ServiceProcess::start("gateway", &[], &env).expect("gateway starts");

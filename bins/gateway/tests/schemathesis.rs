@@ -40,19 +40,8 @@ fn st(base: &str, token: &str, selection: &[&str]) -> (bool, String) {
 async fn schemathesis_finds_no_5xx_and_no_answer_outside_the_document() {
     let nats = NatsServer::start().expect("nats-server");
     let redis = RedisServer::start().expect("redis-server");
-    let (nats_url, redis_url) = (nats.url(), redis.url());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let mut matchmaker = ServiceProcess::start(
-        "matchmaker",
-        &[],
-        &[
-            ("MM_NATS__URL", &nats_url),
-            ("MM_REDIS__URL", &redis_url),
-            ("MM_MATCHMAKER__ADMIN_LISTEN", &admin),
-        ],
-    )
-    .expect("matchmaker starts");
-    matchmaker.wait_healthy(&admin).expect("matchmaker healthy");
+    let nats_url = nats.url();
+    let _matchmaker = support::start_matchmaker(&nats, &redis, &[]);
     let addr = format!("127.0.0.1:{}", free_port());
     // A node with the process driver: it creates the `servers` bucket the game proxy reads.
     let node_admin = format!("127.0.0.1:{}", free_port());

@@ -16,21 +16,8 @@ use mm_shared::token::{self, Claims};
 use mm_testkit::{NatsServer, RedisServer, ServiceProcess, free_port};
 use serde_json::json;
 use support::http::Http;
+use support::start_matchmaker as matchmaker;
 use tokio::net::{TcpListener, TcpStream};
-
-fn matchmaker(nats: &NatsServer, redis: &RedisServer, env: &[(&str, &str)]) -> ServiceProcess {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let (nats_url, redis_url) = (nats.url(), redis.url());
-    let mut all = vec![
-        ("MM_NATS__URL", nats_url.as_str()),
-        ("MM_REDIS__URL", redis_url.as_str()),
-        ("MM_MATCHMAKER__ADMIN_LISTEN", admin.as_str()),
-    ];
-    all.extend_from_slice(env);
-    let mut process = ServiceProcess::start("matchmaker", &[], &all).expect("matchmaker starts");
-    process.wait_healthy(&admin).expect("matchmaker healthy");
-    process
-}
 
 fn gateway(nats_url: &str) -> (ServiceProcess, Http) {
     let addr = format!("127.0.0.1:{}", free_port());

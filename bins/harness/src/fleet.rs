@@ -461,10 +461,6 @@ async fn open_bucket(
     max_age: Duration,
     replicas: usize,
 ) -> Result<Store, JoinError> {
-    let error = |reason: String| JoinError::Bucket { bucket: buckets::HARNESS, reason };
-    if let Ok(Ok(store)) = tokio::time::timeout(KV_TIMEOUT, jetstream.get_key_value(buckets::HARNESS)).await {
-        return Ok(store);
-    }
     let config = KvConfig {
         bucket: buckets::HARNESS.to_owned(),
         description: "harness instances (key = instance id) and the fleet control state".to_owned(),
@@ -473,16 +469,9 @@ async fn open_bucket(
         num_replicas: replicas,
         ..KvConfig::default()
     };
-    match tokio::time::timeout(KV_TIMEOUT, jetstream.create_key_value(config)).await {
-        Ok(Ok(store)) => Ok(store),
-        Ok(Err(create_error)) => {
-            match tokio::time::timeout(KV_TIMEOUT, jetstream.get_key_value(buckets::HARNESS)).await {
-                Ok(Ok(store)) => Ok(store),
-                _ => Err(error(create_error.to_string())),
-            }
-        }
-        Err(_) => Err(error(format!("no answer within {KV_TIMEOUT:?}"))),
-    }
+    mm_shared::nats::ensure_kv_bucket(jetstream, config, KV_TIMEOUT)
+        .await
+        .map_err(|err| JoinError::Bucket { bucket: buckets::HARNESS, reason: err.to_string() })
 }
 
 pub fn describe_metrics() {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use mm_shared::duration::millis;
-use mm_shared::nats::ServiceError;
+use mm_shared::nats::{ServiceError, ensure_kv_bucket};
 use mm_shared::protocol::{Revocation, SessionKeyEntry, buckets, keys, now_ms};
 use mm_shared::token::{self, Claims, TokenError, Unverified};
 use redis::aio::ConnectionManager;
@@ -114,7 +114,7 @@ impl Tokens {
         replicas: usize,
     ) -> anyhow::Result<Self> {
         let js = jetstream::new(nats.clone());
-        let session_keys = ensure_bucket(
+        let session_keys = ensure_kv_bucket(
             &js,
             kv::Config {
                 bucket: buckets::SESSION_KEYS.to_owned(),
@@ -123,9 +123,10 @@ impl Tokens {
                 num_replicas: replicas,
                 ..Default::default()
             },
+            KV_TIMEOUT,
         )
         .await?;
-        let revoked = ensure_bucket(
+        let revoked = ensure_kv_bucket(
             &js,
             kv::Config {
                 bucket: buckets::REVOKED_TOKENS.to_owned(),
@@ -135,6 +136,7 @@ impl Tokens {
                 num_replicas: replicas,
                 ..Default::default()
             },
+            KV_TIMEOUT,
         )
         .await?;
         let tokens = Self {
@@ -413,24 +415,6 @@ async fn kv_write<T, E: std::fmt::Display>(
         Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => Err(format!("KV {what}: {err}")),
         Err(_) => Err(format!("KV {what} did not answer within {KV_TIMEOUT:?}")),
-    }
-}
-
-/// Gets a bucket, or creates it (two matchmakers may race: the loser gets the winner's).
-async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
-    let name = config.bucket.clone();
-    if let Ok(Ok(store)) = tokio::time::timeout(KV_TIMEOUT, js.get_key_value(name.clone())).await {
-        return Ok(store);
-    }
-    if let Ok(Ok(store)) = tokio::time::timeout(KV_TIMEOUT, js.create_key_value(config)).await {
-        return Ok(store);
-    }
-    match tokio::time::timeout(KV_TIMEOUT, js.get_key_value(name.clone())).await {
-        Ok(Ok(store)) => Ok(store),
-        Ok(Err(err)) => {
-            Err(anyhow::anyhow!("cannot open or create KV bucket `{name}`: {err} (is JetStream enabled?)"))
-        }
-        Err(_) => Err(anyhow::anyhow!("KV bucket `{name}` did not answer within {KV_TIMEOUT:?}")),
     }
 }
 

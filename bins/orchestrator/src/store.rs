@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
+use mm_shared::nats::ensure_kv_bucket;
 use mm_shared::protocol::{NodeEntry, ServerEntry, buckets};
 use tokio_util::sync::CancellationToken;
 
@@ -88,7 +89,7 @@ impl Store {
         tracing::debug!(replicas, "opening the KV buckets");
         let mut js = jetstream::new(client.clone());
         js.set_timeout(KV_TIMEOUT);
-        let servers = ensure_bucket(
+        let servers = ensure_kv_bucket(
             &js,
             kv::Config {
                 bucket: buckets::SERVERS.to_owned(),
@@ -97,9 +98,10 @@ impl Store {
                 num_replicas: replicas,
                 ..Default::default()
             },
+            KV_TIMEOUT,
         )
         .await?;
-        let nodes = ensure_bucket(
+        let nodes = ensure_kv_bucket(
             &js,
             kv::Config {
                 bucket: buckets::NODES.to_owned(),
@@ -109,9 +111,10 @@ impl Store {
                 num_replicas: replicas,
                 ..Default::default()
             },
+            KV_TIMEOUT,
         )
         .await?;
-        let secrets = ensure_bucket(
+        let secrets = ensure_kv_bucket(
             &js,
             kv::Config {
                 bucket: buckets::SECRETS.to_owned(),
@@ -123,6 +126,7 @@ impl Store {
                 num_replicas: replicas,
                 ..Default::default()
             },
+            KV_TIMEOUT,
         )
         .await?;
         Ok(Self { client, servers, nodes, secrets, deleted: Mutex::new(VecDeque::new()) })
@@ -431,25 +435,6 @@ async fn bounded<T, E: std::fmt::Display>(
     match tokio::time::timeout(KV_TIMEOUT, call).await {
         Err(_) => Err(StoreError::Timeout { bucket }),
         Ok(result) => result.map_err(|err| StoreError::Failed { bucket, reason: err.to_string() }),
-    }
-}
-
-/// Gets a bucket, or creates it when it does not exist yet (two nodes may race: the
-/// loser gets the winner's).
-async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
-    let name = config.bucket.clone();
-    if let Ok(Ok(store)) = tokio::time::timeout(KV_TIMEOUT, js.get_key_value(name.clone())).await {
-        return Ok(store);
-    }
-    match tokio::time::timeout(KV_TIMEOUT, js.create_key_value(config)).await {
-        Ok(Ok(store)) => Ok(store),
-        _ => match tokio::time::timeout(KV_TIMEOUT, js.get_key_value(name.clone())).await {
-            Ok(Ok(store)) => Ok(store),
-            Ok(Err(err)) => Err(anyhow::anyhow!(
-                "cannot open or create KV bucket `{name}`: {err} (is JetStream enabled?)"
-            )),
-            Err(_) => Err(anyhow::anyhow!("KV bucket `{name}` did not answer within {KV_TIMEOUT:?}")),
-        },
     }
 }
 

@@ -147,6 +147,30 @@ pub fn kv_replicas(client: &Client, setting: crate::config::Replicas) -> usize {
     }
 }
 
+/// KV bucket `config.bucket`, created when it does not exist yet (two services may race
+/// to create it: the loser gets the winner's). Each call to the server is bounded by
+/// `timeout`; the error names the bucket.
+pub async fn ensure_kv_bucket(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+    timeout: Duration,
+) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+    let name = config.bucket.clone();
+    if let Ok(Ok(store)) = tokio::time::timeout(timeout, js.get_key_value(name.clone())).await {
+        return Ok(store);
+    }
+    if let Ok(Ok(store)) = tokio::time::timeout(timeout, js.create_key_value(config)).await {
+        return Ok(store);
+    }
+    match tokio::time::timeout(timeout, js.get_key_value(name.clone())).await {
+        Ok(Ok(store)) => Ok(store),
+        Ok(Err(err)) => {
+            Err(anyhow::anyhow!("cannot open or create KV bucket `{name}`: {err} (is JetStream enabled?)"))
+        }
+        Err(_) => Err(anyhow::anyhow!("KV bucket `{name}` did not answer within {timeout:?}")),
+    }
+}
+
 /// Servers in the cluster as a client sees it: 1 outside a cluster; otherwise the
 /// distinct client URLs advertised (each server advertises its own too).
 fn cluster_size(cluster: Option<&str>, connect_urls: &[String]) -> usize {

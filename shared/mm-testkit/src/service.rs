@@ -14,6 +14,26 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
+    /// A matchmaker on these servers (its admin port free), healthy: its services
+    /// answer. `env` comes on top. Returns it and its admin address.
+    pub fn matchmaker(
+        nats: &crate::NatsServer,
+        redis: &crate::RedisServer,
+        env: &[(&str, &str)],
+    ) -> Result<(Self, String)> {
+        let admin = format!("127.0.0.1:{}", crate::free_port());
+        let (nats_url, redis_url) = (nats.url(), redis.url());
+        let mut all = vec![
+            ("MM_NATS__URL", nats_url.as_str()),
+            ("MM_REDIS__URL", redis_url.as_str()),
+            ("MM_MATCHMAKER__ADMIN_LISTEN", admin.as_str()),
+        ];
+        all.extend_from_slice(env);
+        let mut process = Self::start("matchmaker", &[], &all)?;
+        process.wait_healthy(&admin)?;
+        Ok((process, admin))
+    }
+
     /// Starts `target/<profile>/<name>` with `args` and `env`. Any `MM_*` variables of
     /// the test's own environment are removed first, so only `env` configures it.
     pub fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {

@@ -5,6 +5,12 @@ pub mod http;
 
 use futures_util::StreamExt;
 use mm_shared::protocol::{AllocateReply, AllocateRequest, subjects};
+use mm_testkit::{NatsServer, RedisServer, ServiceProcess};
+
+/// A matchmaker process on these servers, healthy (its services answer), with `env` on top.
+pub fn start_matchmaker(nats: &NatsServer, redis: &RedisServer, env: &[(&str, &str)]) -> ServiceProcess {
+    ServiceProcess::matchmaker(nats, redis, env).expect("a healthy matchmaker").0
+}
 
 /// Returns once the server has processed everything this client sent before, its
 /// subscriptions included (`flush` only empties the client's buffer).

@@ -292,17 +292,7 @@ pub fn start_matchmaker(
     redis: &RedisServer,
     env: &[(&str, &str)],
 ) -> (mm_testkit::ServiceProcess, String) {
-    let admin = format!("127.0.0.1:{}", mm_testkit::free_port());
-    let (nats_url, redis_url) = (nats.url(), redis.url());
-    let mut all = vec![
-        ("MM_NATS__URL", nats_url.as_str()),
-        ("MM_REDIS__URL", redis_url.as_str()),
-        ("MM_MATCHMAKER__ADMIN_LISTEN", admin.as_str()),
-    ];
-    all.extend_from_slice(env);
-    let mut process = mm_testkit::ServiceProcess::start("matchmaker", &[], &all).expect("matchmaker starts");
-    process.wait_healthy(&admin).expect("matchmaker healthy");
-    (process, admin)
+    mm_testkit::ServiceProcess::matchmaker(nats, redis, env).expect("a healthy matchmaker")
 }
 
 /// Waits until every one of `ids` is `matched`.
