@@ -63,7 +63,7 @@ INPUTS = {
     "players_per_harness": (
         20_000,
         "a harness process holds one socket per busy player and `ulimit -Hn` is 20,000 here; an idle player "
-        "is ~0.6 KiB (`cargo bench -p harness --bench players`), so sockets bind before memory",
+        "is ~0.9 KiB with its token (`cargo bench -p harness --bench players`), so sockets bind before memory",
     ),
     "tickets_per_s_per_matchmaker": (
         7_300,
