@@ -145,7 +145,8 @@ fn players_whose_tokens_end_log_in_again() {
     let refused = report["errors"]["http_401"].as_u64().unwrap_or(0);
     assert_eq!(failed, refused, "only 401s failed:\n{context}");
     assert!(refused > 0 && refused <= logins, "{refused} refusals, {logins} logins:\n{context}");
-    assert!(answered >= 3 * failed, "{answered} answered, {failed} failed:\n{context}");
+    // Without a new login, every purchase after a player's first refusal would fail.
+    assert!(answered >= failed, "{answered} answered, {failed} failed:\n{context}");
 }
 
 #[test]
