@@ -50,6 +50,12 @@ pub fn describe() {
          (503, the gateway's are), game_message_too_big (close 1009), game_idle (close 1001 after \
          gateway.game_idle_timeout)."
     );
+    describe_counter!(
+        "mm_gateway_token_checks_total",
+        "Player tokens this gateway checked itself, by result: ok, invalid (malformed, tampered, unknown \
+         key, expired), revoked, catching_up (503: its view of revocations is not complete after a NATS \
+         reconnect)."
+    );
     describe_gauge!(
         "mm_gateway_login_rate_clients",
         "Client addresses the login rate limit is tracking (sampled after each clean-up)."
@@ -62,6 +68,9 @@ pub fn describe() {
     // before the first refusal.
     for reason in Refusal::ALL {
         metrics::counter!("mm_gateway_refusals_total", "reason" => reason.label()).increment(0);
+    }
+    for result in crate::tokens::CHECK_RESULTS {
+        metrics::counter!("mm_gateway_token_checks_total", "result" => result).increment(0);
     }
     for result in ["final", "searching", "error"] {
         metrics::counter!("mm_gateway_long_poll_rechecks_total", "result" => result).increment(0);

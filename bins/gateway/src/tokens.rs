@@ -48,6 +48,19 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
 /// drops revocations of tokens that have expired.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
 
+/// The results `mm_gateway_token_checks_total` counts.
+pub const CHECK_RESULTS: [&str; 4] = ["ok", "invalid", "revoked", "catching_up"];
+
+/// The counter of one result, its handle made once (a lookup by label per request costs
+/// more than the check).
+fn counted(result: usize) {
+    static COUNTERS: OnceLock<[metrics::Counter; 4]> = OnceLock::new();
+    COUNTERS.get_or_init(|| {
+        CHECK_RESULTS.map(|result| metrics::counter!("mm_gateway_token_checks_total", "result" => result))
+    })[result]
+        .increment(1);
+}
+
 /// A token that checked out.
 #[derive(Debug, Clone)]
 pub struct Verified {
@@ -92,21 +105,26 @@ impl Tokens {
             Some(verified) => verified,
             None => self.verify(token).await.map_err(|err| {
                 tracing::debug!("token refused: {err}");
+                counted(1);
                 invalid()
             })?,
         };
         if now_ms() >= verified.expires_at_ms {
+            counted(1);
             return Err(invalid());
         }
         if !self.in_step() {
+            counted(3);
             return Err(ApiError::unavailable(
                 "this gateway is catching up with revoked tokens (its NATS connection was \
                  interrupted); try again in a moment",
             ));
         }
         if self.inner.revoked.read().unwrap_or_else(|p| p.into_inner()).contains_key(&*verified.jti) {
+            counted(2);
             return Err(invalid());
         }
+        counted(0);
         Ok(verified)
     }
 
