@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv::{self, Operation};
 use futures_util::StreamExt;
 use mm_shared::protocol::{Revocation, SessionKeyEntry, buckets, now_ms};
-use mm_shared::token::{self, MAX_TOKEN_LEN, TokenError, Unverified};
+use mm_shared::token::{self, TokenError, Unverified};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -51,14 +51,35 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// The results `mm_gateway_token_checks_total` counts.
 pub const CHECK_RESULTS: [&str; 4] = ["ok", "invalid", "revoked", "catching_up"];
 
-/// The counter of one result, its handle made once (a lookup by label per request costs
-/// more than the check).
-fn counted(result: usize) {
+/// How a check ended: an index into [`CHECK_RESULTS`].
+#[derive(Clone, Copy)]
+enum Checked {
+    Ok = 0,
+    Invalid = 1,
+    Revoked = 2,
+    CatchingUp = 3,
+}
+
+/// Counts one check, the counters' handles made once (a lookup by label per request
+/// costs more than the check).
+fn counted(result: Checked) {
     static COUNTERS: OnceLock<[metrics::Counter; 4]> = OnceLock::new();
     COUNTERS.get_or_init(|| {
         CHECK_RESULTS.map(|result| metrics::counter!("mm_gateway_token_checks_total", "result" => result))
-    })[result]
+    })[result as usize]
         .increment(1);
+}
+
+/// Watches every key of `store` from its start; `true` when the bucket held nothing, so
+/// that the watch is current at once (an empty bucket delivers no entry to say so).
+async fn watch_from_start(store: &kv::Store) -> Result<(kv::Watch, bool), String> {
+    let watch = store.watch_with_history(">").await.map_err(|err| format!("watching: {err}"))?;
+    let held = tokio::time::timeout(KV_TIMEOUT, store.status())
+        .await
+        .map_err(|_| "the bucket's status did not come".to_owned())?
+        .map_err(|err| format!("the bucket's status: {err}"))?
+        .values();
+    Ok((watch, held == 0))
 }
 
 /// A token that checked out.
@@ -105,26 +126,26 @@ impl Tokens {
             Some(verified) => verified,
             None => self.verify(token).await.map_err(|err| {
                 tracing::debug!("token refused: {err}");
-                counted(1);
+                counted(Checked::Invalid);
                 invalid()
             })?,
         };
         if now_ms() >= verified.expires_at_ms {
-            counted(1);
+            counted(Checked::Invalid);
             return Err(invalid());
         }
         if !self.in_step() {
-            counted(3);
+            counted(Checked::CatchingUp);
             return Err(ApiError::unavailable(
                 "this gateway is catching up with revoked tokens (its NATS connection was \
                  interrupted); try again in a moment",
             ));
         }
         if self.inner.revoked.read().unwrap_or_else(|p| p.into_inner()).contains_key(&*verified.jti) {
-            counted(2);
+            counted(Checked::Revoked);
             return Err(invalid());
         }
-        counted(0);
+        counted(Checked::Ok);
         Ok(verified)
     }
 
@@ -166,9 +187,6 @@ impl Tokens {
     }
 
     async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::Malformed);
-        }
         let parsed = Unverified::parse(token)?;
         if self.key(parsed.kid()).is_none() && !*self.inner.keys_loaded.borrow() {
             // Just started: the watch brings the keys in a moment.
@@ -253,13 +271,8 @@ impl Tokens {
                         return Err(err);
                     }
                 };
-                let mut watch = store.watch_with_history(">").await.map_err(|err| format!("watching: {err}"))?;
-                let held = tokio::time::timeout(KV_TIMEOUT, store.status())
-                    .await
-                    .map_err(|_| "the bucket's status did not come".to_owned())?
-                    .map_err(|err| format!("the bucket's status: {err}"))?
-                    .values();
-                if held == 0 {
+                let (mut watch, empty) = watch_from_start(store).await?;
+                if empty {
                     self.inner.keys_loaded.send_replace(true);
                 }
                 loop {
@@ -353,16 +366,11 @@ impl Tokens {
             Ok(Err(err)) => return Err(format!("KV {}: {err}", buckets::REVOKED_TOKENS)),
             Err(_) => return Err(format!("KV {} did not answer", buckets::REVOKED_TOKENS)),
         };
-        let mut watch = store.watch_with_history(">").await.map_err(|err| format!("watching: {err}"))?;
         let started = Instant::now();
-        let held = tokio::time::timeout(KV_TIMEOUT, store.status())
-            .await
-            .map_err(|_| "the bucket's status did not come".to_owned())?
-            .map_err(|err| format!("the bucket's status: {err}"))?
-            .values();
-        tracing::debug!(epoch, held, "watching revoked tokens");
+        let (mut watch, empty) = watch_from_start(&store).await?;
+        tracing::debug!(epoch, empty, "watching revoked tokens");
         let mut fresh: HashMap<String, u64> = HashMap::new();
-        let mut caught_up = held == 0;
+        let mut caught_up = empty;
         if caught_up {
             self.caught_up(epoch, fresh.drain());
         }

@@ -17,7 +17,7 @@
 //! writes it. A logout answers only once its own revocation is in KV.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
@@ -98,8 +98,6 @@ struct Inner {
     refreshed: tokio::sync::Mutex<Option<Instant>>,
     session_keys: kv::Store,
     revoked: kv::Store,
-    /// Revocations this process wrote lately, so that a retry does not write twice.
-    written: Mutex<HashMap<String, Instant>>,
     /// A flush is running (a login's does not wait for it, nor start a second).
     flushing: std::sync::atomic::AtomicBool,
 }
@@ -150,7 +148,6 @@ impl Tokens {
                 refreshed: tokio::sync::Mutex::new(None),
                 session_keys,
                 revoked,
-                written: Mutex::default(),
                 flushing: std::sync::atomic::AtomicBool::new(false),
             }),
         };
@@ -324,15 +321,9 @@ impl Tokens {
         for line in &pending {
             if let Some((jti, revocation)) = parse_outbox(line)
                 && revocation.expires_at > now
-                && !self.recently_written(jti)
             {
                 let value = serde_json::to_vec(&revocation).unwrap_or_default();
                 kv_write("put", self.inner.revoked.put(jti, value.into())).await?;
-                self.inner
-                    .written
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(jti.to_owned(), Instant::now());
                 written += 1;
             }
             let _: i64 = redis::cmd("LREM")
@@ -343,16 +334,7 @@ impl Tokens {
                 .await
                 .map_err(|err| format!("redis: {err}"))?;
         }
-        self.inner
-            .written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, at| at.elapsed() < UPKEEP_EVERY * 10);
         Ok(written)
-    }
-
-    fn recently_written(&self, jti: &str) -> bool {
-        self.inner.written.lock().unwrap_or_else(|p| p.into_inner()).contains_key(jti)
     }
 
     /// Writes the revocation of `claims`' token to KV now (a logout waits for it).
@@ -364,11 +346,6 @@ impl Tokens {
                 "the logout is recorded but gateways cannot be told yet ({err}); it takes effect within seconds"
             ))
         })?;
-        self.inner
-            .written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(claims.jti.clone(), Instant::now());
         Ok(())
     }
 }
