@@ -269,29 +269,16 @@ impl fmt::Display for Rate {
     }
 }
 
-/// Parses `0.5` (per second), `1/300s`, `2/5m` or `1/s`.
+/// Parses `0.5` (per second), `1/300s`, `2/5m` or `1/s` (the forms of
+/// [`mm_shared::rate::split`]), kept as an exact fraction.
 pub fn parse_rate(text: &str) -> Result<Rate, String> {
-    let invalid = || {
+    mm_shared::rate::split(text).and_then(|(count, period)| Rate::count_per(count, period)).ok_or_else(|| {
         format!(
-            "invalid rate `{text}`: expected executions per idle player per second (0.01) or a \
-             count per duration (\"1/300s\"), not negative"
+            "invalid rate `{}`: expected executions per idle player per second (0.01) or a \
+             count per duration (\"1/300s\"), not negative",
+            text.trim()
         )
-    };
-    let text = text.trim();
-    match text.split_once('/') {
-        Some((count, period)) => {
-            let count: f64 = count.trim().parse().map_err(|_| invalid())?;
-            let period = period.trim();
-            let period = if period.starts_with(|c: char| c.is_ascii_digit()) {
-                mm_shared::duration::parse(period)
-            } else {
-                mm_shared::duration::parse(&format!("1{period}"))
-            }
-            .map_err(|_| invalid())?;
-            Rate::count_per(count, period).ok_or_else(invalid)
-        }
-        None => text.parse::<f64>().ok().and_then(Rate::per_second).ok_or_else(invalid),
-    }
+    })
 }
 
 impl Serialize for Rate {

@@ -16,6 +16,11 @@
 //!   instance computes the same split from the same membership, so no coordination is
 //!   needed; while views differ (for a heartbeat or so after a join) the total is off by
 //!   at most one instance's share.
+//! - **Plan.** A fleet plan (`stages`, [`FleetPlan`]) sets the fleet target from its
+//!   start on, on the wall clock: every instance computes the plan's point at `now -
+//!   startedAtMs` every [`STEP`] while it ramps and divides that. Its start travels in
+//!   the control state, so a late joiner comes in at the same point. What the instance
+//!   followed goes into its report ([`Fleet::run`]'s result).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,11 +35,14 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Rate, Rates};
 use crate::player::Context;
 use crate::scenario::{SCENARIOS, Scenario};
+use crate::stages::{FleetPlan, FleetStageReport, Followed, STEP};
 
 /// Bucket `max_age`, as a multiple of `stale_after`, when this instance creates it.
 const MAX_AGE_FACTOR: u32 = 3;
 /// Deadline of one KV operation.
 const KV_TIMEOUT: Duration = Duration::from_secs(5);
+/// Fleet plans a run remembers for its report (the latest ones).
+const MAX_FOLLOWED: usize = 50;
 
 /// What the instance should be doing now.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,7 +50,7 @@ pub struct Settings {
     /// Players to keep alive.
     pub target: u64,
     pub rates: [Rate; SCENARIOS],
-    /// The fleet target, when one is set.
+    /// The fleet target, when one is set: `fleetTarget`, or where the fleet plan is now.
     pub fleet_target: Option<u64>,
     /// Live instances this one knows of (itself included).
     pub instances: usize,
@@ -94,9 +102,30 @@ pub fn rates_over(own: [Rate; SCENARIOS], control: &HarnessControl) -> [Rate; SC
 }
 
 /// Checks a control message before anything of it is applied (the same check `mmctl
-/// fleet` makes before it sends one).
-pub fn check_control(control: &HarnessControl) -> Result<(), String> {
-    control.check()
+/// fleet` makes before it sends one, and a plan's start against this clock, `now_ms`).
+pub fn check_control(control: &HarnessControl, now_ms: u64) -> Result<(), String> {
+    control.check_at(now_ms)
+}
+
+/// What an instance with `own` target and rates runs under a control state and the fleet
+/// plan it follows, at `now_ms`: (this instance's target, its rates, the fleet target).
+///
+/// The plan (once started) decides the fleet target, over `fleetTarget`; a fleet target
+/// is divided among `members`, and without one the instance runs its own target. Rates:
+/// its own, then the control `rates`, then the plan's current stage's.
+pub fn settle(
+    own: (u64, [Rate; SCENARIOS]),
+    control: &HarnessControl,
+    plan: Option<&FleetPlan>,
+    members: &[&str],
+    me: &str,
+    now_ms: u64,
+) -> (u64, [Rate; SCENARIOS], Option<u64>) {
+    let rates = rates_over(own.1, control);
+    let point = plan.and_then(|plan| plan.point(rates, now_ms));
+    let fleet_target = point.map(|point| point.target).or(control.fleet_target);
+    let target = fleet_target.map_or(own.0, |fleet_target| share_of(fleet_target, members, me));
+    (target, point.map_or(rates, |point| point.rates), fleet_target)
 }
 
 /// What the fleet loop needs to know about this instance.
@@ -135,6 +164,12 @@ pub struct Fleet {
     settings: watch::Sender<Settings>,
     control_messages: async_nats::Subscriber,
     control: HarnessControl,
+    /// The fleet plan followed now (from `control.stages`).
+    plan: Option<FleetPlan>,
+    /// Its stage when last computed (to log stage changes).
+    plan_stage: Option<usize>,
+    /// Every fleet plan followed in this run (the report's), the latest last.
+    followed: Vec<Followed>,
     /// Other live instances: id → when last heard of (by this instance's clock).
     others: BTreeMap<String, Instant>,
     /// Whether the last heartbeat failed (log the change, not every failure).
@@ -162,9 +197,14 @@ impl Fleet {
             JoinError::Subscribe { subject: subjects::HARNESS_CONTROL, reason: err.to_string() }
         })?;
         let mut control = HarnessControl::default();
+        let now = mm_shared::protocol::now_ms();
         match tokio::time::timeout(KV_TIMEOUT, kv.get(buckets::HARNESS_CONTROL_KEY)).await {
             Ok(Ok(Some(value))) => match serde_json::from_slice::<HarnessControl>(&value) {
-                Ok(state) if check_control(&state).is_ok() => control = state,
+                Ok(mut state) if check_control(&state, now).is_ok() => {
+                    // The leader stores plans with their start; this is only a fallback.
+                    state.stamp(now);
+                    control = state;
+                }
                 _ => tracing::warn!("ignoring the unreadable fleet control state in the bucket"),
             },
             Ok(Ok(None)) => {}
@@ -184,26 +224,38 @@ impl Fleet {
             settings,
             control_messages,
             control,
+            plan: None,
+            plan_stage: None,
+            followed: Vec::new(),
             others: BTreeMap::new(),
             heartbeat_failing: false,
             watch_failing: false,
         };
+        fleet.follow_plan(now);
         fleet.recompute();
         fleet.heartbeat().await;
         Ok((fleet, publisher))
     }
 
-    /// Follows the fleet until `stop`, then leaves (deletes this instance's entry).
+    /// Follows the fleet until `stop`, then leaves (deletes this instance's entry), and
+    /// returns the stages of the fleet plans it followed, in the time of the run that
+    /// started at `member.started_at` (for the report).
     ///
     /// Losing the bucket watch (it cannot start, or it ends) does not end the loop: the
     /// instance keeps heartbeating, so the others still count it, and after each
     /// heartbeat it tries to watch again (for at most a heartbeat period, so a server
     /// that never answers delays the next heartbeat by no more than that).
-    pub async fn run(mut self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) -> Vec<FleetStageReport> {
         let mut watch = self.watch().await;
         let mut heartbeat = tokio::time::interval(self.context.config.fleet.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut plan_clock = tokio::time::interval(STEP);
+        plan_clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Only while the fleet plan can still move the target (one more tick after
+            // its end computes its last point).
+            let plan_moving =
+                self.plan.as_ref().is_some_and(|plan| plan.moving(mm_shared::protocol::now_ms()));
             tokio::select! {
                 () = stop.cancelled() => break,
                 message = self.control_messages.next() => match message {
@@ -220,6 +272,7 @@ impl Fleet {
                 },
                 // The stage plan moved this instance's own target or rates.
                 () = self.context.own.changed.notified() => self.recompute(),
+                _ = plan_clock.tick(), if plan_moving => self.recompute(),
                 _ = heartbeat.tick() => {
                     self.expire_stale().await;
                     self.heartbeat().await;
@@ -230,6 +283,11 @@ impl Fleet {
             }
         }
         self.leave().await;
+        let now = mm_shared::protocol::now_ms();
+        if let Some(last) = self.followed.last_mut() {
+            last.until_ms.get_or_insert(now);
+        }
+        crate::stages::fleet_report(&self.followed, self.member.started_at)
     }
 
     /// Starts watching the bucket (its history first); `None` when that fails or takes
@@ -256,7 +314,7 @@ impl Fleet {
     }
 
     async fn on_control(&mut self, payload: &[u8]) {
-        let change = match serde_json::from_slice::<HarnessControl>(payload) {
+        let mut change = match serde_json::from_slice::<HarnessControl>(payload) {
             Ok(change) => change,
             Err(err) => {
                 metrics::counter!("mm_harness_control_messages_total", "result" => "rejected").increment(1);
@@ -266,14 +324,20 @@ impl Fleet {
                 return;
             }
         };
-        if let Err(reason) = check_control(&change) {
+        let now = mm_shared::protocol::now_ms();
+        if let Err(reason) = check_control(&change, now) {
             metrics::counter!("mm_harness_control_messages_total", "result" => "rejected").increment(1);
             tracing::warn!("ignoring a harness.control message: {reason}");
             return;
         }
+        // A plan without a start starts when it arrives (by this instance's clock).
+        change.stamp(now);
         metrics::counter!("mm_harness_control_messages_total", "result" => "applied").increment(1);
         self.control.apply(&change);
         tracing::info!(control = %String::from_utf8_lossy(payload), "applied a harness.control message");
+        if change.reset || change.stages.is_some() {
+            self.follow_plan(now);
+        }
         self.recompute();
         if self.is_leader() {
             self.save_control().await;
@@ -341,27 +405,75 @@ impl Fleet {
         self.members().first().is_some_and(|first| *first == self.member.instance)
     }
 
+    /// Takes up the control state's plan (none after a reset) as of `now_ms`; the plan
+    /// followed so far, if another, ends there.
+    fn follow_plan(&mut self, now_ms: u64) {
+        let plan = self.control.stages.as_ref().map(|plan| FleetPlan::from_control(plan, now_ms));
+        if plan == self.plan {
+            // The same plan again (a message applied twice): nothing changes.
+            return;
+        }
+        if let Some(last) = self.followed.last_mut() {
+            last.until_ms.get_or_insert(now_ms);
+        }
+        if let Some(plan) = &plan {
+            tracing::info!(
+                stages = plan.stages.len(),
+                starts_in_ms = plan.started_at_ms.saturating_sub(now_ms),
+                started_ms_ago = now_ms.saturating_sub(plan.started_at_ms),
+                "following a fleet plan"
+            );
+            if self.followed.len() == MAX_FOLLOWED {
+                self.followed.remove(0);
+            }
+            self.followed.push(Followed { plan: plan.clone(), until_ms: None });
+        } else if self.plan.is_some() {
+            tracing::info!("the fleet plan was reset");
+        }
+        self.plan = plan;
+        self.plan_stage = None;
+    }
+
     /// Recomputes this instance's target and rates and passes them on.
-    fn recompute(&self) {
-        let members = self.members();
-        let target = match self.control.fleet_target {
-            Some(fleet_target) => share_of(fleet_target, &members, &self.member.instance),
-            // `players`, or where the stage plan is now.
-            None => self.context.own.target(),
+    fn recompute(&mut self) {
+        let now = mm_shared::protocol::now_ms();
+        // `players`, or where this instance's own stage plan is now.
+        let own = (self.context.own.target(), self.context.own.rates());
+        let (settings, instances) = {
+            let members = self.members();
+            let (target, rates, fleet_target) =
+                settle(own, &self.control, self.plan.as_ref(), &members, &self.member.instance, now);
+            (Settings { target, rates, fleet_target, instances: members.len() }, members.len())
         };
-        let settings = Settings {
-            target,
-            rates: rates_over(self.context.own.rates(), &self.control),
-            fleet_target: self.control.fleet_target,
-            instances: members.len(),
-        };
-        metrics::gauge!("mm_harness_fleet_instances").set(members.len() as f64);
-        metrics::gauge!("mm_harness_fleet_target").set(self.control.fleet_target.unwrap_or(0) as f64);
+        let (rates, fleet_target) = (settings.rates, settings.fleet_target);
+        let stage = self.plan.as_ref().and_then(|plan| Some((plan, plan.point(rates, now)?.stage)));
+        if let Some((plan, stage)) = stage
+            && self.plan_stage != Some(stage)
+        {
+            tracing::info!(
+                stage = stage + 1,
+                of = plan.stages.len(),
+                fleet_players = plan.stages[stage].players,
+                duration = %mm_shared::duration::format(plan.stages[stage].duration),
+                "fleet stage starting"
+            );
+            self.plan_stage = Some(stage);
+        }
+        metrics::gauge!("mm_harness_fleet_instances").set(instances as f64);
+        metrics::gauge!("mm_harness_fleet_target").set(fleet_target.unwrap_or(0) as f64);
+        // Under a fleet plan the target moves every step of a ramp: its stages are logged.
+        let quiet = self.plan.is_some();
         self.settings.send_if_modified(|current| {
             if *current == settings {
                 return false;
             }
-            if current.target != settings.target {
+            if current.target != settings.target && quiet {
+                tracing::debug!(
+                    target = settings.target,
+                    instances = settings.instances,
+                    "player target changed"
+                );
+            } else if current.target != settings.target {
                 tracing::info!(
                     target = settings.target,
                     instances = settings.instances,
@@ -481,7 +593,7 @@ pub fn describe_metrics() {
     );
     metrics::describe_gauge!(
         "mm_harness_fleet_target",
-        "The fleet target set over harness.control (0: none)."
+        "The fleet target set over harness.control: fleetTarget, or where the fleet plan is now (0: none)."
     );
     metrics::describe_counter!(
         "mm_harness_control_messages_total",
@@ -524,19 +636,54 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_plan_is_divided_and_comes_first() {
+        use crate::stages::Stage;
+        let start = 1_700_000_000_000;
+        let mut spike = Stage { duration: Duration::from_secs(1), players: 10, rates: BTreeMap::new() };
+        spike.rates.insert(Scenario::Matchmaking, Rate::per_second(2.0).expect("rate"));
+        let hold = Stage { duration: Duration::from_secs(3), players: 6, rates: BTreeMap::new() };
+        let ramp = Stage { duration: Duration::from_secs(2), players: 6, rates: BTreeMap::new() };
+        let plan = FleetPlan { started_at_ms: start, stages: vec![ramp, hold, spike] };
+        let control = HarnessControl {
+            fleet_target: Some(100),
+            rates: Some(BTreeMap::from([("matchmaking".to_owned(), 0.5), ("logout".to_owned(), 0.25)])),
+            ..HarnessControl::default()
+        };
+        let own = (7, Rates::default().to_array());
+        let members = ["a", "b", "c"];
+        let shares = |ms: u64| -> Vec<u64> {
+            members.iter().map(|me| settle(own, &control, Some(&plan), &members, me, start + ms).0).collect()
+        };
+        assert_eq!(shares(3000), [2, 2, 2], "the hold: 6 fleet players");
+        assert_eq!(shares(6000), [4, 3, 3], "after the spike: 10, the remainder to the first id");
+        assert_eq!(shares(5500), [3, 3, 2], "half way up the spike: 8");
+        let (_, rates, fleet_target) = settle(own, &control, Some(&plan), &members, "a", start + 5500);
+        assert_eq!(fleet_target, Some(8), "the plan comes before fleetTarget");
+        assert_eq!(rates[Scenario::Matchmaking.index()].as_per_second(), 2.0, "the stage's rate first");
+        assert_eq!(rates[Scenario::Logout.index()].as_per_second(), 0.25, "then the control's");
+        assert_eq!(rates[Scenario::Login.index()], Rates::default().login, "then its own");
+        let (_, rates, _) = settle(own, &control, Some(&plan), &members, "a", start + 3000);
+        assert_eq!(rates[Scenario::Matchmaking.index()].as_per_second(), 0.5, "the hold names no rate");
+        // Before the plan starts, and without one: fleetTarget; without either: its own.
+        assert_eq!(settle(own, &control, Some(&plan), &members, "a", start - 1).2, Some(100));
+        assert_eq!(settle(own, &control, None, &members, "a", start).0, 34);
+        assert_eq!(settle(own, &HarnessControl::default(), None, &members, "a", start).0, 7);
+    }
+
+    #[test]
     fn bad_control_messages_are_refused_whole() {
         let unknown = HarnessControl {
             rates: Some(BTreeMap::from([("dance".to_owned(), 0.5)])),
             ..HarnessControl::default()
         };
-        assert!(check_control(&unknown).expect_err("unknown").contains("unknown scenario `dance`"));
+        assert!(check_control(&unknown, 0).expect_err("unknown").contains("unknown scenario `dance`"));
         let negative = HarnessControl {
             rates: Some(BTreeMap::from([("logout".to_owned(), -1.0)])),
             ..HarnessControl::default()
         };
-        assert!(check_control(&negative).expect_err("negative").contains("at least 0"));
+        assert!(check_control(&negative, 0).expect_err("negative").contains("at least 0"));
         assert!(
-            check_control(&HarnessControl { fleet_target: Some(5), ..HarnessControl::default() }).is_ok()
+            check_control(&HarnessControl { fleet_target: Some(5), ..HarnessControl::default() }, 0).is_ok()
         );
     }
 }

@@ -138,6 +138,10 @@ pub struct Report {
     /// The stage plan the run followed (`[[harness.stages]]`), if any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<crate::stages::StageReport>,
+    /// The fleet plans (`harness.control` `stages`) the instance followed, stage by
+    /// stage, in this run's time; players across the fleet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fleet_stages: Vec<crate::stages::FleetStageReport>,
 }
 
 /// What the report is made of besides the stats.
@@ -210,12 +214,19 @@ impl Report {
             distributions: Distributions::from_stats(stats),
             timeline: Timeline::default(),
             stages: Vec::new(),
+            fleet_stages: Vec::new(),
         }
     }
 
     /// Adds the stage plan.
     pub fn with_stages(mut self, stages: Vec<crate::stages::StageReport>) -> Self {
         self.stages = stages;
+        self
+    }
+
+    /// Adds the fleet plans' stages.
+    pub fn with_fleet_stages(mut self, stages: Vec<crate::stages::FleetStageReport>) -> Self {
+        self.fleet_stages = stages;
         self
     }
 
@@ -327,6 +338,21 @@ impl Report {
                 out,
                 "stage {}: from {:.0} s for {:.0} s, {} → {} players{}",
                 index + 1,
+                stage.start_seconds,
+                stage.duration_seconds,
+                stage.from_players,
+                stage.players,
+                if rates.is_empty() { String::new() } else { format!(" (rates: {})", rates.join(", ")) }
+            );
+        }
+        for stage in &self.fleet_stages {
+            let rates: Vec<String> =
+                stage.rates.iter().map(|(scenario, rate)| format!("{scenario} {rate:.4}/s")).collect();
+            let _ = writeln!(
+                out,
+                "fleet plan {} stage {}: from {:.0} s for {:.0} s, {} → {} fleet players{}",
+                stage.plan,
+                stage.stage,
                 stage.start_seconds,
                 stage.duration_seconds,
                 stage.from_players,

@@ -94,7 +94,8 @@ pub struct Run {
     /// Stops the stats loop and the fleet (last step).
     stop_rest: CancellationToken,
     loops: Vec<JoinHandle<()>>,
-    fleet: Option<JoinHandle<()>>,
+    /// The fleet loop; it ends with the stages of the fleet plans it followed.
+    fleet: Option<JoinHandle<Vec<crate::stages::FleetStageReport>>>,
     publisher: Option<StatsPublisher>,
     latest: Arc<Mutex<HarnessStats>>,
     progress: Arc<Mutex<ProgressLine>>,
@@ -258,9 +259,10 @@ impl Run {
         for task in self.loops.drain(..) {
             let _ = task.await;
         }
-        if let Some(fleet) = self.fleet.take() {
-            let _ = fleet.await;
-        }
+        let fleet_stages = match self.fleet.take() {
+            Some(fleet) => fleet.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
         self.progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).finish();
 
         // Over the whole run, the actual rate is what was dispatched per second.
@@ -291,7 +293,8 @@ impl Run {
             .with_scenario_errors(&errors)
             .with_quality(context.quality.report())
             .with_timeline(timeline)
-            .with_stages(crate::stages::report(&context.config.stages));
+            .with_stages(crate::stages::report(&context.config.stages))
+            .with_fleet_stages(fleet_stages);
         report.judge(context.config.max_error_rate, context.config.max_time_to_match_p99);
         report
     }

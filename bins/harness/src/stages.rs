@@ -20,12 +20,19 @@
 //! (`harness.duration` is not used). The plan sets this instance's *own* target and
 //! rates ([`Own`]): what `players` and `rates` set without a plan. A fleet target set
 //! over `harness.control` still takes precedence, as it does over `players`.
+//!
+//! A fleet follows one plan the same way ([`FleetPlan`], from `harness.control`'s
+//! `stages`): its `players` are the fleet target, divided among the live instances; it
+//! runs on the wall clock from the plan's `startedAtMs`, so every instance (and a late
+//! joiner) is at the same point of it. It comes first: over `fleetTarget`, and over this
+//! instance's own plan.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use mm_shared::protocol::HarnessPlan;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -65,6 +72,11 @@ pub fn total(stages: &[Stage]) -> Duration {
 
 /// The plan at `elapsed` (None without stages).
 pub fn point(stages: &[Stage], configured: Rates, elapsed: Duration) -> Option<Point> {
+    point_over(stages, configured.to_array(), elapsed)
+}
+
+/// The plan at `elapsed`, its stage's rates over `base` (None without stages).
+pub fn point_over(stages: &[Stage], base: [Rate; SCENARIOS], elapsed: Duration) -> Option<Point> {
     let mut start = Duration::ZERO;
     let mut from = 0u64;
     for (index, stage) in stages.iter().enumerate() {
@@ -77,7 +89,7 @@ pub fn point(stages: &[Stage], configured: Rates, elapsed: Duration) -> Option<P
                 into.as_secs_f64() / stage.duration.as_secs_f64()
             };
             let target = from as f64 + (stage.players as f64 - from as f64) * share;
-            let mut rates = configured.to_array();
+            let mut rates = base;
             for (scenario, rate) in &stage.rates {
                 rates[scenario.index()] = *rate;
             }
@@ -87,6 +99,65 @@ pub fn point(stages: &[Stage], configured: Rates, elapsed: Duration) -> Option<P
         from = stage.players;
     }
     None
+}
+
+/// The fleet's plan (`harness.control` `stages`) as an instance follows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetPlan {
+    /// When its first stage starts, Unix ms.
+    pub started_at_ms: u64,
+    /// `players` are fleet players.
+    pub stages: Vec<Stage>,
+}
+
+impl FleetPlan {
+    /// The plan of a checked control message ([`mm_shared::protocol::HarnessControl::check`]);
+    /// `now_ms` stands in for a missing start. A rate the check would refuse is left
+    /// out rather than trusted.
+    pub fn from_control(plan: &HarnessPlan, now_ms: u64) -> Self {
+        let stages = plan
+            .stages
+            .iter()
+            .map(|stage| Stage {
+                duration: stage.duration,
+                players: stage.players,
+                rates: stage
+                    .rates
+                    .iter()
+                    .filter_map(|(name, per_second)| {
+                        Some((Scenario::from_name(name)?, Rate::per_second(*per_second)?))
+                    })
+                    .collect(),
+            })
+            .collect();
+        Self { started_at_ms: plan.started_at_ms.unwrap_or(now_ms), stages }
+    }
+
+    /// The plan at wall-clock `now_ms`, its stage's rates over `base`; None before it
+    /// starts.
+    pub fn point(&self, base: [Rate; SCENARIOS], now_ms: u64) -> Option<Point> {
+        let elapsed = now_ms.checked_sub(self.started_at_ms)?;
+        point_over(&self.stages, base, Duration::from_millis(elapsed))
+    }
+
+    /// When its last stage ends, Unix ms.
+    pub fn ends_at_ms(&self) -> u64 {
+        let total = u64::try_from(total(&self.stages).as_millis()).unwrap_or(u64::MAX);
+        self.started_at_ms.saturating_add(total)
+    }
+
+    /// Whether the target can still move (the plan has not started or is not over).
+    pub fn moving(&self, now_ms: u64) -> bool {
+        now_ms < self.ends_at_ms()
+    }
+}
+
+/// A fleet plan an instance followed, from when to when (Unix ms; `until` None while it
+/// still follows it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Followed {
+    pub plan: FleetPlan,
+    pub until_ms: Option<u64>,
 }
 
 /// This instance's own target and rates: `players` and `rates`, or the plan's now. A
@@ -162,6 +233,61 @@ pub fn report(stages: &[Stage]) -> Vec<StageReport> {
         .collect()
 }
 
+/// One stage of a fleet plan as an instance's report shows it: times from the start of
+/// this instance's run (negative: before it), players across the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetStageReport {
+    /// Which of the fleet plans this run followed (1 = the first; a new one replaces the
+    /// one before).
+    pub plan: usize,
+    /// The stage's number in its plan (1 = the first).
+    pub stage: usize,
+    pub start_seconds: f64,
+    /// Cut short when the plan was replaced or reset during the stage.
+    pub duration_seconds: f64,
+    /// Fleet target at the stage's start and end.
+    pub from_players: u64,
+    pub players: u64,
+    /// Rates the stage set (per idle player per second), by scenario.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rates: BTreeMap<String, f64>,
+}
+
+/// The fleet plans a run followed, stage by stage, in the time of a run that started at
+/// `run_started_at_ms`; stages a replacement or a reset came before are left out.
+pub fn fleet_report(followed: &[Followed], run_started_at_ms: u64) -> Vec<FleetStageReport> {
+    let seconds_from_run = |at_ms: u64| (i128::from(at_ms) - i128::from(run_started_at_ms)) as f64 / 1000.0;
+    let mut rows = Vec::new();
+    for (number, episode) in followed.iter().enumerate() {
+        let until = episode.until_ms.unwrap_or(u64::MAX);
+        let mut start = episode.plan.started_at_ms;
+        let mut from = 0;
+        for (index, stage) in episode.plan.stages.iter().enumerate() {
+            if start >= until {
+                break;
+            }
+            let length = u64::try_from(stage.duration.as_millis()).unwrap_or(u64::MAX);
+            let end = start.saturating_add(length).min(until);
+            rows.push(FleetStageReport {
+                plan: number + 1,
+                stage: index + 1,
+                start_seconds: seconds_from_run(start),
+                duration_seconds: (end - start) as f64 / 1000.0,
+                from_players: from,
+                players: stage.players,
+                rates: stage
+                    .rates
+                    .iter()
+                    .map(|(scenario, rate)| (scenario.name().to_owned(), rate.as_per_second()))
+                    .collect(),
+            });
+            start = start.saturating_add(length);
+            from = stage.players;
+        }
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +316,69 @@ mod tests {
         assert_eq!(point(&[], Rates::default(), Duration::ZERO), None);
         let rows = report(&plan);
         assert_eq!((rows[2].start_seconds, rows[2].from_players, rows[2].players), (150.0, 100, 400));
+    }
+
+    fn fleet_plan(started_at_ms: u64, stages: Vec<Stage>) -> FleetPlan {
+        FleetPlan { started_at_ms, stages }
+    }
+
+    #[test]
+    fn a_fleet_plan_runs_on_the_wall_clock() {
+        let start = 1_700_000_000_000;
+        let mut spike = stage(1, 10);
+        spike.rates.insert(Scenario::Matchmaking, Rate::per_second(2.0).expect("rate"));
+        let plan = fleet_plan(start, vec![stage(2, 6), stage(3, 6), spike]);
+        let base = Rates::default().to_array();
+        let at = |ms: u64| plan.point(base, start + ms).map(|point| (point.stage, point.target));
+        assert_eq!(plan.point(base, start - 1), None, "not started yet");
+        assert_eq!(at(0), Some((0, 0)));
+        assert_eq!(at(1000), Some((0, 3)), "half way up the ramp");
+        assert_eq!(at(3000), Some((1, 6)), "the hold");
+        assert_eq!(at(5500), Some((2, 8)), "half way up the spike");
+        assert_eq!(at(3_600_000), Some((2, 10)), "after the plan: its last players");
+        let spiking = plan.point(base, start + 5500).expect("point");
+        assert_eq!(spiking.rates[Scenario::Matchmaking.index()].as_per_second(), 2.0);
+        assert_eq!(spiking.rates[Scenario::Logout.index()], base[Scenario::Logout.index()]);
+        assert_eq!(plan.ends_at_ms(), start + 6000);
+        assert!(plan.moving(start - 5000) && plan.moving(start + 5999));
+        assert!(!plan.moving(start + 6000));
+    }
+
+    #[test]
+    fn a_fleet_plan_comes_from_a_control_message() {
+        let message: mm_shared::protocol::HarnessControl = serde_json::from_value(serde_json::json!({
+            "stages": {"stages": [{"duration": "2s", "players": 6, "rates": {"matchmaking": "1/4s"}}]}
+        }))
+        .expect("json");
+        let plan = FleetPlan::from_control(message.stages.as_ref().expect("a plan"), 77);
+        assert_eq!(plan.started_at_ms, 77, "no start: the one given");
+        assert_eq!(plan.stages[0].duration, Duration::from_secs(2));
+        assert_eq!(plan.stages[0].rates[&Scenario::Matchmaking].as_per_second(), 0.25);
+    }
+
+    #[test]
+    fn the_report_shows_fleet_stages_in_the_runs_time() {
+        let start = 1_700_000_000_000;
+        let first = fleet_plan(start, vec![stage(2, 6), stage(3, 6), stage(1, 10)]);
+        let second = fleet_plan(start + 4000, vec![stage(10, 2)]);
+        // Joined 1.5 s into the first plan, which was replaced 4 s into it.
+        let followed = [
+            Followed { plan: first, until_ms: Some(start + 4000) },
+            Followed { plan: second, until_ms: None },
+        ];
+        let rows = fleet_report(&followed, start + 1500);
+        let summary: Vec<_> = rows
+            .iter()
+            .map(|row| {
+                (row.plan, row.stage, row.start_seconds, row.duration_seconds, row.from_players, row.players)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [(1, 1, -1.5, 2.0, 0, 6), (1, 2, 0.5, 2.0, 6, 6), (2, 1, 2.5, 10.0, 0, 2)],
+            "the hold cut short by the new plan, the spike never reached"
+        );
+        assert!(fleet_report(&[], start).is_empty());
     }
 
     #[test]

@@ -15,6 +15,11 @@ use serde_json::json;
 
 /// A harness instance with fast fleet timings, pointed at a closed gateway port.
 fn harness(nats: &NatsServer, instance: &str, players: u64) -> ServiceProcess {
+    harness_with(nats, instance, players, &[])
+}
+
+/// [`harness`] with more command-line arguments.
+fn harness_with(nats: &NatsServer, instance: &str, players: u64, extra: &[&str]) -> ServiceProcess {
     let admin = format!("127.0.0.1:{}", free_port());
     let gateway = format!("http://127.0.0.1:{}", free_port());
     let players = players.to_string();
@@ -32,7 +37,8 @@ fn harness(nats: &NatsServer, instance: &str, players: u64) -> ServiceProcess {
         ("MM_HARNESS__LOGIN__RETRY_MAX", "300ms".to_owned()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let args = ["--instance", instance, "--gateway", &gateway, "--duration", "5m"];
+    let mut args = vec!["--instance", instance, "--gateway", &gateway, "--duration", "5m"];
+    args.extend_from_slice(extra);
     let mut process = ServiceProcess::start("harness", &args, &env).expect("harness starts");
     process.wait_healthy(&admin).expect("harness healthy");
     process
@@ -44,6 +50,8 @@ struct Observer {
     kv: async_nats::jetstream::kv::Store,
     stats: async_nats::Subscriber,
     latest: BTreeMap<String, HarnessStats>,
+    /// Every stats message heard, by instance: (its target, the fleet target it ran under).
+    history: BTreeMap<String, Vec<(u64, Option<u64>)>>,
 }
 
 impl Observer {
@@ -60,7 +68,13 @@ impl Observer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Self { nats: client, kv: kv.expect("the harness bucket exists"), stats, latest: BTreeMap::new() }
+        Self {
+            nats: client,
+            kv: kv.expect("the harness bucket exists"),
+            stats,
+            latest: BTreeMap::new(),
+            history: BTreeMap::new(),
+        }
     }
 
     async fn control(&self, message: serde_json::Value) {
@@ -114,6 +128,10 @@ impl Observer {
             let until = tokio::time::Instant::now() + Duration::from_millis(200);
             while let Ok(Some(message)) = tokio::time::timeout_at(until, self.stats.next()).await {
                 if let Ok(stats) = serde_json::from_slice::<HarnessStats>(&message.payload) {
+                    self.history
+                        .entry(stats.instance.clone())
+                        .or_default()
+                        .push((stats.target, stats.fleet_target));
                     self.latest.insert(stats.instance.clone(), stats);
                 }
             }
@@ -305,4 +323,95 @@ async fn a_staged_member_follows_its_plan_under_the_fleet_target() {
     fleet.control(json!({"reset": true})).await;
     fleet.until("without it, the plan's target again", |_, stats| target(stats) == 10).await;
     drop(process);
+}
+
+/// A fleet plan over `harness.control`: two instances ramp, hold and spike on their shares
+/// of the plan's players, a third that joins mid-plan comes in at the same point of it,
+/// and a report marks the plan's stages in its run's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_follows_one_plan_of_stages() {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("p-a.json");
+    let report_arg = report.to_str().expect("utf-8").to_owned();
+    let mut a = harness_with(&nats, "p-a", 1, &["--report", &report_arg]);
+    let _b = harness(&nats, "p-b", 1);
+    let mut fleet = Observer::connect(&nats).await;
+    fleet
+        .until("each runs its own single player", |registered, stats| {
+            targets(registered) == [("p-a", 1), ("p-b", 1)]
+                && alive(stats, "p-a") == 1
+                && alive(stats, "p-b") == 1
+        })
+        .await;
+
+    // Ramp to 6 fleet players over 2 s, hold 3 s, spike to 10 in 1 s, hold there 20 s.
+    let started_at = mm_shared::protocol::now_ms();
+    fleet
+        .control(json!({"stages": {"startedAtMs": started_at, "stages": [
+            {"duration": "2s", "players": 6},
+            {"duration": "3s", "players": 6},
+            {"duration": "1s", "players": 10, "rates": {"matchmaking": "1/10s"}},
+            {"duration": "20s", "players": 10},
+        ]}}))
+        .await;
+    let split = |stats: &BTreeMap<String, HarnessStats>, expected: &[(&str, u64)], fleet_target: u64| {
+        expected.iter().all(|(id, share)| {
+            stats.get(*id).is_some_and(|s| {
+                s.target == *share && s.players.alive == *share && s.fleet_target == Some(fleet_target)
+            })
+        })
+    };
+    fleet
+        .until("the hold: 6 fleet players, 3 each", |registered, stats| {
+            targets(registered) == [("p-a", 3), ("p-b", 3)] && split(stats, &[("p-a", 3), ("p-b", 3)], 6)
+        })
+        .await;
+    let elapsed = mm_shared::protocol::now_ms() - started_at;
+    assert!(elapsed < 5000, "the hold was seen in the hold, {elapsed} ms into the plan");
+    fleet
+        .until("the spike: 10 fleet players, 5 each, with the spike's rate", |registered, stats| {
+            targets(registered) == [("p-a", 5), ("p-b", 5)]
+                && split(stats, &[("p-a", 5), ("p-b", 5)], 10)
+                && stats["p-a"].scenarios.get("matchmaking").is_some_and(|s| s.rate == 0.1)
+        })
+        .await;
+
+    // A late joiner reads the plan from the bucket and joins at the plan's point (10
+    // fleet players), not at its own start (0) nor at its own --players.
+    let _c = harness(&nats, "p-c", 1);
+    fleet
+        .until("the joiner takes its share: 10 = 4 + 3 + 3", |registered, stats| {
+            targets(registered) == [("p-a", 4), ("p-b", 3), ("p-c", 3)]
+                && split(stats, &[("p-a", 4), ("p-b", 3), ("p-c", 3)], 10)
+        })
+        .await;
+    let joined = mm_shared::protocol::now_ms() - started_at;
+    assert!(joined < 26_000, "the joiner came in before the plan's end ({joined} ms)");
+    let seen = &fleet.history["p-c"];
+    assert!(
+        seen.iter().all(|(_, fleet_target)| *fleet_target == Some(10)),
+        "every stats message of the joiner ran under the plan's point, 10: {seen:?}"
+    );
+
+    // The report of p-a marks the plan's stages in its own run's time.
+    let status = a.terminate(Duration::from_secs(10)).expect("p-a stops");
+    assert!(status.success(), "p-a exits 0:\n{}", a.log());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report written")).expect("json");
+    let run_started_at = report["started_at"].as_u64().expect("started_at");
+    let rows = report["fleet_stages"].as_array().expect("fleet_stages");
+    // In whole milliseconds: the report's seconds are a division by 1000.
+    let starts: Vec<i64> = rows
+        .iter()
+        .map(|row| (row["start_seconds"].as_f64().expect("start") * 1000.0).round() as i64)
+        .collect();
+    let plan_start = i64::try_from(started_at).expect("ms") - i64::try_from(run_started_at).expect("ms");
+    assert_eq!(starts, [plan_start, plan_start + 2000, plan_start + 5000, plan_start + 6000], "{rows:?}");
+    assert!(plan_start > 0, "the plan began after p-a started: {plan_start} ms");
+    let players: Vec<u64> = rows.iter().map(|row| row["players"].as_u64().expect("players")).collect();
+    assert_eq!(players, [6, 6, 10, 10]);
+    assert_eq!(rows[2]["rates"], json!({"matchmaking": 0.1}));
+    let last = rows[3]["duration_seconds"].as_f64().expect("duration");
+    assert!(last > 0.0 && last < 20.0, "the last stage is cut at the end of the run: {last}");
 }

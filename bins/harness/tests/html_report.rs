@@ -100,7 +100,22 @@ fn every_chart_of_the_html_report_renders_with_data_in_chromium() {
             Stage { duration: Duration::from_secs(10), players: 100, rates: BTreeMap::new() },
             Stage { duration: Duration::from_secs(15), players: 100, rates: BTreeMap::new() },
             Stage { duration: Duration::from_secs(5), players: 300, rates: BTreeMap::new() },
-        ]));
+        ]))
+        // A fleet plan that began 4 s before this run: its stages at -4 s, 6 s and 16 s.
+        .with_fleet_stages(harness::stages::fleet_report(
+            &[harness::stages::Followed {
+                plan: harness::stages::FleetPlan {
+                    started_at_ms: facts.started_at - 4000,
+                    stages: vec![
+                        Stage { duration: Duration::from_secs(10), players: 50, rates: BTreeMap::new() },
+                        Stage { duration: Duration::from_secs(10), players: 50, rates: BTreeMap::new() },
+                        Stage { duration: Duration::from_secs(5), players: 900, rates: BTreeMap::new() },
+                    ],
+                },
+                until_ms: None,
+            }],
+            facts.started_at,
+        ));
     report.judge(Some(0.5), Some(Duration::from_secs(10)));
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -132,6 +147,12 @@ fn every_chart_of_the_html_report_renders_with_data_in_chromium() {
     assert!(players.points >= 5 * 31, "every sample of every state: {players:?}");
     assert_eq!(players.stages, 2, "the boundaries at 10 s and 25 s (the first stage starts at 0)");
     assert!(rendered.dom.contains("stage 3 → 300"), "the spike is labelled");
+    assert_eq!(
+        players.fleet_stages, 2,
+        "the fleet plan's boundaries at 6 s and 16 s (not the one before the run)"
+    );
+    assert!(rendered.dom.contains("fleet stage 3 → 900"), "the fleet's spike is labelled");
+    assert!(rendered.dom.contains("Fleet stages"), "the fleet stages table");
     assert!(rendered.dom.contains("match_timeout"), "the errors table");
     assert!(rendered.dom.contains("FAIL: "), "the breached threshold is shown");
 }

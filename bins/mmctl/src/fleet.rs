@@ -4,9 +4,12 @@
 //! `harness.stats.*` for a moment (what each instance is doing), then prints one line per
 //! instance and the fleet's merged numbers: scenario counts and rates, errors, and latency
 //! percentiles merged from every instance's histogram (not averaged). With `--target`,
-//! `--rate` or `--reset` it first publishes a `harness.control` message.
+//! `--rate`, `--stages` or `--reset` it first publishes a `harness.control` message; a
+//! plan from `--stages FILE.toml` (`[[stages]]` tables, like `[[harness.stages]]` with
+//! players across the fleet) is stamped with this machine's clock as its start.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,10 +18,10 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind, RequestError, RequestErrorKind};
 use futures_util::StreamExt;
 use mm_shared::protocol::{
-    HARNESS_SCENARIOS, HarnessControl, HarnessInstance, HarnessScenarioStats, HarnessStats, HistogramData,
-    buckets, subjects,
+    HARNESS_SCENARIOS, HarnessControl, HarnessInstance, HarnessPlan, HarnessPlanStage, HarnessScenarioStats,
+    HarnessStats, HistogramData, buckets, subjects,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What to do besides showing the fleet.
 #[derive(Debug, Clone, Default)]
@@ -29,6 +32,8 @@ pub struct FleetArgs {
     pub target: Option<u64>,
     /// `name=value` pairs: executions per idle player per second.
     pub rates: Vec<String>,
+    /// A TOML file of `[[stages]]`: the fleet's plan, starting now.
+    pub stages: Option<PathBuf>,
     pub reset: bool,
     pub json: bool,
 }
@@ -53,12 +58,70 @@ pub fn control_from(args: &FleetArgs) -> anyhow::Result<Option<HarnessControl>> 
                 .with_context(|| format!("--rate {pair}: the value must be a number of at least 0"))?;
         rates.insert(name.trim().to_owned(), value);
     }
+    let stages = match &args.stages {
+        Some(path) => Some(plan_from_file(path, mm_shared::protocol::now_ms())?),
+        None => None,
+    };
     let control = HarnessControl {
         fleet_target: args.target,
         rates: (!rates.is_empty()).then_some(rates),
         reset: args.reset,
+        stages,
     };
     Ok((control != HarnessControl::default()).then_some(control))
+}
+
+/// What a `--stages` file holds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanFile {
+    stages: Vec<HarnessPlanStage>,
+}
+
+/// The plan in a `--stages` file, starting at `started_at_ms`.
+fn plan_from_file(path: &Path, started_at_ms: u64) -> anyhow::Result<HarnessPlan> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--stages: reading {}", path.display()))?;
+    plan_from_toml(&text, started_at_ms).with_context(|| format!("--stages {}", path.display()))
+}
+
+/// The plan in the text of a `--stages` file: `[[stages]]` tables with `duration`,
+/// `players` (across the fleet) and optional `rates`, as in `[[harness.stages]]`.
+fn plan_from_toml(text: &str, started_at_ms: u64) -> anyhow::Result<HarnessPlan> {
+    let file: PlanFile = toml::from_str(text).map_err(|err| {
+        anyhow::anyhow!(
+            "expected [[stages]] tables with duration, players and optional rates \
+             (like [[harness.stages]]): {err}"
+        )
+    })?;
+    Ok(HarnessPlan { started_at_ms: Some(started_at_ms), stages: file.stages })
+}
+
+/// Where a plan is at `now_ms`, in words (`mmctl fleet`'s fleet line).
+fn plan_state(plan: &HarnessPlan, now_ms: u64) -> String {
+    let Some(started_at) = plan.started_at_ms else {
+        return format!("fleet plan of {} stage(s)", plan.stages.len());
+    };
+    if now_ms < started_at {
+        return format!("fleet plan starts in {:.1} s", (started_at - now_ms) as f64 / 1000.0);
+    }
+    let elapsed = Duration::from_millis(now_ms - started_at);
+    let mut end = Duration::ZERO;
+    let mut from = 0;
+    for (index, stage) in plan.stages.iter().enumerate() {
+        end = end.saturating_add(stage.duration);
+        if elapsed < end {
+            return format!(
+                "fleet plan: stage {} of {}, {from} → {} players, started {:.1} s ago",
+                index + 1,
+                plan.stages.len(),
+                stage.players,
+                elapsed.as_secs_f64()
+            );
+        }
+        from = stage.players;
+    }
+    format!("fleet plan over: holding {from} players")
 }
 
 /// Exit code of a control message the harness would refuse (nothing is sent).
@@ -329,9 +392,10 @@ impl Fleet {
             self.live(),
             merged.players.alive,
             merged.target,
-            match self.control.fleet_target {
-                Some(target) => format!(" (fleet target {target})"),
-                None => " (each instance's own --players)".to_owned(),
+            match (&self.control.stages, self.control.fleet_target) {
+                (Some(plan), _) => format!(" ({})", plan_state(plan, self.now)),
+                (None, Some(target)) => format!(" (fleet target {target})"),
+                (None, None) => " (each instance's own --players)".to_owned(),
             }
         );
         if let Some(rates) = &self.control.rates {
@@ -539,5 +603,52 @@ mod tests {
         assert!(control_from(&FleetArgs::default()).expect("valid").is_none());
         let bad = FleetArgs { rates: vec!["matchmaking=-1".into()], ..FleetArgs::default() };
         assert!(control_from(&bad).is_err());
+    }
+
+    #[test]
+    fn a_stages_file_becomes_a_plan_starting_now() {
+        let text = "[[stages]]\nduration = \"2m\"\nplayers = 500\n\
+                    [[stages]]\nduration = \"30s\"\nplayers = 2000\nrates = { matchmaking = \"1/60s\", logout = 0 }\n";
+        let plan = plan_from_toml(text, 1_700_000_000_000).expect("a plan");
+        let control = HarnessControl { stages: Some(plan.clone()), ..HarnessControl::default() };
+        assert!(control.check().is_ok());
+        let json = serde_json::to_value(&control).expect("json");
+        assert_eq!(json["stages"]["startedAtMs"], 1_700_000_000_000u64);
+        assert_eq!(json["stages"]["stages"][0], serde_json::json!({"duration": "2m", "players": 500}));
+        assert_eq!(json["stages"]["stages"][1]["rates"]["logout"], 0.0);
+        let per_minute = json["stages"]["stages"][1]["rates"]["matchmaking"].as_f64().expect("rate");
+        assert!((per_minute - 1.0 / 60.0).abs() < 1e-12, "{per_minute}");
+
+        for (bad, expected) in [
+            ("", "missing field `stages`"),
+            ("[[harness.stages]]\nduration = \"1s\"\nplayers = 1\n", "unknown field `harness`"),
+            ("[[stages]]\nduration = \"1s\"\n", "missing field `players`"),
+            ("[[stages]]\nduration = \"soon\"\nplayers = 1\n", "invalid duration `soon`"),
+            ("[[stages]]\nduration = \"1s\"\nplayers = 1\nrate = 2\n", "unknown field `rate`"),
+        ] {
+            let err = format!("{:#}", plan_from_toml(bad, 0).expect_err(bad));
+            assert!(err.contains(expected) && err.contains("[[stages]]"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_fleet_line_says_where_the_plan_is() {
+        let plan = plan_from_toml(
+            "[[stages]]\nduration = \"2s\"\nplayers = 6\n[[stages]]\nduration = \"3s\"\nplayers = 10\n",
+            10_000,
+        )
+        .expect("a plan");
+        assert_eq!(plan_state(&plan, 9_000), "fleet plan starts in 1.0 s");
+        assert_eq!(plan_state(&plan, 11_000), "fleet plan: stage 1 of 2, 0 → 6 players, started 1.0 s ago");
+        assert_eq!(plan_state(&plan, 13_500), "fleet plan: stage 2 of 2, 6 → 10 players, started 3.5 s ago");
+        assert_eq!(plan_state(&plan, 16_000), "fleet plan over: holding 10 players");
+        let now = mm_shared::protocol::now_ms();
+        let fleet = Fleet::new(
+            vec![instance("a", now)],
+            BTreeMap::from([("a".to_owned(), stats("a", vec![]))]),
+            HarnessControl { fleet_target: Some(99), stages: Some(plan), ..HarnessControl::default() },
+        );
+        let table = fleet.table();
+        assert!(table.contains("target 5 (fleet plan over: holding 10 players)"), "the plan wins: {table}");
     }
 }

@@ -9,7 +9,7 @@
 //!   invariants from outside; exits 1 when one broke.
 //! - `mmctl status`: what each local service's `/healthz` says.
 //! - `mmctl fleet`: the harness fleet (instances, players, rates, merged latencies), and
-//!   its live control (`--target`, `--rate`, `--reset`).
+//!   its live control (`--target`, `--rate`, `--stages`, `--reset`).
 
 mod chaos;
 mod config;
@@ -133,7 +133,8 @@ enum Command {
         action: PodmanServiceAction,
     },
     /// Show the harness fleet: instances, players, scenario rates, errors, merged
-    /// latency percentiles; with --target/--rate/--reset, first send a harness.control.
+    /// latency percentiles; with --target/--rate/--stages/--reset, first send a
+    /// harness.control.
     /// Exits 1 when no instance is live.
     Fleet {
         /// NATS URL (default: `NATS_URL` of `<data_dir>/operator.env`, which `mmctl dev`
@@ -149,7 +150,12 @@ enum Command {
         /// Set a scenario rate, executions per idle player per second (repeatable).
         #[arg(long = "rate", value_name = "SCENARIO=RATE")]
         rates: Vec<String>,
-        /// Forget the fleet target and rates: instances go back to their own config.
+        /// Give the fleet a plan of stages, starting now: a TOML file of `[[stages]]`
+        /// tables (`duration`, `players` across the fleet, optional `rates`), like
+        /// `[[harness.stages]]`. While it is set it decides the fleet target.
+        #[arg(long, value_name = "FILE.toml")]
+        stages: Option<PathBuf>,
+        /// Forget the fleet target, rates and plan: instances go back to their own config.
         #[arg(long)]
         reset: bool,
         /// Print JSON instead of tables.
@@ -211,13 +217,14 @@ fn main() -> ExitCode {
             PodmanServiceAction::Stop { node } => podman_service::stop(&config.dev.data_dir, &node),
             PodmanServiceAction::Status => podman_service::status(&config.dev.data_dir),
         },
-        Command::Fleet { nats, listen, target, rates, reset, json } => fleet::run(fleet::FleetArgs {
+        Command::Fleet { nats, listen, target, rates, stages, reset, json } => fleet::run(fleet::FleetArgs {
             nats: nats
                 .or_else(|| credentials::read_url(&config.dev.data_dir, credentials::OPERATOR))
                 .unwrap_or_else(|| stack::nats_url(&config)),
             listen,
             target,
             rates,
+            stages,
             reset,
             json,
         }),

@@ -14,6 +14,19 @@ fn mmctl(args: &[&str]) -> (Option<i32>, String, String) {
     (output.status.code(), text(&output.stdout), text(&output.stderr))
 }
 
+/// Waits until `instance` is registered in the fleet: it has joined, so it is subscribed
+/// to `harness.control` (its `/healthz` answers before that).
+fn wait_registered(url: &str, instance: &str, harness: &ServiceProcess) {
+    let mut last = String::new();
+    let registered = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let (_, stdout, _) = mmctl(&["fleet", "--nats", url, "--listen", "100ms", "--json"]);
+        last = stdout;
+        serde_json::from_str::<serde_json::Value>(&last)
+            .is_ok_and(|json| json["instances"][0]["instance"] == instance)
+    });
+    assert!(registered, "{instance} registers:\n{last}\n{}", harness.log());
+}
+
 #[test]
 fn fleet_sets_the_target_and_shows_the_instances() {
     let nats = NatsServer::start().expect("nats-server");
@@ -32,6 +45,7 @@ fn fleet_sets_the_target_and_shows_the_instances() {
     let args = ["--instance", "fleet-test", "--players", "2", "--gateway", &gateway, "--duration", "5m"];
     let mut harness = ServiceProcess::start("harness", &args, &env).expect("harness starts");
     harness.wait_healthy(&admin).expect("harness healthy");
+    wait_registered(&url, "fleet-test", &harness);
 
     let (code, stdout, stderr) =
         mmctl(&["fleet", "--nats", &url, "--target", "7", "--rate", "matchmaking=0.25"]);
@@ -96,4 +110,103 @@ fn a_bucket_that_cannot_be_opened_is_an_error_not_an_empty_fleet() {
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("opening the harness bucket"), "{stderr}");
     assert!(!stdout.contains("no harness instance"), "{stdout}");
+}
+
+/// `--stages FILE.toml`: the plan goes out stamped with this machine's clock, the
+/// instance follows it (its players are the fleet's), the fleet line says where it is,
+/// and `--reset` drops it.
+#[test]
+fn fleet_stages_sends_a_plan_that_the_fleet_follows() {
+    let nats = NatsServer::start().expect("nats-server");
+    let url = nats.url();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let gateway = format!("http://127.0.0.1:{}", free_port());
+    let env = [
+        ("MM_NATS__URL", url.as_str()),
+        ("MM_HARNESS__ADMIN_LISTEN", admin.as_str()),
+        ("MM_HARNESS__PROGRESS", "never"),
+        ("MM_HARNESS__SPAWN_INTERVAL", "1ms"),
+        ("MM_HARNESS__FLEET__STATS_INTERVAL", "200ms"),
+    ];
+    let args = ["--instance", "plan-test", "--players", "1", "--gateway", &gateway, "--duration", "5m"];
+    let mut harness = ServiceProcess::start("harness", &args, &env).expect("harness starts");
+    harness.wait_healthy(&admin).expect("harness healthy");
+    wait_registered(&url, "plan-test", &harness);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "[[stages]]\nduration = \"1s\"\nplayers = 3\n\
+         [[stages]]\nduration = \"1m\"\nplayers = 3\nrates = { matchmaking = \"1/4s\" }\n",
+    )
+    .expect("plan written");
+    let plan = plan.to_str().expect("utf-8");
+    let before = mm_shared::protocol::now_ms();
+    let (code, stdout, stderr) = mmctl(&["fleet", "--nats", &url, "--stages", plan, "--listen", "100ms"]);
+    let after = mm_shared::protocol::now_ms();
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let sent = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("sent harness.control: "))
+        .unwrap_or_else(|| panic!("the message is shown: {stdout}"));
+    let sent: serde_json::Value = serde_json::from_str(sent).expect("json");
+    let started_at = sent["stages"]["startedAtMs"].as_u64().expect("stamped");
+    assert!(
+        (before..=after).contains(&started_at),
+        "stamped with now: {started_at} not in {before}..={after}"
+    );
+    assert_eq!(
+        sent["stages"]["stages"],
+        serde_json::json!([
+            {"duration": "1s", "players": 3},
+            {"duration": "1m", "players": 3, "rates": {"matchmaking": 0.25}}
+        ])
+    );
+
+    let mut last = String::new();
+    let followed = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let (_, stdout, _) = mmctl(&["fleet", "--nats", &url, "--listen", "500ms"]);
+        last = stdout;
+        last.contains(
+            "fleet: 1 live instance(s), 3 players alive, target 3 (fleet plan: stage 2 of 2, 3 → 3 players",
+        )
+    });
+    assert!(followed, "the instance follows the plan into its second stage:\n{last}\n{}", harness.log());
+
+    let (code, stdout, stderr) = mmctl(&["fleet", "--nats", &url, "--reset", "--listen", "100ms"]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let reset = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let (_, stdout, _) = mmctl(&["fleet", "--nats", &url, "--listen", "500ms"]);
+        last = stdout;
+        last.contains("1 players alive, target 1 (each instance's own --players)")
+    });
+    assert!(reset, "a reset drops the plan:\n{last}");
+}
+
+#[test]
+fn a_stages_file_that_cannot_be_sent_is_refused() {
+    // Refused before connecting: no server answers on this port.
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, "[[stages]]\nduration = \"1s\"\nplayers = 3\nrates = { dance = 1 }\n")
+        .expect("written");
+    let plan = plan.to_str().expect("utf-8");
+    let (code, stdout, stderr) = mmctl(&["fleet", "--nats", &url, "--stages", plan]);
+    assert_eq!(code, Some(2), "the harness would refuse it:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("unknown scenario `dance` in stages[0].rates"), "{stderr}");
+    assert!(!stdout.contains("sent"), "{stdout}");
+
+    let missing = dir.path().join("missing.toml");
+    let (code, _, stderr) = mmctl(&["fleet", "--nats", &url, "--stages", missing.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--stages: reading") && stderr.contains("missing.toml"), "{stderr}");
+
+    std::fs::write(dir.path().join("typo.toml"), "[[stage]]\nduration = \"1s\"\nplayers = 3\n")
+        .expect("written");
+    let typo = dir.path().join("typo.toml");
+    let (code, _, stderr) = mmctl(&["fleet", "--nats", &url, "--stages", typo.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("expected [[stages]] tables"), "{stderr}");
 }

@@ -7,6 +7,7 @@
 //! | [`nats`] | connect with retry, JSON request/reply with typed errors, micro endpoints |
 //! | [`redis`] | a reconnecting Redis connection with timeouts |
 //! | [`protocol`] | subject, bucket and key names; every message and KV value as a serde type |
+//! | [`rate`] | scenario rates as written: per second (`0.01`) or a count per duration (`"1/300s"`) |
 //! | [`shutdown`] | SIGINT/SIGTERM turned into one cancellation token |
 //! | [`service`] | the start-up every binary shares (args, config, logs, metrics, admin server) |
 //! | [`probe`] | tiny blocking TCP/HTTP checks for supervisors and tests |
@@ -20,6 +21,7 @@ pub mod nats;
 pub mod probe;
 pub mod process;
 pub mod protocol;
+pub mod rate;
 pub mod redis;
 pub mod retry;
 pub mod service;

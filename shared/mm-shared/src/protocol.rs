@@ -1258,10 +1258,61 @@ pub struct HarnessControl {
     /// Scenario name → executions per idle player per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rates: Option<std::collections::BTreeMap<String, f64>>,
-    /// Forget the fleet target and rates set so far (applied before the other fields):
-    /// each instance goes back to its own `--players` and configured rates.
+    /// Forget the fleet target, rates and plan set so far (applied before the other
+    /// fields): each instance goes back to its own `--players` and configured rates.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reset: bool,
+    /// A plan of stages for the whole fleet. A new plan replaces the one before; while
+    /// one is set (from its `startedAtMs` on) it decides the fleet target, over
+    /// `fleetTarget`, and after its last stage the fleet holds that stage's players
+    /// until a `reset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<HarnessPlan>,
+}
+
+/// The fleet's plan of stages (`harness.control` `stages`), like k6's `stages` for the
+/// whole fleet: each stage moves the fleet target linearly from where the one before
+/// ended (the first from 0) to its `players` over its `duration`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HarnessPlan {
+    /// When the first stage starts, Unix ms by the publisher's clock (`mmctl fleet
+    /// --stages` stamps it). Absent, each instance stamps it with its own clock when the
+    /// message arrives. A start still ahead waits: until then the fleet runs as without
+    /// the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    pub stages: Vec<HarnessPlanStage>,
+}
+
+/// One stage of a [`HarnessPlan`]: the same fields as one of `[[harness.stages]]`, with
+/// `players` counted across the fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HarnessPlanStage {
+    /// `"30s"`, `"2m"`, or an integer of milliseconds.
+    #[serde(with = "crate::duration")]
+    pub duration: std::time::Duration,
+    /// The fleet target at the end of the stage.
+    pub players: u64,
+    /// Scenario name → executions per idle player per second while the stage lasts
+    /// (`0.01`, or `"1/300s"` when read; always a number when written). They apply over
+    /// the control `rates`.
+    #[serde(
+        default,
+        skip_serializing_if = "std::collections::BTreeMap::is_empty",
+        deserialize_with = "crate::rate::deserialize_map"
+    )]
+    pub rates: std::collections::BTreeMap<String, f64>,
+}
+
+impl HarnessPlan {
+    /// How long its stages last together (saturating).
+    pub fn total(&self) -> std::time::Duration {
+        self.stages
+            .iter()
+            .fold(std::time::Duration::ZERO, |total, stage| total.saturating_add(stage.duration))
+    }
 }
 
 impl HarnessControl {
@@ -1279,6 +1330,9 @@ impl HarnessControl {
                 .get_or_insert_with(Default::default)
                 .extend(rates.iter().map(|(k, v)| (k.clone(), *v)));
         }
+        if let Some(plan) = &change.stages {
+            self.stages = Some(plan.clone());
+        }
     }
 }
 
@@ -1290,26 +1344,102 @@ pub const HARNESS_SCENARIOS: [&str; 6] =
 /// Highest scenario rate a harness takes, in executions per idle player per second.
 pub const HARNESS_MAX_RATE: f64 = 1e6;
 
+/// Most stages a fleet plan may have.
+pub const HARNESS_MAX_STAGES: usize = 100;
+
+/// Longest fleet plan (its stages together): a year, like the longest harness run.
+pub const HARNESS_MAX_PLAN: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// Earliest `startedAtMs` a plan may have (2020-01-01): anything before is a number in
+/// the wrong unit (seconds, most likely), not a plan that started 50 years ago.
+pub const HARNESS_PLAN_EPOCH_MS: u64 = 1_577_836_800_000;
+
+/// Furthest ahead of the receiving instance's clock a plan may start: a day.
+pub const HARNESS_PLAN_MAX_AHEAD_MS: u64 = 24 * 3600 * 1000;
+
 impl HarnessControl {
     /// Checks a control message before any of it is applied: every rate names one of
-    /// [`HARNESS_SCENARIOS`] and lies in `0..=`[`HARNESS_MAX_RATE`]. The harness refuses
-    /// a message that fails this as a whole; `mmctl fleet` refuses to send one.
+    /// [`HARNESS_SCENARIOS`] and lies in `0..=`[`HARNESS_MAX_RATE`], and a plan has 1 to
+    /// [`HARNESS_MAX_STAGES`] stages, none of them 0 long, lasting at most
+    /// [`HARNESS_MAX_PLAN`] together, with a start (if given) in milliseconds. The harness
+    /// refuses a message that fails this as a whole; `mmctl fleet` refuses to send one.
     pub fn check(&self) -> Result<(), String> {
-        for (name, rate) in self.rates.iter().flatten() {
-            if !HARNESS_SCENARIOS.contains(&name.as_str()) {
-                return Err(format!(
-                    "unknown scenario `{name}` in rates (known: {})",
-                    HARNESS_SCENARIOS.join(", ")
-                ));
+        check_rates("rates", self.rates.iter().flatten())?;
+        let Some(plan) = &self.stages else { return Ok(()) };
+        if plan.stages.is_empty() {
+            return Err(
+                "stages: a plan needs at least one stage (to drop a plan, send {\"reset\": true})".to_owned()
+            );
+        }
+        if plan.stages.len() > HARNESS_MAX_STAGES {
+            return Err(format!(
+                "stages: the plan has {} stages; at most {HARNESS_MAX_STAGES} are allowed",
+                plan.stages.len()
+            ));
+        }
+        for (index, stage) in plan.stages.iter().enumerate() {
+            if stage.duration.is_zero() {
+                return Err(format!("stages[{index}].duration: must be more than 0"));
             }
-            if !(0.0..=HARNESS_MAX_RATE).contains(rate) {
-                return Err(format!(
-                    "rate of `{name}` is {rate}: must be a number of at least 0 and at most {HARNESS_MAX_RATE}"
-                ));
-            }
+            check_rates(&format!("stages[{index}].rates"), &stage.rates)?;
+        }
+        if plan.total() > HARNESS_MAX_PLAN {
+            return Err(format!(
+                "stages: the plan lasts {}; at most {} are allowed",
+                crate::duration::format(plan.total()),
+                crate::duration::format(HARNESS_MAX_PLAN)
+            ));
+        }
+        if let Some(started_at) = plan.started_at_ms
+            && started_at < HARNESS_PLAN_EPOCH_MS
+        {
+            return Err(format!(
+                "stages.startedAtMs is {started_at}: before 2020, so not Unix milliseconds (seconds?)"
+            ));
         }
         Ok(())
     }
+
+    /// [`HarnessControl::check`], and a plan's start at most
+    /// [`HARNESS_PLAN_MAX_AHEAD_MS`] after `now_ms` (the receiver's clock).
+    pub fn check_at(&self, now_ms: u64) -> Result<(), String> {
+        self.check()?;
+        if let Some(started_at) = self.stages.as_ref().and_then(|plan| plan.started_at_ms)
+            && started_at > now_ms.saturating_add(HARNESS_PLAN_MAX_AHEAD_MS)
+        {
+            return Err(format!(
+                "stages.startedAtMs is {started_at}, more than a day after this instance's clock ({now_ms})"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gives a plan without a start the start `now_ms` (what an instance does with a
+    /// plan as it receives it).
+    pub fn stamp(&mut self, now_ms: u64) {
+        if let Some(plan) = &mut self.stages {
+            plan.started_at_ms.get_or_insert(now_ms);
+        }
+    }
+}
+
+/// Every rate names a known scenario and lies in `0..=`[`HARNESS_MAX_RATE`]; `what`
+/// names the field in the error.
+fn check_rates<'a>(what: &str, rates: impl IntoIterator<Item = (&'a String, &'a f64)>) -> Result<(), String> {
+    for (name, rate) in rates {
+        if !HARNESS_SCENARIOS.contains(&name.as_str()) {
+            return Err(format!(
+                "unknown scenario `{name}` in {what} (known: {})",
+                HARNESS_SCENARIOS.join(", ")
+            ));
+        }
+        if !(0.0..=HARNESS_MAX_RATE).contains(rate) {
+            return Err(format!(
+                "rate of `{name}` in {what} is {rate}: must be a number of at least 0 and at most {HARNESS_MAX_RATE}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A live harness instance in KV bucket `harness` (key = instance id), refreshed on
@@ -1462,7 +1592,7 @@ mod harness_tests {
         let rates = state.rates.clone().expect("rates");
         assert_eq!((rates["matchmaking"], rates["logout"]), (0.5, 0.0));
         state.apply(&serde_json::from_value(json!({"reset": true, "fleetTarget": 7})).expect("json"));
-        assert_eq!(state, HarnessControl { fleet_target: Some(7), rates: None, reset: false });
+        assert_eq!(state, HarnessControl { fleet_target: Some(7), ..HarnessControl::default() });
         assert_eq!(serde_json::to_value(&state).expect("json"), json!({"fleetTarget": 7}));
     }
 
@@ -1481,6 +1611,98 @@ mod harness_tests {
             assert!(with_rate("logout", bad).check().is_err(), "{bad}");
         }
         assert!(HarnessControl { fleet_target: Some(5), ..HarnessControl::default() }.check().is_ok());
+    }
+
+    #[test]
+    fn a_plan_is_set_replaced_and_reset() {
+        let mut state = HarnessControl::default();
+        let plan = json!({"startedAtMs": 1_700_000_000_000u64, "stages": [
+            {"duration": "2s", "players": 6},
+            {"duration": "3s", "players": 6, "rates": {"matchmaking": "1/4s", "logout": 0}}
+        ]});
+        state.apply(&serde_json::from_value(json!({"fleetTarget": 50, "stages": plan})).expect("json"));
+        let set = state.stages.clone().expect("a plan");
+        assert_eq!(set.started_at_ms, Some(1_700_000_000_000));
+        assert_eq!(set.total(), std::time::Duration::from_secs(5));
+        assert_eq!(set.stages[1].rates["matchmaking"], 0.25, "a count per duration becomes per second");
+        assert_eq!(state.fleet_target, Some(50), "kept, though the plan decides while it is set");
+        // Written back with numbers and human durations, and read again the same.
+        let written = serde_json::to_value(&state).expect("json");
+        assert_eq!(
+            written["stages"]["stages"][1],
+            json!({"duration": "3s", "players": 6, "rates": {"logout": 0.0, "matchmaking": 0.25}})
+        );
+        assert_eq!(serde_json::from_value::<HarnessControl>(written).expect("round trip"), state);
+
+        state.apply(&serde_json::from_value(json!({"rates": {"login": 1}})).expect("json"));
+        assert_eq!(state.stages.as_ref(), Some(&set), "a message without stages keeps the plan");
+        state.apply(
+            &serde_json::from_value(json!({"stages": {"stages": [{"duration": 1000, "players": 3}]}}))
+                .expect("json"),
+        );
+        let replaced = state.stages.clone().expect("a plan");
+        assert_eq!(
+            (replaced.started_at_ms, replaced.stages.len()),
+            (None, 1),
+            "a new plan replaces the old one whole"
+        );
+        state.stamp(42);
+        assert_eq!(state.stages.as_ref().and_then(|plan| plan.started_at_ms), Some(42));
+        state.stamp(43);
+        assert_eq!(state.stages.as_ref().and_then(|plan| plan.started_at_ms), Some(42), "a start is kept");
+        state.apply(&serde_json::from_value(json!({"reset": true})).expect("json"));
+        assert_eq!(state, HarnessControl::default(), "reset clears the plan too");
+    }
+
+    #[test]
+    fn plans_are_checked_whole() {
+        let control = |plan: serde_json::Value| -> HarnessControl {
+            serde_json::from_value(json!({"stages": plan})).expect("json of the right shape")
+        };
+        let stage = json!({"duration": "1s", "players": 1});
+        assert!(control(json!({"stages": [stage]})).check().is_ok());
+        let refusals = [
+            (json!({"stages": []}), "at least one stage"),
+            (
+                json!({"stages": [{"duration": "0s", "players": 1}]}),
+                "stages[0].duration: must be more than 0",
+            ),
+            (
+                json!({"stages": [stage, {"duration": "1s", "players": 1, "rates": {"dance": 1}}]}),
+                "unknown scenario `dance` in stages[1].rates",
+            ),
+            (
+                json!({"stages": [{"duration": "1s", "players": 1, "rates": {"logout": 2e6}}]}),
+                "rate of `logout` in stages[0].rates",
+            ),
+            (json!({"stages": [{"duration": "366d", "players": 1}]}), "invalid duration"),
+            (
+                json!({"stages": [{"duration": "8000h", "players": 1}, {"duration": "1000h", "players": 1}]}),
+                "the plan lasts 9000h; at most 8760h",
+            ),
+            (json!({"startedAtMs": 1_700_000_000u64, "stages": [stage]}), "not Unix milliseconds"),
+        ];
+        for (plan, expected) in refusals {
+            let err = match serde_json::from_value::<HarnessControl>(json!({"stages": plan.clone()})) {
+                Ok(parsed) => parsed.check().expect_err(expected),
+                Err(err) => err.to_string(),
+            };
+            assert!(err.contains(expected), "{plan}: {err}");
+        }
+        let many = vec![stage.clone(); HARNESS_MAX_STAGES + 1];
+        let err = control(json!({"stages": many})).check().expect_err("too many");
+        assert!(err.contains("at most 100"), "{err}");
+        // Misspelled fields are refused rather than ignored.
+        for typo in
+            [json!({"stages": [{"duration": "1s", "players": 1, "rate": {}}]}), json!({"stage": [stage]})]
+        {
+            assert!(serde_json::from_value::<HarnessControl>(json!({"stages": typo})).is_err(), "{typo}");
+        }
+        let now = 1_800_000_000_000u64;
+        let ahead = |ms: u64| control(json!({"startedAtMs": now + ms, "stages": [stage]}));
+        assert!(ahead(60_000).check_at(now).is_ok(), "a start a minute ahead waits");
+        let err = ahead(HARNESS_PLAN_MAX_AHEAD_MS + 1).check_at(now).expect_err("too far ahead");
+        assert!(err.contains("more than a day"), "{err}");
     }
 
     #[test]

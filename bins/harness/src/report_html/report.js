@@ -138,6 +138,18 @@
         marked += 1;
       });
       chart.setAttribute('data-stages', marked);
+      // Stage boundaries of the fleet plans the instance followed (`harness.control`),
+      // in this run's time: those before its start are not on the chart.
+      var fleetMarked = 0;
+      (report.fleet_stages || []).forEach(function (stage) {
+        var x = stage.start_seconds;
+        if (x <= 0 || x < xmin || x > xmax) return;
+        svg('line', { x1: sx(x), x2: sx(x), y1: TOP, y2: TOP + plotH, class: 'fleet-stage' }, chart);
+        svg('text', { x: sx(x) + 3, y: TOP + 12, class: 'fleet-stage-label' }, chart,
+          'fleet stage ' + stage.stage + ' → ' + stage.players);
+        fleetMarked += 1;
+      });
+      chart.setAttribute('data-fleet-stages', fleetMarked);
     }
     svg('line', { x1: LEFT, x2: LEFT, y1: TOP, y2: TOP + plotH, class: 'axis' }, chart);
     svg('line', { x1: LEFT, x2: WIDTH - RIGHT, y1: TOP + plotH, y2: TOP + plotH, class: 'axis' }, chart);
@@ -324,6 +336,18 @@
           }).join(', ');
           return [index + 1, seconds(stage.start_seconds), seconds(stage.duration_seconds),
             stage.from_players + ' → ' + stage.players, rates || 'as configured'];
+        }));
+    }
+    if ((report.fleet_stages || []).length) {
+      node('h2', {}, document.getElementById('scenarios'), 'Fleet stages');
+      table(document.getElementById('scenarios'),
+        ['plan', 'stage', 'from', 'for', 'fleet players', 'rates (per idle player per s)'],
+        report.fleet_stages.map(function (stage) {
+          var rates = Object.keys(stage.rates || {}).map(function (name) {
+            return name + ' ' + number(stage.rates[name], 4);
+          }).join(', ');
+          return [stage.plan, stage.stage, seconds(stage.start_seconds), seconds(stage.duration_seconds),
+            stage.from_players + ' → ' + stage.players, rates || 'as set'];
         }));
     }
   }

@@ -16,6 +16,8 @@ pub struct Chart {
     pub points: u64,
     /// Stage boundaries marked on it.
     pub stages: u64,
+    /// Fleet plan stage boundaries marked on it.
+    pub fleet_stages: u64,
 }
 
 /// What the page showed.
@@ -129,6 +131,7 @@ fn charts(dom: &str) -> Vec<Chart> {
                 series: number("data-series"),
                 points: number("data-points"),
                 stages: number("data-stages"),
+                fleet_stages: number("data-fleet-stages"),
             });
         }
         rest = &rest[end..];
