@@ -127,9 +127,8 @@ impl Matchmaking {
                 }
                 new.party = Some((party_id.clone(), raw));
             }
-            let members =
-                if new.players.is_empty() { vec![new.player_id.clone()] } else { new.players.clone() };
-            new.rating = Some(self.ratings.mean_of(&members).await.map_err(crate::micro::unavailable)?);
+            // The members' mean rating is read by the join script, in the same step.
+            new.initial_rating = Some(self.ratings.initial().rating);
             match store.join_ticket(new).await.map_err(store_error)? {
                 Joined::Existing(ticket) => {
                     return Ok(JoinReply { ticket_id: ticket.id, status: ticket.status });

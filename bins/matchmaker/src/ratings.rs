@@ -156,6 +156,8 @@ impl Ratings {
         Stored { rating: self.config.initial, uncertainty: self.config.uncertainty, games: 0 }
     }
 
+    /// A stored rating, or the initial one. The join script (`stored_rating` in
+    /// tickets/scripts.rs) reads ticket ratings the same way; keep the two alike.
     fn decode(&self, raw: Option<&str>) -> Stored {
         raw.and_then(|raw| serde_json::from_str::<Stored>(raw).ok())
             .filter(|stored| {
@@ -171,13 +173,6 @@ impl Ratings {
         }
         let keys: Vec<String> = players.iter().map(|player| keys::player_rating(player)).collect();
         redis::cmd("MGET").arg(&keys).query_async(&mut self.redis.clone()).await
-    }
-
-    /// The players' mean rating (a party's ticket rating; one player's own).
-    pub async fn mean_of(&self, players: &[String]) -> Result<f64, redis::RedisError> {
-        let raws = self.read(players).await?;
-        let sum: f64 = raws.iter().map(|raw| self.decode(raw.as_deref()).rating).sum();
-        Ok(sum / raws.len().max(1) as f64)
     }
 
     /// `session.rating.get`.

@@ -557,3 +557,79 @@ async fn several_skill_matchers_lose_nothing_duplicate_nothing_and_split_no_part
     assert!(records.len() >= 15, "most tickets matched: {} matches", records.len());
     let _ = redis;
 }
+
+/// A ticket's rating is read by the join script itself (no round trip before it): it must
+/// read stored ratings exactly as the rating service does, bad ones included, and give a
+/// party its members' mean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_carries_the_rating_the_rating_service_reads() {
+    let stack = stack().await;
+    let client = &stack.client;
+    let mut redis = common::redis(&stack.redis.url()).await;
+    let stored = [
+        ("valid", Some(r#"{"rating":1712.5,"uncertainty":120.0,"games":3}"#)),
+        ("no-games", Some(r#"{"rating":1320.25,"uncertainty":90.0}"#)),
+        ("none", None),
+        ("zero-uncertainty", Some(r#"{"rating":1900,"uncertainty":0,"games":1}"#)),
+        ("no-uncertainty", Some(r#"{"rating":1900}"#)),
+        ("negative-games", Some(r#"{"rating":1900,"uncertainty":50,"games":-1}"#)),
+        ("fractional-games", Some(r#"{"rating":1900,"uncertainty":50,"games":1.5}"#)),
+        ("text-rating", Some(r#"{"rating":"1900","uncertainty":50}"#)),
+        ("huge", Some(r#"{"rating":1e400,"uncertainty":50}"#)),
+        ("not-json", Some("rating=1900")),
+    ];
+    for (player, raw) in stored {
+        if let Some(raw) = raw {
+            let _: () = redis::cmd("SET")
+                .arg(keys::player_rating(player))
+                .arg(raw)
+                .query_async(&mut redis)
+                .await
+                .expect("SET");
+        }
+    }
+    let ticket_rating = |ticket: String| {
+        let redis = redis.clone();
+        async move {
+            let ticket = common::ticket(&redis, &ticket).await.expect("the ticket");
+            ticket.rating.expect("the ticket has a rating")
+        }
+    };
+    let mut read = HashMap::new();
+    for (player, _) in stored {
+        let service: RatingReply =
+            call(client, subjects::SESSION_RATING_GET, &RatingRequest { player_id: player.into() })
+                .await
+                .expect("rating get");
+        let joined: JoinReply =
+            call(client, subjects::MATCHMAKING_JOIN, &join(player, "skill")).await.expect("join");
+        let on_ticket = ticket_rating(joined.ticket_id).await;
+        assert!(
+            (on_ticket - service.rating).abs() < 1e-9,
+            "{player}: ticket {on_ticket}, service {}",
+            service.rating
+        );
+        read.insert(player, service.rating);
+    }
+    assert_eq!(read["valid"], 1712.5, "a valid rating is used");
+    assert_eq!(read["no-games"], 1320.25);
+    assert_eq!(read["none"], read["zero-uncertainty"], "a bad rating counts as the initial one");
+
+    // A party's ticket: the mean of its members'.
+    let created: PartyCreated =
+        call(client, subjects::PARTY_CREATE, &PartyRequest { player_id: "lead".into() })
+            .await
+            .expect("create");
+    let _: PartyView = call(
+        client,
+        subjects::PARTY_JOIN,
+        &PartyJoinRequest { player_id: "member".into(), party_id: created.party_id.clone() },
+    )
+    .await
+    .expect("join the party");
+    set_rating(client, "lead", 1000.0).await;
+    set_rating(client, "member", 2000.0).await;
+    let party_join = JoinRequest { party_id: Some(created.party_id), ..join("lead", "skill") };
+    let joined: JoinReply = call(client, subjects::MATCHMAKING_JOIN, &party_join).await.expect("party join");
+    assert_eq!(ticket_rating(joined.ticket_id).await, 1500.0);
+}

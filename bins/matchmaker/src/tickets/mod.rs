@@ -46,11 +46,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mm_shared::duration::millis;
-use mm_shared::protocol::{MatchRecord, Ticket, keys};
+use mm_shared::protocol::{MatchRecord, Ticket, TicketStatus, keys};
 use redis::aio::ConnectionManager;
 
 pub use crate::config::TicketSettings;
 use scripts::Scripts;
+
+/// How far ahead of a searching ticket's deadline a status read leaves the decision to
+/// the script (and Redis's clock): clocks of matchmaker hosts may differ by this much
+/// without a status answering `searching` for a ticket already overdue.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(2);
 
 /// Why a ticket operation failed (the caller's mistakes are outcomes, not errors).
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +92,9 @@ pub struct NewTicket {
     /// ticket on it).
     pub party: Option<(String, String)>,
     pub rating: Option<f64>,
+    /// When set (and `rating` is not), the ticket's rating is its players' mean stored
+    /// rating, read by the join script itself; a player with none counts as this.
+    pub initial_rating: Option<f64>,
     pub latencies: std::collections::BTreeMap<String, f64>,
 }
 
@@ -278,6 +286,13 @@ impl TicketStore {
         for member in &members {
             invocation.key(keys::player_ticket(member));
         }
+        for member in &members {
+            invocation.key(keys::player_rating(member));
+        }
+        let initial_rating = match (new.rating, new.initial_rating) {
+            (None, Some(initial)) if initial.is_finite() => initial.to_string(),
+            _ => String::new(),
+        };
         invocation
             .arg(keys::TICKET_PREFIX)
             .arg(&ticket_id)
@@ -287,7 +302,8 @@ impl TicketStore {
             .arg(millis(self.settings.retention))
             .arg(keys::QUEUE_PREFIX)
             .arg(fields.to_string())
-            .arg(party_raw);
+            .arg(party_raw)
+            .arg(initial_rating);
         for member in &members {
             invocation.arg(member);
         }
@@ -323,7 +339,25 @@ impl TicketStore {
     }
 
     /// The player's ticket (expiring it if it is overdue and queued).
+    ///
+    /// Most reads are of a ticket that is final or well inside its deadline: those are one
+    /// `GET`, decoded here. A searching ticket within [`EXPIRY_MARGIN`] of its deadline (by
+    /// this process's clock), or one this code cannot read, goes through the script, which
+    /// decides by Redis's clock and expires it in the same step.
     pub async fn status(&self, player_id: &str, ticket_id: &str) -> Result<Status, StoreError> {
+        let raw: Option<String> =
+            redis::cmd("GET").arg(keys::ticket(ticket_id)).query_async(&mut self.redis.clone()).await?;
+        let Some(raw) = raw else { return Ok(Status::NotFound) };
+        if let Ok(ticket) = serde_json::from_str::<Ticket>(&raw) {
+            if !held_by(&ticket, player_id) {
+                return Ok(Status::NotFound);
+            }
+            let overdue_soon =
+                ticket.expires_at <= mm_shared::protocol::now_ms().saturating_add(millis(EXPIRY_MARGIN));
+            if ticket.status != TicketStatus::Searching || !overdue_soon {
+                return Ok(Status::Found { ticket, expired_now: false, orphaned: None });
+            }
+        }
         let reply = self.on_ticket(&self.scripts.status, player_id, ticket_id).await?;
         match reply.as_slice() {
             [kind] if kind == "not_found" => Ok(Status::NotFound),
@@ -594,6 +628,12 @@ fn pending_match(raw: &str) -> Option<String> {
 fn orphans(raws: &[String]) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     raws.iter().filter_map(|raw| pending_match(raw)).filter(|id| seen.insert(id.clone())).collect()
+}
+
+/// Does `player` hold `ticket`: its player, or a member of its party? (The scripts'
+/// `holds`: another player's ticket reads as missing.)
+fn held_by(ticket: &Ticket, player: &str) -> bool {
+    ticket.player_id == player || ticket.players.iter().any(|member| member == player)
 }
 
 fn decode(raw: &str) -> Result<Ticket, StoreError> {

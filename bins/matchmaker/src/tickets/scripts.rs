@@ -126,6 +126,22 @@ local function requeue(queue, tickets)
   end
 end
 
+-- A player's stored rating (`player:{id}:rating`), or `initial` when there is none or it
+-- is not a finite rating with a positive, finite uncertainty (and a whole, non-negative
+-- game count, when it has one): what `ratings::Ratings` makes of the same JSON.
+local function stored_rating(raw, initial)
+  if not raw then return initial end
+  local ok, s = pcall(cjson.decode, raw)
+  if not ok or type(s) ~= 'table' then return initial end
+  local rating, uncertainty, games = s.rating, s.uncertainty, s.games
+  if type(rating) ~= 'number' or rating ~= rating or math.abs(rating) == math.huge then return initial end
+  if type(uncertainty) ~= 'number' or not (uncertainty > 0) or uncertainty == math.huge then return initial end
+  if games ~= nil and (type(games) ~= 'number' or games < 0 or games ~= math.floor(games)) then
+    return initial
+  end
+  return rating
+end
+
 local function close_lease_if_empty(lease, leases, batch_id)
   if redis.call('SCARD', lease) == 0 then
     redis.call('DEL', lease)
@@ -144,21 +160,29 @@ end
 /// is still what the caller read (else `changed`: read it again) and records the ticket
 /// on it.
 ///
+/// With an initial rating given, the new ticket's `rating` is the mean of its members'
+/// stored ratings, read in this same step (no round trip before the join); a member with
+/// none, or one that does not decode to a finite rating and a positive uncertainty,
+/// counts as the initial rating (as `ratings::Ratings` reads them).
+///
 /// KEYS: queue, queue seq counter, party key or '' (unused then), then each member's
-/// ticket index, the caller first. ARGV: ticket prefix, new ticket id, caller id, ttl ms,
-/// key ttl ms, retention ms, queue prefix, the new ticket's other fields (JSON object),
-/// the party as read ('' without a party), then each member's id, the caller first.
+/// ticket index, the caller first, then each member's rating key in the same order.
+/// ARGV: ticket prefix, new ticket id, caller id, ttl ms, key ttl ms, retention ms, queue
+/// prefix, the new ticket's other fields (JSON object), the party as read ('' without a
+/// party), the initial rating ('' to keep the fields' `rating`), then each member's id,
+/// the caller first.
 /// Returns `{'existing', ticket}`, `{'busy', member id}`, `{'changed', ''}` or
 /// `{'created', ticket, expired tickets...}`.
 const JOIN: &str = r#"
 local queue, seq_key, party_key = KEYS[1], KEYS[2], KEYS[3]
 local prefix, id, player = ARGV[1], ARGV[2], ARGV[3]
 local ttl_ms, key_ttl_ms, retention_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local queue_prefix, fields, party_raw = ARGV[7], ARGV[8], ARGV[9]
+local queue_prefix, fields, party_raw, initial = ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10])
+local members = #ARGV - 10
 local now = now_ms()
 local expired = {}
-for k = 4, #KEYS do
-  local member = ARGV[k + 6]
+for k = 4, 3 + members do
+  local member = ARGV[k + 7]
   local current = redis.call('GET', KEYS[k])
   if current then
     local t = load_ticket(prefix, current)
@@ -180,10 +204,17 @@ end
 local t = cjson.decode(fields)
 t.id, t.playerId, t.status, t.createdAt = id, player, 'searching', now
 t.expiresAt, t.seq, t.attempts = now + ttl_ms, redis.call('INCR', seq_key), 0
+if initial then
+  local sum = 0
+  for k = 4 + members, 3 + 2 * members do
+    sum = sum + stored_rating(redis.call('GET', KEYS[k]), initial)
+  end
+  t.rating = sum / members
+end
 local raw = cjson.encode(t)
 redis.call('SET', prefix .. id, raw, 'PX', key_ttl_ms)
 redis.call('ZADD', queue, t.seq, id)
-for k = 4, #KEYS do redis.call('SET', KEYS[k], id, 'PX', key_ttl_ms) end
+for k = 4, 3 + members do redis.call('SET', KEYS[k], id, 'PX', key_ttl_ms) end
 if party then
   party.ticketId = id
   redis.call('SET', party_key, cjson.encode(party), 'KEEPTTL')
