@@ -30,6 +30,8 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The ticket under `prefix .. id`, decoded with its numbers made numbers, and its JSON
+-- as stored.
 local function load_ticket(prefix, id)
   local raw = redis.call('GET', prefix .. id)
   if not raw then return nil end
@@ -38,7 +40,7 @@ local function load_ticket(prefix, id)
   t.seq = tonumber(t.seq) or 0
   t.expiresAt = tonumber(t.expiresAt) or 0
   t.attempts = tonumber(t.attempts) or 0
-  return t
+  return t, raw
 end
 
 -- Does `player` hold ticket `t`: its player, or a member of its party?
@@ -279,15 +281,16 @@ local lease_ms, retention_ms, min_tickets = tonumber(ARGV[5]), tonumber(ARGV[6])
 local popped, expired = {}, {}
 local now = now_ms()
 if redis.call('ZCARD', queue) < min_tickets then return { popped, expired, 0, now } end
-local tickets, ids, dropped, players = {}, {}, {}, 0
+local tickets, raws, ids, dropped, players = {}, {}, {}, {}, 0
 for _, id in ipairs(redis.call('ZRANGE', queue, 0, window - 1)) do
-  local t = load_ticket(prefix, id)
+  local t, raw = load_ticket(prefix, id)
   if t and t.status == 'searching' then
     if t.expiresAt <= now then
       table.insert(expired, expire_ticket(prefix, t, retention_ms))
       table.insert(dropped, id)
     else
       table.insert(tickets, t)
+      table.insert(raws, raw)
       table.insert(ids, id)
       players = players + size_of(t)
     end
@@ -301,9 +304,8 @@ unqueue(queue, ids)
 for first = 1, #ids, 1000 do
   redis.call('SADD', lease, unpack(ids, first, math.min(first + 999, #ids)))
 end
-for _, t in ipairs(tickets) do table.insert(popped, cjson.encode(t)) end
 redis.call('ZADD', leases, now + lease_ms, batch_id)
-return { popped, expired, #dropped, now }
+return { raws, expired, #dropped, now }
 "#;
 
 /// Claim: gives one group of a lease the match id it is allocated under, before the
