@@ -282,7 +282,8 @@ async fn run_chain(session: &mut Session, first: Scenario) -> ChainEnd {
     for _ in 0..=MAX_CHAIN {
         let outcome = timed(session, scenario).await;
         if matches!(outcome, Outcome::Aborted) {
-            scenarios::matchmaking::abandon_ticket(session).await;
+            // Boxed: rare, and as large as a request; inline it would widen every chain.
+            Box::pin(scenarios::matchmaking::abandon_ticket(session)).await;
             return ChainEnd::Aborted;
         }
         if scenario == Scenario::Logout {
