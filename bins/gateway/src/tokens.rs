@@ -16,7 +16,7 @@
 //!   next request with it costs a hash lookup. The revocation check is made every time.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -104,6 +104,10 @@ struct Inner {
     revoked: RwLock<HashMap<String, u64>>,
     /// The NATS connect count at which the revocations watch caught up; 0: not in step.
     in_step_at: AtomicU64,
+    /// In step only because `revoked_tokens` does not exist (yet): no matchmaker has
+    /// run, so there is no token. A token that verifies says otherwise (matchmakers
+    /// create the bucket before they publish a key), so it waits for the watch.
+    without_bucket: AtomicBool,
     /// When a missing key was last looked up.
     key_lookup: tokio::sync::Mutex<Option<Instant>>,
     /// Set once the keys watch delivered what the bucket held (or there is no bucket).
@@ -134,11 +138,12 @@ impl Tokens {
             counted(Checked::Invalid);
             return Err(invalid());
         }
-        if !self.in_step() {
+        if !self.in_step() || self.inner.without_bucket.load(Ordering::Acquire) {
             counted(Checked::CatchingUp);
             return Err(ApiError::unavailable(
-                "this gateway is catching up with revoked tokens (its NATS connection was \
-                 interrupted); try again in a moment",
+                "this gateway is catching up with revoked tokens (KV revoked_tokens: after an \
+                 interrupted NATS connection, or before it has watched the bucket); try again \
+                 in a moment",
             ));
         }
         if self.inner.revoked.read().unwrap_or_else(|p| p.into_inner()).contains_key(&*verified.jti) {
@@ -428,7 +433,9 @@ impl Tokens {
         }
     }
 
-    /// In step while the bucket does not exist; returns (to watch it) once it does.
+    /// In step while the bucket does not exist, for every token that cannot be valid (no
+    /// key verifies one before a matchmaker has made the bucket; one that does waits,
+    /// see `without_bucket`); returns (to watch it) once it exists.
     async fn without_bucket(
         &self,
         nats: &async_nats::Client,
@@ -437,6 +444,19 @@ impl Tokens {
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
         self.caught_up(epoch, std::iter::empty());
+        self.inner.without_bucket.store(true, Ordering::Release);
+        let result = self.until_bucket(nats, js, epoch, shutdown).await;
+        self.inner.without_bucket.store(false, Ordering::Release);
+        result
+    }
+
+    async fn until_bucket(
+        &self,
+        nats: &async_nats::Client,
+        js: &async_nats::jetstream::Context,
+        epoch: u64,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),

@@ -252,3 +252,71 @@ async fn a_gateway_cut_from_nats_fails_closed_and_never_admits_a_token_revoked_m
     let bo = a.login("bo").await;
     assert_eq!(use_token(&b, &bo).await.0, 404, "B is back in step");
 }
+
+/// Matchmakers create `revoked_tokens` before they publish a signing key. So a token that
+/// verifies at a gateway that has not watched that bucket yet (it started before any
+/// matchmaker, and polls for the bucket) must wait for it: 503, never admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_waits_until_the_gateway_watches_the_revocations() {
+    use async_nats::jetstream::{self, kv};
+    let nats = NatsServer::start().expect("nats-server");
+    let (_gateway, http) = gateway(&nats.url());
+    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
+    // A key in `session_keys` with no `revoked_tokens` beside it.
+    let keys = js
+        .create_key_value(kv::Config {
+            bucket: mm_shared::protocol::buckets::SESSION_KEYS.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("session_keys");
+    let pkcs8 =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("key");
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key");
+    let kid = "00112233aabbccdd";
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    let entry = mm_shared::protocol::SessionKeyEntry {
+        public_key: token::public_key(&pair),
+        created_at: now.as_millis() as u64,
+    };
+    keys.put(kid, serde_json::to_vec(&entry).expect("json").into()).await.expect("put the key");
+    let claims = Claims {
+        sub: "p1".into(),
+        jti: token::token_id(&[7; 16]),
+        iat: now.as_secs(),
+        exp: now.as_secs() + 600,
+    };
+    let signed = token::sign(&pair, kid, &claims);
+
+    // Once the gateway knows the key (it looks unknown ids up), the token verifies, and
+    // waits: no revocations are known.
+    let started = Instant::now();
+    let (status, message) = loop {
+        let (status, message) = use_token(&http, &signed).await;
+        if status != 401 || started.elapsed() > Duration::from_secs(5) {
+            break (status, message);
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    };
+    assert_eq!(status, 503, "a verified token before the revocations are watched: {message}");
+    assert!(message.contains("catching up with revoked tokens"), "{message}");
+
+    // The bucket appears (as a matchmaker makes it): the token goes through to the route,
+    // which has no matchmaker to ask.
+    js.create_key_value(kv::Config {
+        bucket: mm_shared::protocol::buckets::REVOKED_TOKENS.to_owned(),
+        ..Default::default()
+    })
+    .await
+    .expect("revoked_tokens");
+    let started = Instant::now();
+    loop {
+        let (status, message) = use_token(&http, &signed).await;
+        if !message.contains("catching up") {
+            assert_ne!(status, 401, "the token is valid: {message}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still catching up: {message}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

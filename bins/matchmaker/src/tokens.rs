@@ -112,18 +112,8 @@ impl Tokens {
         replicas: usize,
     ) -> anyhow::Result<Self> {
         let js = jetstream::new(nats.clone());
-        let session_keys = ensure_kv_bucket(
-            &js,
-            kv::Config {
-                bucket: buckets::SESSION_KEYS.to_owned(),
-                description: "the session service's public token keys (key id → key)".to_owned(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-            KV_TIMEOUT,
-        )
-        .await?;
+        // Revocations first: a gateway that knows a signing key may take it that this
+        // bucket exists (it refuses tokens until it has watched it).
         let revoked = ensure_kv_bucket(
             &js,
             kv::Config {
@@ -131,6 +121,18 @@ impl Tokens {
                 description: "tokens ended before their expiry (token id → player, expiry)".to_owned(),
                 history: 1,
                 max_age: token_ttl,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+            KV_TIMEOUT,
+        )
+        .await?;
+        let session_keys = ensure_kv_bucket(
+            &js,
+            kv::Config {
+                bucket: buckets::SESSION_KEYS.to_owned(),
+                description: "the session service's public token keys (key id → key)".to_owned(),
+                history: 1,
                 num_replicas: replicas,
                 ..Default::default()
             },
