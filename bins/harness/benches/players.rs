@@ -22,7 +22,9 @@
 //!    route the mix hits most: plain wrk cannot hold a fixed rate, so it runs at its own
 //!    saturating rate, and its CPU per request is what a minimal C client pays per
 //!    request on this machine (the kernel's loopback TCP work included), batched as
-//!    tightly as it gets. The gateway's login rate limit is lifted for the stack: one
+//!    tightly as it gets. Beside it, `hey` (Go, `apt-get install hey`) holds each rate on
+//!    the same route: a compiled client at a fixed rate, which pays the wake-ups a
+//!    saturating one batches away. The gateway's login rate limit is lifted for the stack: one
 //!    address logs in for every simulated player. Needs release binaries (`cargo build
 //!    --release --workspace --bins`, which `just bench` does), `locust` on the `PATH`
 //!    (`pip install locust`) and `wrk` (`apt-get install wrk`); without them those lines
@@ -488,6 +490,36 @@ fn wrk_floor(stack: &BenchStack, window: Duration) -> Option<f64> {
     }
 }
 
+/// Workers (each a keep-alive connection) `hey` spreads a fixed rate over.
+const HEY_WORKERS: u64 = 8;
+
+/// `hey` prints no version; its usage names it.
+fn installed_hey() -> bool {
+    Command::new("hey")
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&[output.stdout, output.stderr].concat()).contains("hey"))
+}
+
+/// `hey` holding `rate` requests/s on `GET /store/offers`: a compiled client at a fixed
+/// rate, the reference wrk (saturating) cannot be at low rates, where every request
+/// pays its own wake-ups.
+fn hey_at(stack: &BenchStack, rate: u64, warmup: Duration, window: Duration) -> Option<(f64, u64)> {
+    let total = warmup + window + Duration::from_secs(5);
+    let per_worker = (rate as f64 / HEY_WORKERS as f64).max(1.0);
+    let mut hey = Command::new("hey")
+        .args(["-z", &format!("{}s", total.as_secs()), "-c", &HEY_WORKERS.to_string()])
+        .args(["-q", &format!("{per_worker}")])
+        .arg(format!("http://{}/store/offers", stack.gateway))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let figures = measure("hey", &mut hey, &stack.gateway, warmup, window);
+    let _ = hey.kill();
+    let _ = hey.wait();
+    figures
+}
+
 /// The harness binary `bin` at `rate` players (one execution per idle second each).
 fn run_harness(
     name: &str,
@@ -576,6 +608,8 @@ fn compare_at(
         None
     };
 
+    let hey_figures = if installed_hey() { hey_at(stack, rate, warmup, window) } else { None };
+
     let mut lines = vec![("harness", harness_figures)];
     if baseline.is_some() {
         lines.push(("baseline", baseline_figures));
@@ -583,6 +617,7 @@ fn compare_at(
     if locust {
         lines.push(("locust", locust_figures));
     }
+    lines.push(("hey", hey_figures));
     for (name, figures) in lines {
         match figures {
             Some((cpu, requests)) => println!(
@@ -602,6 +637,13 @@ fn compare_at(
     }
     if let (Some(h), Some(b)) = (harness, baseline_figures.map(micros_per_request)) {
         println!("  {rate:>6} ratio baseline/harness: {:.2}x", b / h.max(1e-9));
+    }
+    if let (Some(h), Some(y)) = (harness, hey_figures.map(micros_per_request)) {
+        println!(
+            "  {rate:>6} hey at the same rate (Go, {HEY_WORKERS} keep-alive workers, GET /store/offers only): \
+             {y:.1} µs CPU/request; ratio hey/harness: {:.1}x",
+            y / h.max(1e-9)
+        );
     }
     match (harness, floor) {
         (Some(h), Some(w)) => println!(
