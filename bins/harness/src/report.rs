@@ -332,33 +332,11 @@ impl Report {
             self.players.peak, self.players.target, self.players.spawned
         );
         for (index, stage) in self.stages.iter().enumerate() {
-            let rates: Vec<String> =
-                stage.rates.iter().map(|(scenario, rate)| format!("{scenario} {rate:.4}/s")).collect();
-            let _ = writeln!(
-                out,
-                "stage {}: from {:.0} s for {:.0} s, {} → {} players{}",
-                index + 1,
-                stage.start_seconds,
-                stage.duration_seconds,
-                stage.from_players,
-                stage.players,
-                if rates.is_empty() { String::new() } else { format!(" (rates: {})", rates.join(", ")) }
-            );
+            let _ = writeln!(out, "{}", stage_line(&format!("stage {}", index + 1), stage, "players"));
         }
-        for stage in &self.fleet_stages {
-            let rates: Vec<String> =
-                stage.rates.iter().map(|(scenario, rate)| format!("{scenario} {rate:.4}/s")).collect();
-            let _ = writeln!(
-                out,
-                "fleet plan {} stage {}: from {:.0} s for {:.0} s, {} → {} fleet players{}",
-                stage.plan,
-                stage.stage,
-                stage.start_seconds,
-                stage.duration_seconds,
-                stage.from_players,
-                stage.players,
-                if rates.is_empty() { String::new() } else { format!(" (rates: {})", rates.join(", ")) }
-            );
+        for fleet in &self.fleet_stages {
+            let name = format!("fleet plan {} stage {}", fleet.plan, fleet.stage);
+            let _ = writeln!(out, "{}", stage_line(&name, &fleet.row, "fleet players"));
         }
         let _ = writeln!(out);
         let _ = writeln!(
@@ -535,6 +513,20 @@ pub fn log_failure(scenario: Scenario, failure: &Failure) {
     } else {
         tracing::debug!(scenario = scenario.name(), kind = failure.kind.name(), "{}", failure.detail);
     }
+}
+
+/// One stage of the table: `name: from S s for D s, A → B <players> (rates: ...)`.
+fn stage_line(name: &str, stage: &crate::stages::StageReport, players: &str) -> String {
+    let rates: Vec<String> =
+        stage.rates.iter().map(|(scenario, rate)| format!("{scenario} {rate:.4}/s")).collect();
+    format!(
+        "{name}: from {:.0} s for {:.0} s, {} → {} {players}{}",
+        stage.start_seconds,
+        stage.duration_seconds,
+        stage.from_players,
+        stage.players,
+        if rates.is_empty() { String::new() } else { format!(" (rates: {})", rates.join(", ")) }
+    )
 }
 
 #[cfg(test)]

@@ -208,6 +208,23 @@ pub struct StageReport {
     pub rates: BTreeMap<String, f64>,
 }
 
+impl StageReport {
+    /// `stage`, from `from_players`, as it ran from `start_seconds` for `duration_seconds`.
+    fn of(stage: &Stage, start_seconds: f64, duration_seconds: f64, from_players: u64) -> Self {
+        StageReport {
+            start_seconds,
+            duration_seconds,
+            from_players,
+            players: stage.players,
+            rates: stage
+                .rates
+                .iter()
+                .map(|(scenario, rate)| (scenario.name().to_owned(), rate.as_per_second()))
+                .collect(),
+        }
+    }
+}
+
 /// The plan as the report shows it.
 pub fn report(stages: &[Stage]) -> Vec<StageReport> {
     let mut start = Duration::ZERO;
@@ -215,17 +232,7 @@ pub fn report(stages: &[Stage]) -> Vec<StageReport> {
     stages
         .iter()
         .map(|stage| {
-            let row = StageReport {
-                start_seconds: start.as_secs_f64(),
-                duration_seconds: stage.duration.as_secs_f64(),
-                from_players: from,
-                players: stage.players,
-                rates: stage
-                    .rates
-                    .iter()
-                    .map(|(scenario, rate)| (scenario.name().to_owned(), rate.as_per_second()))
-                    .collect(),
-            };
+            let row = StageReport::of(stage, start.as_secs_f64(), stage.duration.as_secs_f64(), from);
             start = start.saturating_add(stage.duration);
             from = stage.players;
             row
@@ -242,15 +249,10 @@ pub struct FleetStageReport {
     pub plan: usize,
     /// The stage's number in its plan (1 = the first).
     pub stage: usize,
-    pub start_seconds: f64,
-    /// Cut short when the plan was replaced or reset during the stage.
-    pub duration_seconds: f64,
-    /// Fleet target at the stage's start and end.
-    pub from_players: u64,
-    pub players: u64,
-    /// Rates the stage set (per idle player per second), by scenario.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub rates: BTreeMap<String, f64>,
+    /// Its times (the duration cut short when the plan was replaced or reset during the
+    /// stage), and the fleet target at its start and end.
+    #[serde(flatten)]
+    pub row: StageReport,
 }
 
 /// The fleet plans a run followed, stage by stage, in the time of a run that started at
@@ -271,15 +273,7 @@ pub fn fleet_report(followed: &[Followed], run_started_at_ms: u64) -> Vec<FleetS
             rows.push(FleetStageReport {
                 plan: number + 1,
                 stage: index + 1,
-                start_seconds: seconds_from_run(start),
-                duration_seconds: (end - start) as f64 / 1000.0,
-                from_players: from,
-                players: stage.players,
-                rates: stage
-                    .rates
-                    .iter()
-                    .map(|(scenario, rate)| (scenario.name().to_owned(), rate.as_per_second()))
-                    .collect(),
+                row: StageReport::of(stage, seconds_from_run(start), (end - start) as f64 / 1000.0, from),
             });
             start = start.saturating_add(length);
             from = stage.players;
@@ -370,7 +364,15 @@ mod tests {
         let summary: Vec<_> = rows
             .iter()
             .map(|row| {
-                (row.plan, row.stage, row.start_seconds, row.duration_seconds, row.from_players, row.players)
+                let stage = &row.row;
+                (
+                    row.plan,
+                    row.stage,
+                    stage.start_seconds,
+                    stage.duration_seconds,
+                    stage.from_players,
+                    stage.players,
+                )
             })
             .collect();
         assert_eq!(

@@ -27,6 +27,26 @@ fn wait_registered(url: &str, instance: &str, harness: &ServiceProcess) {
     assert!(registered, "{instance} registers:\n{last}\n{}", harness.log());
 }
 
+/// A harness instance of `players` on the fleet at `url`, registered (its gateway is a
+/// closed port: these tests look at the fleet, not at the players' requests).
+fn start_instance(url: &str, instance: &str, players: u64) -> ServiceProcess {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let gateway = format!("http://127.0.0.1:{}", free_port());
+    let env = [
+        ("MM_NATS__URL", url),
+        ("MM_HARNESS__ADMIN_LISTEN", admin.as_str()),
+        ("MM_HARNESS__PROGRESS", "never"),
+        ("MM_HARNESS__SPAWN_INTERVAL", "1ms"),
+        ("MM_HARNESS__FLEET__STATS_INTERVAL", "200ms"),
+    ];
+    let players = players.to_string();
+    let args = ["--instance", instance, "--players", &players, "--gateway", &gateway, "--duration", "5m"];
+    let mut harness = ServiceProcess::start("harness", &args, &env).expect("harness starts");
+    harness.wait_healthy(&admin).expect("harness healthy");
+    wait_registered(url, instance, &harness);
+    harness
+}
+
 #[test]
 fn fleet_sets_the_target_and_shows_the_instances() {
     let nats = NatsServer::start().expect("nats-server");
@@ -34,18 +54,7 @@ fn fleet_sets_the_target_and_shows_the_instances() {
     let (code, _, stderr) = mmctl(&["fleet", "--nats", &url, "--listen", "200ms"]);
     assert_eq!(code, Some(1), "no instance yet is a failure:\n{stderr}");
 
-    let admin = format!("127.0.0.1:{}", free_port());
-    let gateway = format!("http://127.0.0.1:{}", free_port());
-    let env = [
-        ("MM_NATS__URL", url.as_str()),
-        ("MM_HARNESS__ADMIN_LISTEN", admin.as_str()),
-        ("MM_HARNESS__PROGRESS", "never"),
-        ("MM_HARNESS__FLEET__STATS_INTERVAL", "200ms"),
-    ];
-    let args = ["--instance", "fleet-test", "--players", "2", "--gateway", &gateway, "--duration", "5m"];
-    let mut harness = ServiceProcess::start("harness", &args, &env).expect("harness starts");
-    harness.wait_healthy(&admin).expect("harness healthy");
-    wait_registered(&url, "fleet-test", &harness);
+    let harness = start_instance(&url, "fleet-test", 2);
 
     let (code, stdout, stderr) =
         mmctl(&["fleet", "--nats", &url, "--target", "7", "--rate", "matchmaking=0.25"]);
@@ -119,19 +128,7 @@ fn a_bucket_that_cannot_be_opened_is_an_error_not_an_empty_fleet() {
 fn fleet_stages_sends_a_plan_that_the_fleet_follows() {
     let nats = NatsServer::start().expect("nats-server");
     let url = nats.url();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let gateway = format!("http://127.0.0.1:{}", free_port());
-    let env = [
-        ("MM_NATS__URL", url.as_str()),
-        ("MM_HARNESS__ADMIN_LISTEN", admin.as_str()),
-        ("MM_HARNESS__PROGRESS", "never"),
-        ("MM_HARNESS__SPAWN_INTERVAL", "1ms"),
-        ("MM_HARNESS__FLEET__STATS_INTERVAL", "200ms"),
-    ];
-    let args = ["--instance", "plan-test", "--players", "1", "--gateway", &gateway, "--duration", "5m"];
-    let mut harness = ServiceProcess::start("harness", &args, &env).expect("harness starts");
-    harness.wait_healthy(&admin).expect("harness healthy");
-    wait_registered(&url, "plan-test", &harness);
+    let harness = start_instance(&url, "plan-test", 1);
 
     let dir = tempfile::tempdir().expect("temp dir");
     let plan = dir.path().join("plan.toml");
