@@ -445,32 +445,23 @@ impl Tokens {
     ) -> Result<(), String> {
         self.caught_up(epoch, std::iter::empty());
         self.inner.without_bucket.store(true, Ordering::Release);
-        let result = self.until_bucket(nats, js, epoch, shutdown).await;
-        self.inner.without_bucket.store(false, Ordering::Release);
-        result
-    }
-
-    async fn until_bucket(
-        &self,
-        nats: &async_nats::Client,
-        js: &async_nats::jetstream::Context,
-        epoch: u64,
-        shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+        // Until the bucket exists, the connection moves on, or the gateway stops.
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
             if nats.statistics().connects.load(Ordering::Acquire) != epoch {
-                return Ok(());
+                break;
             }
             if let Ok(Ok(_)) =
                 tokio::time::timeout(KV_TIMEOUT, js.get_key_value(buckets::REVOKED_TOKENS)).await
             {
-                return Ok(());
+                break;
             }
         }
+        self.inner.without_bucket.store(false, Ordering::Release);
+        Ok(())
     }
 }
 
