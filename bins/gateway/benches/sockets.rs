@@ -8,7 +8,9 @@
 //! orchestrator would) and the gateway are separate processes. Every player logs in,
 //! then a few sockets are opened and closed (allocator arenas, runtime and metrics
 //! warmed), the gateway's RSS is read from `/proc/<pid>/smaps_rollup`, all sockets are
-//! opened and each echoes one message (both directions live), and the RSS is read again.
+//! opened and each echoes one message (both directions live), and the RSS is read again;
+//! then once more after they close, and over a second round of the same sockets (a
+//! leak grows it again; memory the allocator kept after the first round is reused).
 //!
 //! `cargo bench -p gateway --bench sockets` (or `just bench`); `MM_BENCH_SOCKETS` changes
 //! the number of sockets (default 3,000). Every loop is bounded in count and time; all
@@ -117,7 +119,18 @@ fn main() {
         wait_connections(&listen, 0).await;
         tokio::time::sleep(SETTLE).await;
         let closed = Memory::read(pid);
-        Report { sockets: count, opening, baseline, loaded, closed }
+
+        // A second round with the same players: memory the first round left behind is
+        // reused if the allocator merely kept it, and grows again if it leaked.
+        let again = open_all(&listen, &tokens).await;
+        wait_connections(&listen, again.len()).await;
+        tokio::time::sleep(SETTLE).await;
+        let reloaded = Memory::read(pid);
+        close_all(again).await;
+        wait_connections(&listen, 0).await;
+        tokio::time::sleep(SETTLE).await;
+        let reclosed = Memory::read(pid);
+        Report { sockets: count, opening, baseline, loaded, closed, reloaded, reclosed }
     });
     gateway.terminate(Duration::from_secs(10));
     drop(games);
@@ -295,6 +308,8 @@ struct Report {
     baseline: Memory,
     loaded: Memory,
     closed: Memory,
+    reloaded: Memory,
+    reclosed: Memory,
 }
 
 impl Report {
@@ -314,6 +329,8 @@ impl Report {
             ("baseline (warmed up)", self.baseline),
             ("sockets open", self.loaded),
             ("all closed again", self.closed),
+            ("second round open", self.reloaded),
+            ("second round closed", self.reclosed),
         ] {
             println!(
                 "  RSS {label:<21} {:>8.1} MiB  (private dirty {:>8.1} MiB)",
@@ -325,6 +342,17 @@ impl Report {
             "  per socket: {:>6.1} KiB RSS  ({:.1} KiB private dirty)",
             per_socket as f64 / 1024.0,
             self.per_socket(|memory| memory.private_dirty) as f64 / 1024.0
+        );
+        // What the first round kept after its sockets closed, and what the second round
+        // added on top of the first's peak: about 0 when the kept memory is reused.
+        let kept = self.closed.rss.saturating_sub(self.baseline.rss);
+        let grown = self.reloaded.rss as i64 - self.loaded.rss as i64;
+        println!(
+            "  kept after closing: {:.1} MiB; second round's peak over the first's: {:+.1} MiB \
+             (a leak would add about {:.1} MiB)",
+            mib(kept),
+            grown as f64 / (1024.0 * 1024.0),
+            mib(self.loaded.rss.saturating_sub(self.baseline.rss))
         );
         let met = if per_socket <= GOAL_BYTES { "met" } else { "not met" };
         println!("  goal ≤ 32 KB: {met}");
