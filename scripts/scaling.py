@@ -29,7 +29,7 @@ INPUTS = {
     # The players' behaviour: the harness's default rates (README "The harness").
     "tickets_per_player_min": (
         0.181,
-        "measured: 542 matchmaking joins by 1,000 players in 180 s at the default rates (a join per 300 s "
+        "measured: 543 matchmaking joins by 1,000 players in 180 s at the default rates (a join per 300 s "
         "of idle time): the report's scenarios.matchmaking.attempted, " + RUN,
     ),
     "game_duration_s": (30, "orchestrator.game.duration default"),
@@ -40,25 +40,25 @@ INPUTS = {
         "checked at the gateway; long-polls included), " + RUN,
     ),
     "nats_msgs_per_player_min": (
-        6.3,
+        5.8,
         "measured: nats-server /varz in_msgs + out_msgs, " + RUN + " (includes the fixed background: "
         "heartbeats, stats, KV acks)",
     ),
     "redis_cmds_per_player_min": (
-        12.8,
+        12.3,
         "measured: Redis INFO commandstats calls, " + RUN + " (includes the matcher's idle polls, which "
         "do not grow with players)",
     ),
     "redis_us_per_player_min": (
-        181,
+        146,
         "measured: Redis INFO commandstats usec (time in the one Redis thread), " + RUN + "; a Lua "
         "script (EVALSHA) costs ~80 us, a GET ~2 us",
     ),
     "redis_busy_max": (0.5, "assumed: keep one Redis thread at most half busy (latency stays flat below that)"),
     # CPU per player-minute of the release binaries, same run.
-    "harness_cpu_ms_per_player_min": (0.90, "measured: mm_process_cpu_seconds_total of the harness, " + RUN),
-    "gateway_cpu_ms_per_player_min": (0.94, "measured: mm_process_cpu_seconds_total of the gateway, " + RUN),
-    "matchmaker_cpu_ms_per_player_min": (0.35, "measured: mm_process_cpu_seconds_total of the matchmaker, " + RUN),
+    "harness_cpu_ms_per_player_min": (0.75, "measured: mm_process_cpu_seconds_total of the harness, " + RUN),
+    "gateway_cpu_ms_per_player_min": (0.76, "measured: mm_process_cpu_seconds_total of the gateway, " + RUN),
+    "matchmaker_cpu_ms_per_player_min": (0.30, "measured: mm_process_cpu_seconds_total of the matchmaker, " + RUN),
     # Capacities per instance.
     "players_per_harness": (
         20_000,
