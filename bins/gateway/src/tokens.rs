@@ -366,7 +366,8 @@ impl Tokens {
             Ok(Err(err)) if err.kind() == async_nats::jetstream::context::KeyValueErrorKind::GetBucket => {
                 // No matchmaker has run yet: there is no token and so no revocation.
                 // (Only matchmakers may create or delete the bucket.)
-                return self.without_bucket(nats, &js, epoch, shutdown).await;
+                self.without_bucket(nats, &js, epoch, shutdown).await;
+                return Ok(());
             }
             Ok(Err(err)) => return Err(format!("KV {}: {err}", buckets::REVOKED_TOKENS)),
             Err(_) => return Err(format!("KV {} did not answer", buckets::REVOKED_TOKENS)),
@@ -442,7 +443,7 @@ impl Tokens {
         js: &async_nats::jetstream::Context,
         epoch: u64,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) {
         self.caught_up(epoch, std::iter::empty());
         self.inner.without_bucket.store(true, Ordering::Release);
         // Until the bucket exists, the connection moves on, or the gateway stops.
@@ -461,7 +462,6 @@ impl Tokens {
             }
         }
         self.inner.without_bucket.store(false, Ordering::Release);
-        Ok(())
     }
 }
 
